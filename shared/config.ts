@@ -1,0 +1,95 @@
+/**
+ * Configuration, loaded once and validated with zod. The environment is read only here:
+ * - `PULLTHROUGH_CONFIG`: path of a YAML config file (optional; built-in rules otherwise)
+ * - `PULLTHROUGH_DATA_DIR`: embedded storage directory (default `./.data`)
+ * - `PULLTHROUGH_PORT`: local server port (default 5000)
+ * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR (default INFO)
+ */
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+const DAY_SECONDS = 24 * 60 * 60;
+
+const ruleSchema = z
+  .object({
+    /** First path component(s) of names served by this rule, e.g. `docker-hub`. */
+    prefix: z.string().regex(/^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$/, 'prefix must follow the repository-name grammar'),
+    /** Upstream registry base URL, e.g. `https://registry-1.docker.io`. */
+    upstream: z.url({ protocol: /^https?$/ }).transform((u) => u.replace(/\/+$/, '')),
+    /** Seconds a cached tag is served without asking the upstream (default 24 h, like ECR). */
+    ttlSeconds: z.number().int().nonnegative().default(DAY_SECONDS),
+    /** Add `library/` to one-part names (Docker Hub official images). Default: true for Docker Hub upstreams. */
+    dockerHubLibrary: z.boolean().optional(),
+    /** Upstream credentials (the same keys an ECR pull-through cache secret uses). */
+    username: z.string().optional(),
+    accessToken: z.string().optional(),
+    /** Seconds to wait for upstream response headers on manifest/tag requests (default 10). */
+    upstreamTimeoutSeconds: z.number().positive().default(10),
+    /**
+     * Extra hosts (host[:port]) an upstream blob redirect may point to over plain http. https targets and
+     * the upstream's own origin are always allowed. For local/test upstreams only.
+     */
+    insecureRedirectHosts: z.array(z.string()).default([]),
+  })
+  .strict()
+  .refine((r) => (r.username === undefined) === (r.accessToken === undefined), { message: 'username and accessToken go together' });
+
+const configSchema = z
+  .object({
+    rules: z.array(ruleSchema).min(1),
+    /** Maximum manifest size in bytes (the spec expects at least 4 MiB to work). */
+    maxManifestBytes: z.number().int().positive().default(4 * 1024 * 1024),
+  })
+  .strict()
+  .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' });
+
+/** A pull-through cache rule: names under `prefix/` are served from `upstream`. */
+export type PullThroughCacheRule = z.output<typeof ruleSchema>;
+/** The validated registry configuration. */
+export type RegistryConfig = z.output<typeof configSchema>;
+
+/** Built-in rules used when no config file is given. */
+export const DEFAULT_RULES = [
+  { prefix: 'docker-hub', upstream: 'https://registry-1.docker.io' },
+  { prefix: 'ghcr', upstream: 'https://ghcr.io' },
+  { prefix: 'quay', upstream: 'https://quay.io' },
+  { prefix: 'ecr-public', upstream: 'https://public.ecr.aws' },
+  { prefix: 'k8s', upstream: 'https://registry.k8s.io' },
+];
+
+/**
+ * Validates a config object (e.g. parsed YAML).
+ * @throws Error with every problem listed, so a bad config fails at start-up, not on the first pull.
+ */
+export function parseConfig(input: unknown): RegistryConfig {
+  const result = configSchema.safeParse(input);
+  if (!result.success) throw new Error(`invalid pullthrough config:\n${z.prettifyError(result.error)}`);
+  return result.data;
+}
+
+/** Loads the YAML config file at `path`, or the built-in rules when `path` is undefined. */
+export function loadConfig(path: string | undefined): RegistryConfig {
+  if (!path) return parseConfig({ rules: DEFAULT_RULES });
+  return parseConfig(parseYaml(readFileSync(path, 'utf8')));
+}
+
+/** Settings of the process, read from the environment once. */
+export interface Environment {
+  configPath?: string;
+  dataDir: string;
+  port: number;
+  logLevel: string;
+}
+
+/** Reads the process environment (the only place that does). */
+export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
+  const port = Number(env.PULLTHROUGH_PORT ?? 5000);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PULLTHROUGH_PORT must be a port number, got ${env.PULLTHROUGH_PORT}`);
+  return {
+    configPath: env.PULLTHROUGH_CONFIG || undefined,
+    dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
+    port,
+    logLevel: env.PULLTHROUGH_LOG_LEVEL || 'INFO',
+  };
+}

@@ -1,0 +1,107 @@
+/**
+ * The registry application: routes a {@link RegistryRequest} to the cache services and writes the response.
+ * Read-only: every push or delete answers 405 `UNSUPPORTED`. Runtime-independent: the Lambda handler and the
+ * local server both reach it through the same API Gateway v2 event.
+ */
+import { errorResponse } from '../http/error-response.js';
+import { parseRoute } from '../http/router.js';
+import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from '../http/types.js';
+import { assertDigest } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import { createBlobService } from './blobs.js';
+import type { RegistryDeps } from './deps.js';
+import { createManifestService } from './manifests.js';
+import { listCatalog, listTags, parsePageSize, type Page } from './tags.js';
+
+/** Handles one request; never throws (errors become OCI error responses). */
+export type RegistryApp = (req: RegistryRequest) => Promise<RegistryResponse>;
+
+const READ_METHODS = new Set(['GET', 'HEAD']);
+
+/** Builds the app from its dependencies. */
+export function createRegistryApp(deps: RegistryDeps): RegistryApp {
+  const manifests = createManifestService(deps);
+  const blobs = createBlobService(deps);
+
+  function json(status: number, value: unknown, method: string, extra: Record<string, string> = {}): RegistryResponse {
+    const body = JSON.stringify(value);
+    return {
+      status,
+      headers: { ...API_VERSION_HEADER, 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)), ...extra },
+      body: method === 'HEAD' ? undefined : body,
+    };
+  }
+
+  function linkHeader(path: string, page: Page, n: number | undefined): Record<string, string> {
+    if (page.next === undefined) return {};
+    const q = new URLSearchParams({ ...(n !== undefined ? { n: String(n) } : {}), last: page.next });
+    return { Link: `<${path}?${q}>; rel="next"` };
+  }
+
+  async function route(req: RegistryRequest): Promise<RegistryResponse> {
+    const route = parseRoute(req.path);
+    if (route.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'unknown registry route', { status: 404 });
+    if (route.kind === 'upload' || !READ_METHODS.has(req.method)) {
+      throw new RegistryError('UNSUPPORTED', 'this registry is a read-only pull-through cache', { headers: { Allow: 'GET, HEAD' } });
+    }
+    switch (route.kind) {
+      case 'base':
+        return json(200, {}, req.method);
+      case 'catalog': {
+        const n = parsePageSize(req.query.get('n'));
+        const page = await listCatalog(deps, { n, last: req.query.get('last') ?? undefined });
+        return json(200, { repositories: page.items }, req.method, linkHeader('/v2/_catalog', page, n));
+      }
+      case 'tags': {
+        const n = parsePageSize(req.query.get('n'));
+        const page = await listTags(deps, route.name, { n, last: req.query.get('last') ?? undefined });
+        return json(200, { name: route.name, tags: page.items }, req.method, linkHeader(`/v2/${route.name}/tags/list`, page, n));
+      }
+      case 'manifest': {
+        const m = await manifests.get(route.name, route.reference);
+        return {
+          status: 200,
+          headers: {
+            ...API_VERSION_HEADER,
+            'Content-Type': m.mediaType,
+            'Content-Length': String(m.size),
+            'Docker-Content-Digest': m.digest,
+            ETag: `"${m.digest}"`,
+          },
+          body: req.method === 'HEAD' ? undefined : m.body,
+        };
+      }
+      case 'blob': {
+        if (req.method === 'HEAD') {
+          const b = await blobs.stat(route.name, route.digest);
+          return {
+            status: 200,
+            headers: { ...API_VERSION_HEADER, 'Content-Type': 'application/octet-stream', 'Content-Length': String(b.size), 'Docker-Content-Digest': b.digest },
+          };
+        }
+        const b = await blobs.locate(route.name, route.digest);
+        return {
+          status: 307,
+          headers: { ...API_VERSION_HEADER, Location: b.location.url, 'Docker-Content-Digest': b.digest, 'Content-Length': '0' },
+        };
+      }
+      case 'referrers': {
+        deps.resolve(route.name);
+        assertDigest(route.digest);
+        // 404 makes clients fall back to the `sha256-<hex>` tag schema (OCI distribution spec, "Listing Referrers").
+        throw new RegistryError('NAME_UNKNOWN', 'the referrers API is not served by this cache; use the tag schema', { status: 404 });
+      }
+    }
+  }
+
+  return async (req) => {
+    try {
+      return await route(req);
+    } catch (err) {
+      const res = errorResponse(err, req.method);
+      if (res.unexpected) deps.log.error('unexpected error', { method: req.method, path: req.path, error: err as Error });
+      const { unexpected: _unexpected, ...rest } = res;
+      return rest;
+    }
+  };
+}

@@ -1,0 +1,26 @@
+/**
+ * What the registry services are built from: storage ports, the rule resolver, one upstream client per rule,
+ * a logger and a clock. Built once per process by the composition root (`shared/runtime.ts`).
+ */
+import type { PullThroughCacheRule } from '../config.js';
+import type { Stores } from '../store/ports.js';
+import type { UpstreamClient } from '../upstream/client.js';
+import type { ResolvedName } from './rules.js';
+
+/** The logging surface the core uses (Powertools `Logger` satisfies it). */
+export interface Log {
+  debug(message: string, ...extra: Record<string, unknown>[]): void;
+  info(message: string, ...extra: Record<string, unknown>[]): void;
+  warn(message: string, ...extra: Record<string, unknown>[]): void;
+  error(message: string, ...extra: Record<string, unknown>[]): void;
+}
+
+/** Dependencies of the registry services. `now` returns milliseconds since the epoch. */
+export interface RegistryDeps {
+  stores: Stores;
+  resolve(name: string): ResolvedName;
+  upstreamFor(rule: PullThroughCacheRule): UpstreamClient;
+  maxManifestBytes: number;
+  log: Log;
+  now(): number;
+}

@@ -1,0 +1,41 @@
+/**
+ * Resolves a request name to its pull-through cache rule and upstream repository. The upstream host comes
+ * only from the rule, never from the request. Docker Hub one-part names get `library/` so that
+ * `docker-hub/alpine` and `docker-hub/library/alpine` are one cache entry.
+ */
+import type { PullThroughCacheRule } from '../config.js';
+import { RegistryError } from '../oci/errors.js';
+import { assertName } from '../oci/reference.js';
+
+/** A name resolved against the rules. */
+export interface ResolvedName {
+  rule: PullThroughCacheRule;
+  /** Repository name at the upstream, e.g. `library/nginx`. */
+  upstreamRepository: string;
+  /** Canonical cache-side name, `<prefix>/<upstream repository>`: the key of every stored item. */
+  name: string;
+}
+
+const DOCKER_HUB_HOSTS = new Set(['registry-1.docker.io', 'docker.io', 'index.docker.io', 'registry.hub.docker.com']);
+
+/** True when the rule's upstream is Docker Hub (or `dockerHubLibrary` says to behave like it). */
+export function addsLibraryPrefix(rule: PullThroughCacheRule): boolean {
+  return rule.dockerHubLibrary ?? DOCKER_HUB_HOSTS.has(new URL(rule.upstream).hostname);
+}
+
+/**
+ * Builds the resolver for a rule list. Longest matching prefix wins (prefixes may contain `/`).
+ * @throws RegistryError `NAME_INVALID` for a name breaking the grammar, `NAME_UNKNOWN` when no rule matches
+ *   or nothing follows the prefix.
+ */
+export function createRuleResolver(rules: PullThroughCacheRule[]): (name: string) => ResolvedName {
+  const sorted = [...rules].sort((a, b) => b.prefix.length - a.prefix.length);
+  return (rawName) => {
+    const requested = assertName(rawName);
+    const rule = sorted.find((r) => requested.startsWith(`${r.prefix}/`));
+    if (!rule) throw new RegistryError('NAME_UNKNOWN', 'no pull-through cache rule matches this name', { detail: { name: requested } });
+    let upstreamRepository = requested.slice(rule.prefix.length + 1);
+    if (!upstreamRepository.includes('/') && addsLibraryPrefix(rule)) upstreamRepository = `library/${upstreamRepository}`;
+    return { rule, upstreamRepository, name: `${rule.prefix}/${upstreamRepository}` };
+  };
+}

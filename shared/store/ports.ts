@@ -1,0 +1,87 @@
+/**
+ * Storage ports. Small on purpose: the embedded adapters (SQLite + filesystem) and the AWS adapters
+ * (DynamoDB + S3) implement them, and one contract suite per port runs against each. Adapters return
+ * `undefined` for "not found" and never throw RegistryError themselves, except `BlobStore.write` which throws
+ * `DIGEST_INVALID`/`SIZE_INVALID` when the bytes do not match.
+ */
+import type { Readable } from 'node:stream';
+import type { Digest } from '../oci/digest.js';
+
+/** A tag → digest entry. Times are milliseconds since the epoch. */
+export interface TagRecord {
+  /** Cache-side repository name, `<rule prefix>/<upstream repository>` (normalised, e.g. `library/` added). */
+  name: string;
+  tag: string;
+  digest: Digest;
+  mediaType: string;
+  /** Manifest size in bytes. */
+  size: number;
+  /** When the manifest the tag points at was fetched from the upstream. */
+  fetchedAt: number;
+  /** When the upstream was last asked (HEAD or GET) what the tag points at. */
+  checkedAt: number;
+}
+
+/** The tag index (DynamoDB `pk=repo#<name>, sk=tag#<tag>`; SQLite table `tags`). */
+export interface TagIndex {
+  getTag(name: string, tag: string): Promise<TagRecord | undefined>;
+  /** Inserts or replaces the entry. */
+  putTag(record: TagRecord): Promise<void>;
+  /** Updates `checkedAt` (ms) only; a no-op when the tag is not there. */
+  touchTag(name: string, tag: string, checkedAt: number): Promise<void>;
+  /** Tags of a repository, lexically sorted, at most `n` after `last`. */
+  listTags(name: string, opts?: { last?: string; n?: number }): Promise<string[]>;
+  /** Repository names the cache holds (any tag or manifest), lexically sorted, at most `n` after `last`. */
+  listRepositories(opts?: { last?: string; n?: number }): Promise<string[]>;
+}
+
+/** A stored manifest: the upstream's bytes, unchanged. */
+export interface ManifestRecord {
+  name: string;
+  digest: Digest;
+  mediaType: string;
+  /** Body size in bytes. */
+  size: number;
+  body: Uint8Array;
+}
+
+/** The manifest store: manifests by repository and digest (DynamoDB item, S3 when large; SQLite `manifests`). */
+export interface ManifestStore {
+  getManifest(name: string, digest: Digest): Promise<ManifestRecord | undefined>;
+  /**
+   * Stores a verified manifest and links the blobs it references to the repository, in one commit
+   * (the blobs themselves may not be stored yet).
+   */
+  putManifest(record: ManifestRecord, referencedBlobs: string[]): Promise<void>;
+}
+
+/** Repository ↔ blob links: a blob is served for a repository only if that repository references it. */
+export interface BlobLinks {
+  isLinked(name: string, digest: Digest): Promise<boolean>;
+  link(name: string, digest: Digest): Promise<void>;
+}
+
+/** Where a client fetches a stored blob: a (signed, short-lived) URL, absolute or relative to the registry. */
+export type BlobLocation = { kind: 'redirect'; url: string };
+
+/** Content-addressed blob bytes (`blobs/<algorithm>/<hex>`), shared by all repositories. */
+export interface BlobStore {
+  /** Size in bytes of a committed blob, or `undefined`. */
+  stat(digest: Digest): Promise<{ size: number } | undefined>;
+  /**
+   * Streams `source` into the store, hashing while streaming, and commits only when the bytes hash to
+   * `digest` (and match `expectedSize` when given). Nothing is visible on failure.
+   * @throws RegistryError `DIGEST_INVALID` / `SIZE_INVALID` on mismatch; the source's error if it fails.
+   */
+  write(digest: Digest, source: Readable, expectedSize?: number): Promise<{ size: number }>;
+  /** Where a client can GET the committed blob. */
+  locate(digest: Digest): Promise<BlobLocation>;
+}
+
+/** Everything the registry core needs from storage. */
+export interface Stores {
+  tags: TagIndex;
+  manifests: ManifestStore;
+  links: BlobLinks;
+  blobs: BlobStore;
+}

@@ -1,0 +1,91 @@
+/**
+ * Embedded index adapter: tag index, manifest store and blob links in one SQLite file (better-sqlite3 12,
+ * WAL mode). Synchronous under the hood; the async port signatures are kept so the DynamoDB adapter fits.
+ */
+import Database from 'better-sqlite3';
+import type { Digest } from '../oci/digest.js';
+import type { BlobLinks, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS tags (
+  name TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL,
+  fetched_at INTEGER NOT NULL, checked_at INTEGER NOT NULL, PRIMARY KEY (name, tag)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS manifests (
+  name TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL,
+  stored_at INTEGER NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blob_links (name TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
+`;
+
+/** Default page size for listings when the client gives no `n`. */
+export const DEFAULT_PAGE = 1000;
+
+/** Opens (creating when needed) the SQLite index at `file` (`:memory:` works for tests). */
+export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & { close(): void } {
+  const db = new Database(file);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = NORMAL');
+  db.exec(SCHEMA);
+
+  const getTag = db.prepare('SELECT * FROM tags WHERE name = ? AND tag = ?');
+  const putTag = db.prepare(
+    `INSERT INTO tags (name, tag, digest, media_type, size, fetched_at, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT (name, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
+       size = excluded.size, fetched_at = excluded.fetched_at, checked_at = excluded.checked_at`,
+  );
+  const touchTag = db.prepare('UPDATE tags SET checked_at = ? WHERE name = ? AND tag = ?');
+  const listTags = db.prepare('SELECT tag FROM tags WHERE name = ? AND tag > ? ORDER BY tag LIMIT ?');
+  const listRepos = db.prepare(
+    `SELECT name FROM (SELECT name FROM tags UNION SELECT name FROM manifests) WHERE name > ? ORDER BY name LIMIT ?`,
+  );
+  const getManifest = db.prepare('SELECT * FROM manifests WHERE name = ? AND digest = ?');
+  const putManifest = db.prepare(
+    'INSERT OR IGNORE INTO manifests (name, digest, media_type, size, body, stored_at) VALUES (?, ?, ?, ?, ?, ?)',
+  );
+  const isLinked = db.prepare('SELECT 1 FROM blob_links WHERE name = ? AND digest = ?');
+  const link = db.prepare('INSERT OR IGNORE INTO blob_links (name, digest) VALUES (?, ?)');
+  const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[]) => {
+    putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), Date.now());
+    for (const d of blobs) link.run(r.name, d);
+  });
+
+  type TagRow = { name: string; tag: string; digest: string; media_type: string; size: number; fetched_at: number; checked_at: number };
+  type ManifestRow = { name: string; digest: string; media_type: string; size: number; body: Buffer };
+
+  return {
+    async getTag(name, tag) {
+      const row = getTag.get(name, tag) as TagRow | undefined;
+      return row && {
+        name: row.name, tag: row.tag, digest: row.digest as Digest, mediaType: row.media_type, size: row.size,
+        fetchedAt: row.fetched_at, checkedAt: row.checked_at,
+      };
+    },
+    async putTag(r: TagRecord) {
+      putTag.run(r.name, r.tag, r.digest, r.mediaType, r.size, r.fetchedAt, r.checkedAt);
+    },
+    async touchTag(name, tag, checkedAt) {
+      touchTag.run(checkedAt, name, tag);
+    },
+    async listTags(name, opts = {}) {
+      return (listTags.all(name, opts.last ?? '', opts.n ?? DEFAULT_PAGE) as Array<{ tag: string }>).map((r) => r.tag);
+    },
+    async listRepositories(opts = {}) {
+      return (listRepos.all(opts.last ?? '', opts.n ?? DEFAULT_PAGE) as Array<{ name: string }>).map((r) => r.name);
+    },
+    async getManifest(name, digest) {
+      const row = getManifest.get(name, digest) as ManifestRow | undefined;
+      return row && { name: row.name, digest: row.digest as Digest, mediaType: row.media_type, size: row.size, body: new Uint8Array(row.body) };
+    },
+    async putManifest(record, blobs) {
+      putManifestTx(record, blobs);
+    },
+    async isLinked(name, digest) {
+      return isLinked.get(name, digest) !== undefined;
+    },
+    async link(name, digest) {
+      link.run(name, digest);
+    },
+    close() {
+      db.close();
+    },
+  };
+}

@@ -1,0 +1,242 @@
+/**
+ * The upstream registry client for one pull-through cache rule: manifests (HEAD/GET with an Accept list
+ * covering OCI and Docker schema2 types), blobs (streamed, redirects followed without forwarding
+ * `Authorization` to another origin), and tag lists. Every non-2xx answer becomes an {@link UpstreamError}.
+ * Requests ask for `Accept-Encoding: identity` so sizes and digests are of the bytes as stored.
+ */
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import type { PullThroughCacheRule } from '../config.js';
+import type { Digest } from '../oci/digest.js';
+import { MANIFEST_ACCEPT } from '../oci/media-types.js';
+import { createTokenAuth, type TokenAuth } from './auth.js';
+import { parseChallenge } from './challenge.js';
+import { UpstreamError, upstreamErrorFor } from './errors.js';
+
+/** What a manifest HEAD told us. Any field may be missing (some registries omit `Docker-Content-Digest`). */
+export interface ManifestHead {
+  digest?: string;
+  mediaType?: string;
+  size?: number;
+}
+
+/** A fetched manifest: the raw bytes and the headers that classify it. */
+export interface FetchedManifest {
+  body: Buffer;
+  contentType?: string;
+  digestHeader?: string;
+}
+
+/** A blob body being streamed from the upstream. `size` is the upstream `Content-Length` when given. */
+export interface FetchedBlob {
+  stream: Readable;
+  size?: number;
+}
+
+/** The operations the cache needs from an upstream registry. */
+export interface UpstreamClient {
+  headManifest(repository: string, reference: string): Promise<ManifestHead>;
+  getManifest(repository: string, reference: string, maxBytes: number): Promise<FetchedManifest>;
+  headBlob(repository: string, digest: Digest): Promise<{ size?: number }>;
+  getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;
+  listTags(repository: string, query: { n?: number; last?: string }): Promise<{ tags: string[]; next?: { n?: number; last: string } }>;
+}
+
+/** Maximum redirects followed for one blob (Go's http client allows 10). */
+const MAX_REDIRECTS = 10;
+/** Milliseconds a blob body may stall before the transfer is abandoned. */
+const BLOB_IDLE_MS = 60_000;
+
+/** Builds the client for a rule. `fetchImpl` is injectable for tests (defaults to global fetch). */
+export function createUpstreamClient(rule: PullThroughCacheRule, opts: { fetchImpl?: typeof fetch; auth?: TokenAuth } = {}): UpstreamClient {
+  const doFetch = opts.fetchImpl ?? fetch;
+  const base = new URL(rule.upstream);
+  const timeoutMs = rule.upstreamTimeoutSeconds * 1000;
+  const auth =
+    opts.auth ??
+    createTokenAuth({
+      credentials: rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined,
+      timeoutMs,
+      fetchImpl: doFetch,
+    });
+  const pullScope = (repository: string) => `repository:${repository}:pull`;
+  const urlOf = (path: string) => new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
+
+  /** One request to the upstream origin, with the auth dance. The caller consumes or cancels the body. */
+  async function send(
+    method: string,
+    url: URL,
+    scope: string,
+    headers: Record<string, string>,
+    signal: AbortSignal,
+  ): Promise<Response> {
+    const attempt = async (authorization?: string) => {
+      try {
+        return await doFetch(url, {
+          method,
+          headers: { 'Accept-Encoding': 'identity', ...headers, ...(authorization ? { Authorization: authorization } : {}) },
+          redirect: 'manual',
+          signal,
+        });
+      } catch (err) {
+        throw new UpstreamError('unavailable', `${method} ${url.pathname}: ${(err as Error).message}`);
+      }
+    };
+    let res = await attempt(await auth.headerFor(scope));
+    if (res.status === 401) {
+      const challenge = parseChallenge(res.headers.get('www-authenticate'));
+      await res.body?.cancel();
+      const retry = challenge && (await auth.answer(challenge, scope));
+      if (retry) res = await attempt(retry);
+    }
+    return res;
+  }
+
+  async function fail(res: Response, what: string): Promise<never> {
+    await res.body?.cancel().catch(() => undefined);
+    throw upstreamErrorFor(res.status, what, res.headers.get('retry-after'));
+  }
+
+  /** Follows a blob redirect chain from `res`; only https targets, the upstream origin and allowed hosts. */
+  async function followRedirects(res: Response, from: URL, scope: string, signal: AbortSignal, what: string): Promise<Response> {
+    let current = res;
+    let url = from;
+    for (let hop = 0; current.status >= 300 && current.status < 400; hop++) {
+      const location = current.headers.get('location');
+      await current.body?.cancel().catch(() => undefined);
+      if (!location || hop >= MAX_REDIRECTS) throw new UpstreamError('unavailable', `${what}: bad or endless redirect`);
+      url = new URL(location, url);
+      const sameOrigin = url.origin === base.origin;
+      if (!(url.protocol === 'https:' || sameOrigin || rule.insecureRedirectHosts.includes(url.host))) {
+        throw new UpstreamError('unavailable', `${what}: refusing redirect to ${url.protocol}//${url.host}`);
+      }
+      try {
+        // Never forward Authorization to another origin (presigned CDN URLs carry their own auth).
+        current = sameOrigin
+          ? await send('GET', url, scope, {}, signal)
+          : await doFetch(url, { headers: { 'Accept-Encoding': 'identity' }, redirect: 'manual', signal });
+      } catch (err) {
+        if (err instanceof UpstreamError) throw err;
+        throw new UpstreamError('unavailable', `${what}: ${(err as Error).message}`);
+      }
+    }
+    return current;
+  }
+
+  return {
+    async headManifest(repository, reference) {
+      const url = urlOf(`/v2/${repository}/manifests/${reference}`);
+      const res = await send('HEAD', url, pullScope(repository), { Accept: MANIFEST_ACCEPT }, AbortSignal.timeout(timeoutMs));
+      if (!res.ok) return fail(res, 'manifest HEAD');
+      await res.body?.cancel().catch(() => undefined);
+      const length = res.headers.get('content-length');
+      return {
+        digest: res.headers.get('docker-content-digest') ?? undefined,
+        mediaType: res.headers.get('content-type') ?? undefined,
+        size: length === null ? undefined : Number(length),
+      };
+    },
+
+    async getManifest(repository, reference, maxBytes) {
+      const url = urlOf(`/v2/${repository}/manifests/${reference}`);
+      const res = await send('GET', url, pullScope(repository), { Accept: MANIFEST_ACCEPT }, AbortSignal.timeout(timeoutMs));
+      if (!res.ok) return fail(res, 'manifest GET');
+      const declared = Number(res.headers.get('content-length') ?? 0);
+      if (declared > maxBytes) {
+        await res.body?.cancel().catch(() => undefined);
+        throw new UpstreamError('unavailable', `manifest larger than ${maxBytes} bytes`);
+      }
+      const body = await readCapped(res, maxBytes);
+      return {
+        body,
+        contentType: res.headers.get('content-type') ?? undefined,
+        digestHeader: res.headers.get('docker-content-digest') ?? undefined,
+      };
+    },
+
+    async headBlob(repository, digest) {
+      const url = urlOf(`/v2/${repository}/blobs/${digest}`);
+      const signal = AbortSignal.timeout(timeoutMs);
+      let res = await send('HEAD', url, pullScope(repository), {}, signal);
+      if (res.status >= 300 && res.status < 400) {
+        // A HEAD that redirects (CDN-backed registries): the blob exists; size comes from the target if it says.
+        await res.body?.cancel().catch(() => undefined);
+        return {};
+      }
+      if (!res.ok) return fail(res, 'blob HEAD');
+      await res.body?.cancel().catch(() => undefined);
+      const length = res.headers.get('content-length');
+      return { size: length === null ? undefined : Number(length) };
+    },
+
+    async getBlob(repository, digest) {
+      const url = urlOf(`/v2/${repository}/blobs/${digest}`);
+      const controller = new AbortController();
+      let timer = setTimeout(() => controller.abort(new Error('upstream did not answer in time')), timeoutMs);
+      let res: Response;
+      try {
+        res = await send('GET', url, pullScope(repository), {}, controller.signal);
+        res = await followRedirects(res, url, pullScope(repository), controller.signal, 'blob GET');
+      } finally {
+        clearTimeout(timer);
+      }
+      if (!res.ok || !res.body) return fail(res, 'blob GET');
+      const length = res.headers.get('content-length');
+      const stream = Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>);
+      // Abandon a transfer that stalls (a hung upstream must not hold a fill forever).
+      const arm = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => stream.destroy(new UpstreamError('unavailable', 'upstream blob transfer stalled')), BLOB_IDLE_MS);
+      };
+      arm();
+      stream.on('data', arm);
+      stream.on('close', () => clearTimeout(timer));
+      return { stream, size: length === null ? undefined : Number(length) };
+    },
+
+    async listTags(repository, query) {
+      const url = urlOf(`/v2/${repository}/tags/list`);
+      if (query.n !== undefined) url.searchParams.set('n', String(query.n));
+      if (query.last !== undefined) url.searchParams.set('last', query.last);
+      const res = await send('GET', url, pullScope(repository), { Accept: 'application/json' }, AbortSignal.timeout(timeoutMs));
+      if (!res.ok) return fail(res, 'tags list');
+      let body: { tags?: unknown };
+      try {
+        body = (await res.json()) as { tags?: unknown };
+      } catch {
+        throw new UpstreamError('unavailable', 'tags list: upstream answered non-JSON');
+      }
+      const tags = Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : [];
+      return { tags, next: parseNextLink(res.headers.get('link')) };
+    },
+  };
+}
+
+/** Reads a response body, failing once it passes `maxBytes`. */
+async function readCapped(res: Response, maxBytes: number): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  try {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      total += chunk.length;
+      if (total > maxBytes) throw new UpstreamError('unavailable', `manifest larger than ${maxBytes} bytes`);
+      chunks.push(Buffer.from(chunk));
+    }
+  } catch (err) {
+    if (err instanceof UpstreamError) throw err;
+    throw new UpstreamError('unavailable', `manifest body: ${(err as Error).message}`);
+  }
+  return Buffer.concat(chunks);
+}
+
+/** Reads `n`/`last` from an RFC 5988 `Link: <...?n=..&last=..>; rel="next"` header. */
+export function parseNextLink(link: string | null): { n?: number; last: string } | undefined {
+  if (!link) return undefined;
+  const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
+  if (!m) return undefined;
+  const params = new URL(m[1], 'http://x').searchParams;
+  const last = params.get('last');
+  if (last === null) return undefined;
+  const n = params.get('n');
+  return { last, ...(n !== null && /^\d+$/.test(n) ? { n: Number(n) } : {}) };
+}

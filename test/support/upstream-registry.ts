@@ -1,0 +1,237 @@
+/**
+ * A real upstream registry for e2e tests and benchmarks: the Debian-packaged
+ * CNCF distribution 2.8 (`/usr/bin/docker-registry`), filesystem storage,
+ * plain HTTP on 127.0.0.1.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, openSync, closeSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import net from 'node:net';
+import http from 'node:http';
+import { scratchDir } from './scratch.js';
+
+/** Path of the distribution binary (Debian package `docker-registry`). */
+export const REGISTRY_BIN = '/usr/bin/docker-registry';
+
+/**
+ * A ready-made htpasswd line for tests that need an authenticated upstream:
+ * user {@link TEST_REGISTRY_USER}, password {@link TEST_REGISTRY_PASSWORD}
+ * (bcrypt, cost 5 so auth stays fast). Pass it as `startUpstreamRegistry({ htpasswd: TEST_HTPASSWD })`.
+ */
+export const TEST_REGISTRY_USER = 'pullthrough';
+/** Password matching {@link TEST_HTPASSWD}. */
+export const TEST_REGISTRY_PASSWORD = 'pullthrough-secret';
+/** htpasswd file contents (one bcrypt line) for {@link TEST_REGISTRY_USER}:{@link TEST_REGISTRY_PASSWORD}. */
+export const TEST_HTPASSWD = `${TEST_REGISTRY_USER}:$2b$05$EFt8rznzA6K91h0mqV3ixuLzJG1ESAd.2492yRf.Pdetbm.UCCGN.\n`;
+
+/** Options for {@link startUpstreamRegistry}. */
+export interface UpstreamRegistryOptions {
+  /** TCP port on 127.0.0.1; default: a free port picked by binding port 0 (distribution itself cannot listen on :0 and report it). */
+  port?: number;
+  /** Filesystem storage root; default a new mkdtemp dir. Reuse it (with `port`) to restart the same registry after `stop()`. */
+  dataDir?: string;
+  /**
+   * Ignored: distribution only redirects blob GETs to pre-signed URLs for
+   * cloud storage drivers (s3, gcs, azure...); the filesystem driver has no
+   * URLFor support, so blobs are always served inline with a 200.
+   */
+  redirectBlobs?: boolean;
+  /**
+   * Enables `auth.htpasswd` (Basic auth, realm "pullthrough-test"). Either an
+   * absolute path to an existing htpasswd file, or the file contents
+   * (bcrypt lines `user:$2y$...`), e.g. {@link TEST_HTPASSWD}.
+   */
+  htpasswd?: string;
+  /** Readiness timeout in ms (default 10 000). */
+  startTimeoutMs?: number;
+}
+
+/** A running upstream registry. `url` has no trailing slash. */
+export interface UpstreamRegistry {
+  /** `http://127.0.0.1:PORT` */
+  url: string;
+  /** TCP port on 127.0.0.1 */
+  port: number;
+  /** filesystem storage root (survives stop(); pass it again to restart) */
+  dataDir: string;
+  /** PID of the docker-registry process */
+  pid: number;
+  /** generated config.yml */
+  configPath: string;
+  /** stdout+stderr of the registry (log level warn) */
+  logPath: string;
+  /** SIGTERM, wait up to 5 s for exit, then SIGKILL. Idempotent. Never removes dataDir. */
+  stop(): Promise<void>;
+}
+
+/** Live children, killed synchronously if the test process exits without calling stop(). */
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const c of live) {
+      try {
+        if (c.pid) process.kill(c.pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
+  });
+}
+
+/** Returns a currently free TCP port on 127.0.0.1 (bind :0, read, close). */
+export async function pickFreePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      srv.close(() => (port ? resolve(port) : reject(new Error('could not pick a port'))));
+    });
+  });
+}
+
+/** GET url with a short timeout; resolves to the status code, or 0 on a connection error. */
+function probe(url: string, timeoutMs = 1000): Promise<number> {
+  return new Promise((resolve) => {
+    const req = http.get(url, { timeout: timeoutMs, agent: false }, (res) => {
+      res.resume();
+      resolve(res.statusCode ?? 0);
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(0));
+  });
+}
+
+function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string }): string {
+  // YAML written by hand: values are paths/ports we control (quoted).
+  const lines = [
+    'version: 0.1',
+    'log:',
+    '  level: warn',
+    '  formatter: text',
+    '  accesslog:',
+    '    disabled: true',
+    'storage:',
+    '  filesystem:',
+    `    rootdirectory: ${JSON.stringify(o.dataDir)}`,
+    '  delete:',
+    '    enabled: true',
+    '  cache:',
+    '    blobdescriptor: inmemory',
+    '  maintenance:',
+    '    uploadpurging:',
+    '      enabled: false',
+    'http:',
+    `  addr: "127.0.0.1:${o.port}"`,
+    // Fixed secret so upload state survives a restart on the same dataDir.
+    '  secret: "pullthrough-test-secret"',
+    '  headers:',
+    '    X-Content-Type-Options: [nosniff]',
+  ];
+  if (o.htpasswdPath) {
+    lines.push('auth:', '  htpasswd:', '    realm: "pullthrough-test"', `    path: ${JSON.stringify(o.htpasswdPath)}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * Starts `/usr/bin/docker-registry serve <config.yml>` and resolves once
+ * `GET /v2/` answers 200 (or 401 with htpasswd), polling every 50 ms for at
+ * most `startTimeoutMs` (10 s). Without an explicit `port`, a bind race is
+ * retried up to 3 times with a new port.
+ */
+export async function startUpstreamRegistry(opts: UpstreamRegistryOptions = {}): Promise<UpstreamRegistry> {
+  if (!existsSync(REGISTRY_BIN)) throw new Error(`${REGISTRY_BIN} not found (apt-get install docker-registry)`);
+  const attempts = opts.port ? 1 : 3;
+  let lastErr: unknown;
+  for (let i = 0; i < attempts; i++) {
+    try {
+      return await startOnce(opts);
+    } catch (e) {
+      lastErr = e;
+    }
+  }
+  throw lastErr;
+}
+
+async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistry> {
+  installExitHook();
+  const port = opts.port ?? (await pickFreePort());
+  const dataDir = opts.dataDir ?? scratchDir('registry-data-');
+  const workDir = scratchDir('registry-run-');
+  let htpasswdPath: string | undefined;
+  if (opts.htpasswd !== undefined) {
+    if (opts.htpasswd.startsWith('/') && !opts.htpasswd.includes('\n') && existsSync(opts.htpasswd)) {
+      htpasswdPath = opts.htpasswd;
+    } else {
+      htpasswdPath = join(workDir, 'htpasswd');
+      writeFileSync(htpasswdPath, opts.htpasswd.endsWith('\n') ? opts.htpasswd : opts.htpasswd + '\n');
+    }
+  }
+  const configPath = join(workDir, 'config.yml');
+  writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath }));
+  const logPath = join(workDir, 'registry.log');
+  const logFd = openSync(logPath, 'a');
+  const child = spawn(REGISTRY_BIN, ['serve', configPath], {
+    stdio: ['ignore', logFd, logFd],
+    // Keep distribution from reading REGISTRY_* overrides from our environment.
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: workDir },
+  });
+  closeSync(logFd);
+  live.add(child);
+  let exited = false;
+  let exitInfo = '';
+  const exitPromise = new Promise<void>((resolve) => {
+    child.once('exit', (code, signal) => {
+      exited = true;
+      exitInfo = `code=${code} signal=${signal}`;
+      live.delete(child);
+      resolve();
+    });
+  });
+  child.once('error', () => {
+    /* reported through exit / readiness timeout */
+  });
+
+  const url = `http://127.0.0.1:${port}`;
+  const ok = opts.htpasswd !== undefined ? [401, 200] : [200];
+  const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
+  let ready = false;
+  while (Date.now() < deadline && !exited) {
+    const status = await probe(`${url}/v2/`, 500);
+    if (ok.includes(status)) {
+      ready = true;
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+
+  const stop = async (): Promise<void> => {
+    if (exited) return;
+    child.kill('SIGTERM');
+    const t = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 5000).unref());
+    if ((await Promise.race([exitPromise.then(() => 'exited' as const), t])) === 'timeout' && !exited) {
+      child.kill('SIGKILL');
+      await Promise.race([exitPromise, new Promise((r) => setTimeout(r, 2000).unref())]);
+    }
+  };
+
+  if (!ready) {
+    await stop();
+    let log = '';
+    try {
+      log = readFileSync(logPath, 'utf8').slice(-2000);
+    } catch {
+      /* no log */
+    }
+    throw new Error(
+      `docker-registry did not become ready on ${url}${exited ? ` (exited ${exitInfo})` : ''}; log tail:\n${log}`,
+    );
+  }
+  return { url, port, dataDir, pid: child.pid!, configPath, logPath, stop };
+}
