@@ -163,7 +163,7 @@ describe('skopeo pulls directly from the upstream', () => {
     'inspect --raw returns the exact bytes; list-tags lists the tag',
     async () => {
       const raw = assertSkopeoOk(await skopeoInspect(imageRef(upstream.url, dockerList.name, 'v1'), { raw: true }));
-      expect(raw.stdout.replace(/\n$/, '')).toBe(dockerList.manifest.toString('utf8'));
+      expect(raw.stdout).toBe(dockerList.manifest.toString('utf8')); // byte-exact, no trailing newline
       const summary = assertSkopeoOk(await skopeoInspect(imageRef(upstream.url, dockerList.name, 'v1'), { arch: 'arm64' }));
       expect(JSON.parse(summary.stdout).Architecture).toBe('arm64');
       const tags = await skopeoListTags(`${upstream.url}/${single.name}`);

@@ -6,7 +6,11 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 
-/** One proxied request. `path` includes the query string; `status` is what the client got (502 when the target was unreachable). */
+/**
+ * One proxied request. `path` includes the query string; `status` is what the
+ * client got: the target's status, 502 when the target was unreachable, or 0
+ * when the client went away before the target answered.
+ */
 export interface ProxiedRequest {
   method: string;
   path: string;
@@ -127,6 +131,7 @@ export async function startCountingProxy(target: string): Promise<CountingProxy>
     req.pipe(upstreamReq);
     req.on('aborted', () => upstreamReq.destroy());
     res.on('close', () => {
+      record(0); // no-op if already recorded
       if (!res.writableFinished) upstreamReq.destroy();
     });
   });

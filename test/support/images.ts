@@ -14,6 +14,7 @@ import {
   createWriteStream,
   existsSync,
   lstatSync,
+  statSync,
   readdirSync,
   readlinkSync,
   type Stats,
@@ -184,11 +185,15 @@ async function* tarStream(entries: AsyncIterable<TarEntry> | Iterable<TarEntry>)
   yield ZERO_BLOCK;
 }
 
-/** Regular file, directory or symlink entries for `src` (file or dir), recursively, sorted, named by absolute path without the leading '/'. */
-function* walk(src: string, skip?: (abs: string, st: Stats) => boolean): Generator<TarEntry> {
+/**
+ * Regular file, directory or symlink entries for `src` (file or dir), recursively, sorted,
+ * named by absolute path without the leading '/'. A symlink given as `src` itself is
+ * followed; symlinks below it are stored as symlinks.
+ */
+function* walk(src: string, skip?: (abs: string, st: Stats) => boolean, top = true): Generator<TarEntry> {
   let st: Stats;
   try {
-    st = lstatSync(src);
+    st = top ? statSync(src) : lstatSync(src);
   } catch {
     return;
   }
@@ -206,7 +211,7 @@ function* walk(src: string, skip?: (abs: string, st: Stats) => boolean): Generat
     } catch {
       return;
     }
-    for (const k of kids) yield* walk(join(src, k), skip);
+    for (const k of kids) yield* walk(join(src, k), skip, false);
   }
   // sockets, fifos, devices: skipped
 }
@@ -281,13 +286,18 @@ async function buildLayerFile(
   };
 }
 
-/** One layer with every file under each of `sources` (files or dirs), cached per process by source list. */
+/**
+ * One gzip'd tar layer with every entry under each of `sources` (absolute files
+ * or dirs, named by absolute path) plus `extra` generated files (`name` relative
+ * to /, mode 0644). Cached per process by (sources, extra). Rejects if a source is missing.
+ */
 export function buildLayer(sources: string[], extra: Array<{ name: string; data: string | Buffer }> = []): Promise<BuiltLayer> {
   const abs = sources.map((s) => resolvePath(s));
   const key = JSON.stringify({ abs, extra: extra.map((e) => [e.name, createHash('sha256').update(e.data).digest('hex')]) });
   let p = layerCache.get(key);
   if (!p) {
-    for (const s of abs) if (!existsSync(s)) throw new Error(`layer source does not exist: ${s}`);
+    const missing = abs.find((s) => !existsSync(s));
+    if (missing) return Promise.reject(new Error(`layer source does not exist: ${missing}`));
     p = buildLayerFile(abs.join(' ') || 'generated', function* () {
       const seenDirs = new Set<string>();
       const emitDir = function* (e: TarEntry) {

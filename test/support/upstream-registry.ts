@@ -4,7 +4,7 @@
  * plain HTTP on 127.0.0.1.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, writeFileSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, openSync, closeSync, writeFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import http from 'node:http';
@@ -12,6 +12,8 @@ import { scratchDir } from './scratch.js';
 
 /** Path of the distribution binary (Debian package `docker-registry`). */
 export const REGISTRY_BIN = '/usr/bin/docker-registry';
+/** util-linux setpriv, used for --pdeathsig when present. */
+const SETPRIV_BIN = '/usr/bin/setpriv';
 
 /**
  * A ready-made htpasswd line for tests that need an authenticated upstream:
@@ -28,7 +30,11 @@ export const TEST_HTPASSWD = `${TEST_REGISTRY_USER}:$2b$05$EFt8rznzA6K91h0mqV3ix
 export interface UpstreamRegistryOptions {
   /** TCP port on 127.0.0.1; default: a free port picked by binding port 0 (distribution itself cannot listen on :0 and report it). */
   port?: number;
-  /** Filesystem storage root; default a new mkdtemp dir. Reuse it (with `port`) to restart the same registry after `stop()`. */
+  /**
+   * Filesystem storage root. Default: a new dir under the per-process scratch
+   * dir (./scratch.ts; deleted after this process ends). Reuse it (with `port`)
+   * to restart the same registry after `stop()`.
+   */
   dataDir?: string;
   /**
    * Ignored: distribution only redirects blob GETs to pre-signed URLs for
@@ -58,7 +64,7 @@ export interface UpstreamRegistry {
   pid: number;
   /** generated config.yml */
   configPath: string;
-  /** stdout+stderr of the registry (log level warn) */
+  /** stdout+stderr of the registry (log level warn); kept after stop() */
   logPath: string;
   /** SIGTERM, wait up to 5 s for exit, then SIGKILL. Idempotent. Never removes dataDir. */
   stop(): Promise<void>;
@@ -177,7 +183,13 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
   writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath }));
   const logPath = join(workDir, 'registry.log');
   const logFd = openSync(logPath, 'a');
-  const child = spawn(REGISTRY_BIN, ['serve', configPath], {
+  // setpriv --pdeathsig KILL: the registry dies with the thread that spawned
+  // it, even when vitest kills its worker without running exit handlers.
+  // setpriv execs, so child.pid is the registry's PID.
+  const [cmd, args] = existsSync(SETPRIV_BIN)
+    ? [SETPRIV_BIN, ['--pdeathsig', 'KILL', '--', REGISTRY_BIN, 'serve', configPath]]
+    : [REGISTRY_BIN, ['serve', configPath]];
+  const child = spawn(cmd, args, {
     stdio: ['ignore', logFd, logFd],
     // Keep distribution from reading REGISTRY_* overrides from our environment.
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: workDir },

@@ -1,0 +1,66 @@
+/**
+ * Builds the registry app on the embedded stores (in-memory SQLite, a temp directory for blobs) with a
+ * controllable clock, for unit tests of the cache logic.
+ */
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseConfig, type PullThroughCacheRule } from '../../shared/config.js';
+import { createRegistryApp } from '../../shared/registry/app.js';
+import type { Log } from '../../shared/registry/deps.js';
+import { createRuleResolver } from '../../shared/registry/rules.js';
+import type { RegistryResponse } from '../../shared/http/types.js';
+import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
+import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
+import { createUpstreamClient, type UpstreamClient } from '../../shared/upstream/client.js';
+
+export const silentLog: Log & { lines: Array<{ level: string; message: string; extra: unknown[] }> } = {
+  lines: [],
+  debug(message, ...extra) { silentLog.lines.push({ level: 'debug', message, extra }); },
+  info(message, ...extra) { silentLog.lines.push({ level: 'info', message, extra }); },
+  warn(message, ...extra) { silentLog.lines.push({ level: 'warn', message, extra }); },
+  error(message, ...extra) { silentLog.lines.push({ level: 'error', message, extra }); },
+};
+
+export async function createHarness(rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>) {
+  const config = parseConfig({ rules });
+  const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
+  const index = openSqliteIndex(':memory:');
+  const blobs = await openFsBlobStore(dir);
+  const clock = { now: Date.now() };
+  const clients = new Map<string, UpstreamClient>();
+  const app = createRegistryApp({
+    stores: { tags: index, manifests: index, links: index, blobs },
+    resolve: createRuleResolver(config.rules),
+    upstreamFor: (rule) => {
+      if (!clients.has(rule.prefix)) clients.set(rule.prefix, createUpstreamClient(rule));
+      return clients.get(rule.prefix)!;
+    },
+    maxManifestBytes: config.maxManifestBytes,
+    log: silentLog,
+    now: () => clock.now,
+  });
+
+  async function request(method: string, pathWithQuery: string, headers: Record<string, string> = {}): Promise<RegistryResponse> {
+    const [path, query = ''] = pathWithQuery.split('?');
+    return app({ method, path, query: new URLSearchParams(query), headers });
+  }
+
+  /** Follows a blob 307 to the signed local URL and reads the bytes from the store. */
+  function readLocation(location: string): Buffer {
+    const [path, query] = location.split('?');
+    const digest = blobs.verifyUrl(path, new URLSearchParams(query));
+    if (!digest) throw new Error(`bad signed URL ${location}`);
+    return readFileSync(blobs.pathOf(digest));
+  }
+
+  return {
+    app, index, blobs, clock, dir, request, readLocation,
+    bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
+    jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
+    close() {
+      index.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

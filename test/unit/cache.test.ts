@@ -1,0 +1,289 @@
+/**
+ * Cache behaviour of the registry app on the embedded stores, against an in-process fake upstream that counts
+ * requests. Faults (upstream down, wrong bytes) are switches on the fake: no real registry can be made to do
+ * them on demand.
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createHarness } from '../support/harness.js';
+import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+
+const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+
+let up: FakeUpstream;
+let h: Awaited<ReturnType<typeof createHarness>>;
+
+beforeEach(async () => {
+  up = await startFakeUpstream();
+  h = await createHarness([{ prefix: 'local', upstream: up.url, ttlSeconds: 3600 }]);
+});
+afterEach(async () => {
+  h.close();
+  await up.close();
+});
+
+describe('manifests by tag', () => {
+  it('fetches a tag on a miss, then serves it byte-exact with 0 upstream requests', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('layer-one')]);
+    const first = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(first.status).toBe(200);
+    expect(h.bodyOf(first)!.equals(img.body)).toBe(true);
+    expect(first.headers['Docker-Content-Digest']).toBe(img.digest);
+    expect(first.headers['Content-Type']).toBe('application/vnd.oci.image.manifest.v1+json');
+    expect(first.headers['Content-Length']).toBe(String(img.body.length));
+    expect(up.count({ kind: 'manifest' })).toBe(1);
+
+    up.reset();
+    const second = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(h.bodyOf(second)!.equals(img.body)).toBe(true);
+    expect(up.count()).toBe(0);
+  });
+
+  it('HEAD answers the same headers as GET, with no body', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    const get = await h.request('GET', '/v2/local/app/manifests/v1');
+    const head = await h.request('HEAD', '/v2/local/app/manifests/v1');
+    expect(head.status).toBe(200);
+    expect(head.body).toBeUndefined();
+    expect(head.headers).toEqual(get.headers);
+    expect(head.headers['Content-Length']).toBe(String(img.body.length));
+  });
+
+  it('re-checks a tag older than the TTL with one HEAD and keeps it when the digest did not move', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    h.clock.now += 3601 * 1000;
+    up.reset();
+    const res = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(res.headers['Docker-Content-Digest']).toBe(img.digest);
+    expect(up.count({ method: 'HEAD', kind: 'manifest' })).toBe(1);
+    expect(up.count({ method: 'GET' })).toBe(0);
+    // checkedAt moved forward: the next pull within the TTL asks nothing.
+    up.reset();
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(up.count()).toBe(0);
+  });
+
+  it('moves a stale tag when the upstream digest changed; the old digest still pulls by digest', async () => {
+    const old = seedImage(up, 'app', 'latest', [Buffer.from('old')]);
+    await h.request('GET', '/v2/local/app/manifests/latest');
+    const now = seedImage(up, 'app', 'latest', [Buffer.from('new')]);
+    h.clock.now += 3601 * 1000;
+    const res = await h.request('GET', '/v2/local/app/manifests/latest');
+    expect(res.headers['Docker-Content-Digest']).toBe(now.digest);
+    expect(h.bodyOf(res)!.equals(now.body)).toBe(true);
+    up.faults.down = true;
+    const byOld = await h.request('GET', `/v2/local/app/manifests/${old.digest}`);
+    expect(byOld.status).toBe(200);
+    expect(h.bodyOf(byOld)!.equals(old.body)).toBe(true);
+  });
+
+  it('serves a stale tag when the upstream is down, and 503 for what is not cached', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    h.clock.now += 3601 * 1000;
+    up.faults.down = true;
+    const res = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(res.status).toBe(200);
+    expect(res.headers['Docker-Content-Digest']).toBe(img.digest);
+    const miss = await h.request('GET', '/v2/local/app/manifests/v2');
+    expect(miss.status).toBe(503);
+    expect(h.jsonOf(miss).errors[0].code).toBe('UNAVAILABLE');
+  });
+
+  it('answers 429 TOOMANYREQUESTS with the upstream Retry-After when nothing is cached', async () => {
+    seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    up.faults.status = { kind: 'manifest', code: 429, retryAfter: '17' };
+    const res = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(res.status).toBe(429);
+    expect(res.headers['Retry-After']).toBe('17');
+    expect(h.jsonOf(res).errors[0].code).toBe('TOOMANYREQUESTS');
+  });
+
+  it('stores nothing when the upstream manifest does not match its digest', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    up.faults.wrongBytes = true;
+    const byDigest = await h.request('GET', `/v2/local/app/manifests/${img.digest}`);
+    expect(byDigest.status).toBe(502);
+    expect(h.jsonOf(byDigest).errors[0].code).toBe('DIGEST_INVALID');
+    const byTag = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(byTag.status).toBe(502);
+    expect(await h.index.getManifest('local/app', img.digest as never)).toBeUndefined();
+    expect(await h.index.getTag('local/app', 'v1')).toBeUndefined();
+  });
+
+  it('falls back to GET and hash when the upstream HEAD gives no Docker-Content-Digest', async () => {
+    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { digest: `sha256:${'0'.repeat(64)}`, size: 1 }, layers: [] }));
+    up.putManifest('app', 'v1', { body, noDigestHeader: true });
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    h.clock.now += 3601 * 1000;
+    up.reset();
+    const res = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(res.headers['Docker-Content-Digest']).toBe(sha(body));
+    expect(res.headers['Content-Type']).toBe('application/vnd.oci.image.manifest.v1+json');
+    expect(up.count({ method: 'HEAD' })).toBe(1);
+    expect(up.count({ method: 'GET', kind: 'manifest' })).toBe(1);
+  });
+
+  it('keeps an image index as the upstream sent it and fetches each child by digest on demand', async () => {
+    const amd = seedImage(up, 'multi', undefined, [Buffer.from('amd64 layer')], { arch: 'amd64' });
+    const arm = seedImage(up, 'multi', undefined, [Buffer.from('arm64 layer')], { arch: 'arm64' });
+    const index = Buffer.from(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: OCI_INDEX,
+      manifests: [
+        { mediaType: amd.mediaType, digest: amd.digest, size: amd.body.length, platform: { architecture: 'amd64', os: 'linux' } },
+        { mediaType: arm.mediaType, digest: arm.digest, size: arm.body.length, platform: { architecture: 'arm64', os: 'linux' } },
+      ],
+    }));
+    const indexDigest = up.putManifest('multi', 'v1', { body: index, contentType: OCI_INDEX });
+    const res = await h.request('GET', '/v2/local/multi/manifests/v1');
+    expect(res.headers['Content-Type']).toBe(OCI_INDEX);
+    expect(res.headers['Docker-Content-Digest']).toBe(indexDigest);
+    expect(h.bodyOf(res)!.equals(index)).toBe(true);
+    expect(up.count({ kind: 'manifest' })).toBe(1);
+
+    const child = await h.request('GET', `/v2/local/multi/manifests/${arm.digest}`);
+    expect(h.bodyOf(child)!.equals(arm.body)).toBe(true);
+    up.reset();
+    up.faults.down = true;
+    const again = await h.request('GET', `/v2/local/multi/manifests/${indexDigest}`);
+    expect(h.bodyOf(again)!.equals(index)).toBe(true);
+    expect((await h.request('GET', `/v2/local/multi/manifests/${arm.digest}`)).status).toBe(200);
+    expect((await h.request('GET', `/v2/local/multi/manifests/${amd.digest}`)).status).toBe(503);
+  });
+
+  it('answers MANIFEST_UNKNOWN when the upstream has no such tag', async () => {
+    seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    const res = await h.request('GET', '/v2/local/app/manifests/nope');
+    expect(res.status).toBe(404);
+    expect(h.jsonOf(res).errors[0].code).toBe('MANIFEST_UNKNOWN');
+  });
+
+  it('refuses Docker schema1 manifests with a clear MANIFEST_INVALID', async () => {
+    up.putManifest('old', 'v1', { body: Buffer.from('{"schemaVersion":1,"name":"old","fsLayers":[]}'), contentType: 'application/vnd.docker.distribution.manifest.v1+prettyjws' });
+    const res = await h.request('GET', '/v2/local/old/manifests/v1');
+    expect(res.status).toBe(400);
+    expect(h.jsonOf(res).errors[0]).toMatchObject({ code: 'MANIFEST_INVALID', message: expect.stringContaining('schema1') });
+  });
+});
+
+describe('blobs', () => {
+  it('fills a blob on a miss, verifies it, and answers 307 to a signed URL serving the exact bytes', async () => {
+    const layer = Buffer.from('real layer bytes '.repeat(1000));
+    const img = seedImage(up, 'app', 'v1', [layer]);
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    const res = await h.request('GET', `/v2/local/app/blobs/${img.layerDigests[0]}`);
+    expect(res.status).toBe(307);
+    expect(res.headers['Docker-Content-Digest']).toBe(img.layerDigests[0]);
+    expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);
+    up.reset();
+    const head = await h.request('HEAD', `/v2/local/app/blobs/${img.layerDigests[0]}`);
+    expect(head.status).toBe(200);
+    expect(head.headers['Content-Length']).toBe(String(layer.length));
+    expect(up.count()).toBe(0);
+  });
+
+  it('stores nothing when the upstream blob does not hash to its digest', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('good bytes')]);
+    up.faults.wrongBytes = true;
+    const res = await h.request('GET', `/v2/local/app/blobs/${img.layerDigests[0]}`);
+    expect(res.status).toBe(502);
+    expect(h.jsonOf(res).errors[0].code).toBe('DIGEST_INVALID');
+    expect(readdirSync(join(h.dir, 'blobs', 'sha256'))).toEqual([]);
+    expect(readdirSync(join(h.dir, 'tmp'))).toEqual([]);
+  });
+
+  it('makes one upstream download for concurrent misses of the same blob', async () => {
+    const layer = Buffer.alloc(2 * 1024 * 1024, 7);
+    const img = seedImage(up, 'app', 'v1', [layer]);
+    up.faults.delayMs = 50;
+    const results = await Promise.all(Array.from({ length: 8 }, () => h.request('GET', `/v2/local/app/blobs/${img.layerDigests[0]}`)));
+    expect(results.map((r) => r.status)).toEqual(Array(8).fill(307));
+    expect(up.count({ method: 'GET', kind: 'blob' })).toBe(1);
+  });
+
+  it('serves a blob stored for another repository only after the upstream confirms this repository has it', async () => {
+    const shared = Buffer.from('shared base layer');
+    const a = seedImage(up, 'a', 'v1', [shared]);
+    await h.request('GET', `/v2/local/a/blobs/${a.layerDigests[0]}`);
+    up.reset();
+    const other = await h.request('GET', `/v2/local/b/blobs/${a.layerDigests[0]}`);
+    expect(other.status).toBe(404);
+    expect(h.jsonOf(other).errors[0].code).toBe('BLOB_UNKNOWN');
+    up.putBlob('b', shared);
+    up.reset();
+    const linked = await h.request('GET', `/v2/local/b/blobs/${a.layerDigests[0]}`);
+    expect(linked.status).toBe(307);
+    expect(up.count({ method: 'HEAD', kind: 'blob' })).toBe(1);
+    expect(up.count({ method: 'GET', kind: 'blob' })).toBe(0);
+  });
+
+  it('never serves a manifest digest on the blobs route', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    const res = await h.request('GET', `/v2/local/app/blobs/${img.digest}`);
+    expect(res.status).toBe(404);
+    expect(h.jsonOf(res).errors[0].code).toBe('BLOB_UNKNOWN');
+  });
+
+  it('answers BLOB_UNKNOWN for a blob the upstream does not have', async () => {
+    const res = await h.request('GET', `/v2/local/app/blobs/sha256:${'1'.repeat(64)}`);
+    expect(res.status).toBe(404);
+    expect(h.jsonOf(res).errors[0].code).toBe('BLOB_UNKNOWN');
+  });
+});
+
+describe('listing', () => {
+  it('lists the upstream tags with pagination kept usable through the cache', async () => {
+    for (const t of ['c', 'a', 'b', 'd']) seedImage(up, 'app', t, [Buffer.from(t)]);
+    const page1 = await h.request('GET', '/v2/local/app/tags/list?n=2');
+    expect(h.jsonOf(page1)).toEqual({ name: 'local/app', tags: ['a', 'b'] });
+    expect(page1.headers.Link).toBe('</v2/local/app/tags/list?n=2&last=b>; rel="next"');
+    const page2 = await h.request('GET', '/v2/local/app/tags/list?n=2&last=b');
+    expect(h.jsonOf(page2).tags).toEqual(['c', 'd']);
+    expect(page2.headers.Link).toBeUndefined();
+    const none = await h.request('GET', '/v2/local/app/tags/list?n=0');
+    expect(h.jsonOf(none).tags).toEqual([]);
+    expect(none.headers.Link).toBeUndefined();
+  });
+
+  it('lists the cached tags when the upstream is down, and the catalog of cached repositories', async () => {
+    seedImage(up, 'app', 'v2', [Buffer.from('2')]);
+    seedImage(up, 'app', 'v1', [Buffer.from('1')]);
+    seedImage(up, 'other', 'x', [Buffer.from('1')]);
+    await h.request('GET', '/v2/local/app/manifests/v2');
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    await h.request('GET', '/v2/local/other/manifests/x');
+    up.faults.down = true;
+    expect(h.jsonOf(await h.request('GET', '/v2/local/app/tags/list')).tags).toEqual(['v1', 'v2']);
+    expect(h.jsonOf(await h.request('GET', '/v2/_catalog')).repositories).toEqual(['local/app', 'local/other']);
+    const page = await h.request('GET', '/v2/_catalog?n=1');
+    expect(h.jsonOf(page).repositories).toEqual(['local/app']);
+    expect(page.headers.Link).toBe('</v2/_catalog?n=1&last=local%2Fapp>; rel="next"');
+  });
+});
+
+describe('requests the cache refuses', () => {
+  it.each([
+    ['PUT', '/v2/local/app/manifests/v1', 405, 'UNSUPPORTED'],
+    ['DELETE', '/v2/local/app/manifests/v1', 405, 'UNSUPPORTED'],
+    ['POST', '/v2/local/app/blobs/uploads/', 405, 'UNSUPPORTED'],
+    ['PATCH', '/v2/local/app/blobs/uploads/abc', 405, 'UNSUPPORTED'],
+    ['GET', '/v2/unknown/app/manifests/v1', 404, 'NAME_UNKNOWN'],
+    ['GET', '/v2/local/App/manifests/v1', 400, 'NAME_INVALID'],
+    ['GET', '/v2/local/a%2Fb/manifests/v1', 400, 'NAME_INVALID'],
+    ['GET', '/v2/local/../x/manifests/v1', 400, 'NAME_INVALID'],
+    ['GET', '/v2/local/app/manifests/sha256:zz', 400, 'DIGEST_INVALID'],
+    ['GET', `/v2/local/app/manifests/${'t'.repeat(129)}`, 400, 'MANIFEST_INVALID'],
+    ['GET', '/v2/local/app/blobs/latest', 400, 'DIGEST_INVALID'],
+  ])('%s %s → %i %s, without asking the upstream', async (method, path, status, code) => {
+    const res = await h.request(method, path);
+    expect(res.status).toBe(status);
+    expect(h.jsonOf(res).errors[0].code).toBe(code);
+    expect(up.count()).toBe(0);
+  });
+});
