@@ -1,0 +1,125 @@
+/**
+ * The first working cache, end to end: Debian's docker-registry as the upstream (behind a counting proxy),
+ * the real local server (`node --import tsx bin/server.ts`), and skopeo as the client. Images are built from
+ * real files of this machine's Debian packages: an OCI image index and a Docker manifest list (amd64 + arm64),
+ * and a single-platform image.
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startCountingProxy, type CountingProxy } from '../support/counting-proxy.js';
+import { pushMultiArchImage, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
+import { startLocalServer, type LocalServer } from '../support/local-server.js';
+import { scratchDir } from '../support/scratch.js';
+import { assertSkopeoOk, imageRef, skopeoCopy, skopeoInspect, skopeoListTags } from '../support/skopeo.js';
+import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
+
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+let upstream: UpstreamRegistry;
+let proxy: CountingProxy;
+let cache: LocalServer;
+let ociIndex: PushedImage;
+let dockerList: PushedImage;
+let single: PushedImage;
+
+/** Pulls `ref` with skopeo into a new dir; returns the manifest bytes and every blob file's name and bytes digest. */
+async function pull(ref: string, arch?: string) {
+  const dir = scratchDir('pull-');
+  assertSkopeoOk(await skopeoCopy(ref, dir, { arch }));
+  const manifest = readFileSync(join(dir, 'manifest.json'));
+  const blobs = readdirSync(dir)
+    .filter((f) => /^[a-f0-9]{64}$/.test(f))
+    .map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
+  return { manifest, blobs };
+}
+
+beforeAll(async () => {
+  upstream = await startUpstreamRegistry();
+  ociIndex = await pushMultiArchImage(upstream.url, 'team/multi', 'oci', { format: 'oci' });
+  dockerList = await pushMultiArchImage(upstream.url, 'team/multi', 'docker', { format: 'docker' });
+  single = await pushSinglePlatformImage(upstream.url, 'team/single', 'v1', {
+    format: 'docker',
+    arch: 'amd64',
+    layerSources: ['/usr/share/common-licenses', '/usr/share/doc/libc6'],
+  });
+  proxy = await startCountingProxy(upstream.url);
+  cache = await startLocalServer({ rules: [{ prefix: 'local', upstream: proxy.url }] });
+});
+
+afterAll(async () => {
+  await cache?.stop();
+  await proxy?.stop();
+  await upstream?.stop();
+});
+
+describe('pulling real multi-arch images through the cache with skopeo', () => {
+  for (const which of ['oci', 'docker'] as const) {
+    for (const arch of ['amd64', 'arm64'] as const) {
+      it(`${which} index, ${arch}: manifest and blob digests equal the upstream's`, async () => {
+        const image = which === 'oci' ? ociIndex : dockerList;
+        const child = image.children!.find((c) => c.platform?.architecture === arch)!;
+        const got = await pull(imageRef(cache.url, `local/team/multi`, which), arch);
+        expect(sha256(got.manifest)).toBe(child.digest);
+        expect(got.manifest.equals(child.manifest)).toBe(true);
+        expect(got.blobs.map((b) => b.name).sort()).toEqual(child.blobs.map((b) => b.digest).sort());
+        for (const b of got.blobs) expect(b.actual).toBe(b.name);
+      });
+    }
+  }
+
+  it('serves the index itself byte-exact with its media type (skopeo inspect --raw)', async () => {
+    const raw = assertSkopeoOk(await skopeoInspect(imageRef(cache.url, 'local/team/multi', 'oci'), { raw: true }));
+    expect(Buffer.from(raw.stdout).equals(ociIndex.manifest)).toBe(true);
+    const res = await fetch(`${cache.url}/v2/local/team/multi/manifests/docker`, { method: 'HEAD' });
+    expect(res.headers.get('content-type')).toBe('application/vnd.docker.distribution.manifest.list.v2+json');
+    expect(res.headers.get('docker-content-digest')).toBe(dockerList.digest);
+    expect(res.headers.get('content-length')).toBe(String(dockerList.manifest.length));
+  });
+
+  it('pulls a single-platform Docker schema2 image by tag and by digest', async () => {
+    const byTag = await pull(imageRef(cache.url, 'local/team/single', 'v1'));
+    expect(sha256(byTag.manifest)).toBe(single.digest);
+    const byDigest = await pull(imageRef(cache.url, 'local/team/single', single.digest));
+    expect(byDigest.manifest.equals(single.manifest)).toBe(true);
+    expect(byDigest.blobs.map((b) => b.name).sort()).toEqual(single.blobs.map((b) => b.digest).sort());
+  });
+
+  it('lists tags through the cache', async () => {
+    const res = await skopeoListTags(imageRef(cache.url, 'local/team/multi', 'oci').replace(/:oci$/, ''));
+    expect(res.tags?.sort()).toEqual(['docker', 'oci']);
+  });
+
+  it('the second pull of every image makes zero upstream requests', async () => {
+    // The first pulls above did go to the upstream: every blob once, never twice.
+    const blobGets = proxy.requests.filter((r) => r.method === 'GET' && r.path.includes('/blobs/') && r.status === 200).map((r) => r.path);
+    const distinct = new Set([...ociIndex.blobs, ...dockerList.blobs, ...single.blobs].map((b) => b.digest));
+    expect(blobGets.length).toBe(distinct.size);
+    expect(new Set(blobGets).size).toBe(blobGets.length);
+    proxy.reset();
+    for (const arch of ['amd64', 'arm64']) {
+      await pull(imageRef(cache.url, 'local/team/multi', 'oci'), arch);
+      await pull(imageRef(cache.url, 'local/team/multi', 'docker'), arch);
+    }
+    await pull(imageRef(cache.url, 'local/team/single', 'v1'));
+    expect(proxy.requests).toEqual([]);
+  });
+
+  it('the cached images still pull with the upstream stopped; uncached ones get 503', async () => {
+    await upstream.stop();
+    const child = ociIndex.children!.find((c) => c.platform?.architecture === 'arm64')!;
+    const got = await pull(imageRef(cache.url, 'local/team/multi', 'oci'), 'arm64');
+    expect(sha256(got.manifest)).toBe(child.digest);
+    for (const b of got.blobs) expect(b.actual).toBe(b.name);
+    const bySingleDigest = await pull(imageRef(cache.url, 'local/team/single', single.digest));
+    expect(bySingleDigest.manifest.equals(single.manifest)).toBe(true);
+    const miss = await fetch(`${cache.url}/v2/local/team/never/manifests/v1`);
+    expect(miss.status).toBe(503);
+    expect(((await miss.json()) as { errors: Array<{ code: string }> }).errors[0].code).toBe('UNAVAILABLE');
+  });
+
+  it('stops cleanly on SIGTERM', async () => {
+    expect(await cache.stop()).toBe(0);
+  });
+});
