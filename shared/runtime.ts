@@ -38,7 +38,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
     return c;
   };
   const app = createRegistryApp({
-    stores: { tags: index, manifests: index, links: index, blobs: blobStore },
+    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index },
     resolve: createRuleResolver(config.rules),
     upstreamFor,
     maxManifestBytes: config.maxManifestBytes,

@@ -78,10 +78,42 @@ export interface BlobStore {
   locate(digest: Digest): Promise<BlobLocation>;
 }
 
+/**
+ * Committed-blob records: the commit point of the AWS blob store (DynamoDB `pk=blob#<digest>`). A blob's
+ * S3 object is served only once its record exists, and the record is written only after the bytes hashed to
+ * the digest. (The filesystem store needs none: its rename is the commit.) Sizes in bytes, times in ms.
+ */
+export interface BlobRecords {
+  getBlobRecord(digest: Digest): Promise<{ size: number; committedAt: number } | undefined>;
+  putBlobRecord(digest: Digest, size: number): Promise<void>;
+}
+
+/**
+ * Fill leases: one upstream download per digest across requests, processes and Lambda instances
+ * (DynamoDB conditional write with a TTL attribute; a SQLite row with an expiry locally). A lease whose
+ * expiry passed may be taken by anyone, so a crashed filler blocks others at most `ttlSeconds`.
+ */
+export interface FillLeases {
+  /** Takes the lease on `key` for `owner` unless another owner holds an unexpired one; true when taken. */
+  acquireLease(key: string, owner: string, ttlSeconds: number): Promise<boolean>;
+  /** Releases the lease if `owner` still holds it (a no-op otherwise). */
+  releaseLease(key: string, owner: string): Promise<void>;
+}
+
+/**
+ * Bytes too large for an index item (manifests over ~350 KB on DynamoDB, whose items are ≤ 400 KB):
+ * S3 objects under `manifests/`. Keys are built from validated digests only.
+ */
+export interface LargeObjectStore {
+  putObject(key: string, bytes: Uint8Array): Promise<void>;
+  getObject(key: string): Promise<Uint8Array | undefined>;
+}
+
 /** Everything the registry core needs from storage. */
 export interface Stores {
   tags: TagIndex;
   manifests: ManifestStore;
   links: BlobLinks;
   blobs: BlobStore;
+  leases: FillLeases;
 }

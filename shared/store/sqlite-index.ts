@@ -4,7 +4,7 @@
  */
 import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.js';
-import type { BlobLinks, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+import type { BlobLinks, FillLeases, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tags (
@@ -14,13 +14,14 @@ CREATE TABLE IF NOT EXISTS manifests (
   name TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL,
   stored_at INTEGER NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blob_links (name TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 `;
 
 /** Default page size for listings when the client gives no `n`. */
 export const DEFAULT_PAGE = 1000;
 
 /** Opens (creating when needed) the SQLite index at `file` (`:memory:` works for tests). */
-export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & { close(): void } {
+export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & FillLeases & { close(): void } {
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
@@ -43,6 +44,13 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
   );
   const isLinked = db.prepare('SELECT 1 FROM blob_links WHERE name = ? AND digest = ?');
   const link = db.prepare('INSERT OR IGNORE INTO blob_links (name, digest) VALUES (?, ?)');
+  // Taken when free, expired, or already ours; a single statement, so atomic across processes sharing the file.
+  const acquire = db.prepare(
+    `INSERT INTO leases (key, owner, expires_at) VALUES (@key, @owner, @expires)
+     ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+     WHERE leases.expires_at <= @now OR leases.owner = excluded.owner`,
+  );
+  const release = db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?');
   const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[]) => {
     putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), Date.now());
     for (const d of blobs) link.run(r.name, d);
@@ -83,6 +91,13 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     },
     async link(name, digest) {
       link.run(name, digest);
+    },
+    async acquireLease(key, owner, ttlSeconds) {
+      const now = Date.now();
+      return acquire.run({ key, owner, expires: now + ttlSeconds * 1000, now }).changes === 1;
+    },
+    async releaseLease(key, owner) {
+      release.run(key, owner);
     },
     close() {
       db.close();

@@ -30,7 +30,7 @@ export async function createHarness(rules: Array<Partial<PullThroughCacheRule> &
   const clock = { now: Date.now() };
   const clients = new Map<string, UpstreamClient>();
   const app = createRegistryApp({
-    stores: { tags: index, manifests: index, links: index, blobs },
+    stores: { tags: index, manifests: index, links: index, blobs, leases: index },
     resolve: createRuleResolver(config.rules),
     upstreamFor: (rule) => {
       if (!clients.has(rule.prefix)) clients.set(rule.prefix, createUpstreamClient(rule));
