@@ -31,6 +31,12 @@ const ruleSchema = z
      * the upstream's own origin are always allowed. For local/test upstreams only.
      */
     insecureRedirectHosts: z.array(z.string()).default([]),
+    /**
+     * What a blob GET gets when its fill is still running after the last redirect hop: `unavailable` → 503
+     * `UNAVAILABLE` with `Retry-After`; `upstream-redirect` → 307 to the upstream's own redirect target (e.g.
+     * Docker Hub's CDN), when the upstream answers with one.
+     */
+    missFallback: z.enum(['unavailable', 'upstream-redirect']).default('unavailable'),
   })
   .strict()
   .refine((r) => (r.username === undefined) === (r.accessToken === undefined), { message: 'username and accessToken go together' });
@@ -40,6 +46,18 @@ const configSchema = z
     rules: z.array(ruleSchema).min(1),
     /** Maximum manifest size in bytes (the spec expects at least 4 MiB to work). */
     maxManifestBytes: z.number().int().positive().default(4 * 1024 * 1024),
+    /** The blob miss path under API Gateway's ~30 s limit (DESIGN.md, "The miss path"). */
+    blobFill: z
+      .object({
+        /** Seconds one request waits for a fill before redirecting the client back to itself (default 20). */
+        waitSeconds: z.number().nonnegative().default(20),
+        /** Redirects back to the same URL before the rule's fallback; clients follow 10 in all (default 8). */
+        maxHops: z.number().int().nonnegative().max(9).default(8),
+        /** Seconds a fill lease lasts, so a crashed filler blocks others at most this long (default 900). */
+        leaseSeconds: z.number().int().positive().default(900),
+      })
+      .strict()
+      .prefault({}),
   })
   .strict()
   .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' });

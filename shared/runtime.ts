@@ -42,6 +42,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
     resolve: createRuleResolver(config.rules),
     upstreamFor,
     maxManifestBytes: config.maxManifestBytes,
+    fill: config.blobFill,
     log: logger,
     now: Date.now,
   });

@@ -8,7 +8,7 @@ import { parseRoute } from '../http/router.js';
 import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from '../http/types.js';
 import { assertDigest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
-import { createBlobService } from './blobs.js';
+import { createBlobService, HOP_PARAM } from './blobs.js';
 import type { RegistryDeps } from './deps.js';
 import { createManifestService } from './manifests.js';
 import { listCatalog, listTags, parsePageSize, type Page } from './tags.js';
@@ -79,10 +79,17 @@ export function createRegistryApp(deps: RegistryDeps): RegistryApp {
             headers: { ...API_VERSION_HEADER, 'Content-Type': 'application/octet-stream', 'Content-Length': String(b.size), 'Docker-Content-Digest': b.digest },
           };
         }
-        const b = await blobs.locate(route.name, route.digest);
+        const hop = Number(req.query.get(HOP_PARAM) ?? 0);
+        const b = await blobs.locate(route.name, route.digest, Number.isInteger(hop) && hop >= 0 ? hop : 0);
         return {
           status: 307,
-          headers: { ...API_VERSION_HEADER, Location: b.location.url, 'Docker-Content-Digest': b.digest, 'Content-Length': '0' },
+          headers: {
+            ...API_VERSION_HEADER,
+            Location: b.kind === 'blob' ? b.location.url : b.location,
+            'Docker-Content-Digest': b.digest,
+            'Content-Length': '0',
+            ...(b.kind === 'retry' ? { 'Retry-After': '1' } : {}),
+          },
         };
       }
       case 'referrers': {

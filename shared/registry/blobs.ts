@@ -1,38 +1,59 @@
 /**
  * Blobs through the cache. A blob is served for a repository only when that repository references it (a link,
- * written when one of its manifests is stored, or after the upstream confirms it with a HEAD). A miss streams
- * the upstream blob into the blob store, which commits only verified bytes; concurrent misses of one digest
- * share one upstream download.
+ * written when one of its manifests is stored, or after the upstream confirms it with a HEAD).
+ *
+ * The miss path works under API Gateway's ~30 s limit (DESIGN.md, "The miss path"): the request takes the
+ * fill lease and starts the fill (in the background here, or through `dispatchFill` on AWS), then waits up to
+ * `fill.waitSeconds`. Filled in time → 307 to the stored blob. Not yet → 307 back to the same URL with a hop
+ * counter (`?pt-hop=N`), so the client comes back and waits again. Past `fill.maxHops`, the rule's
+ * `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream download in total.
  */
+import { randomUUID } from 'node:crypto';
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobLocation } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 import type { ResolvedName } from './rules.js';
-import { createSingleFlight } from './single-flight.js';
 
-/** Blob operations of the cache. Sizes in bytes. */
+/** Query parameter carrying the hop count of a blob request redirected back to itself. */
+export const HOP_PARAM = 'pt-hop';
+/** Milliseconds between checks for a fill finished by another process. */
+const POLL_MS = 200;
+
+/** What a blob GET answers: the blob's location, or "come back" (same URL, next hop). Sizes in bytes. */
+export type BlobAnswer =
+  | { kind: 'blob'; digest: Digest; size: number; location: BlobLocation }
+  | { kind: 'retry'; digest: Digest; location: string }
+  | { kind: 'upstream'; digest: Digest; location: string };
+
+/** Blob operations of the cache. */
 export interface BlobService {
   /**
-   * Size of the blob, filling the cache on a miss.
+   * Size of the blob. A miss is answered from an upstream HEAD when it gives a size, else filled.
    * @throws RegistryError `DIGEST_INVALID` for a malformed digest, `BLOB_UNKNOWN` when neither the cache nor the
    *   upstream has it for this repository, `UNAVAILABLE`/`TOOMANYREQUESTS` when the upstream cannot answer.
    */
   stat(name: string, digest: string): Promise<{ digest: Digest; size: number }>;
-  /** Like {@link stat}, plus where the client fetches the bytes. */
-  locate(name: string, digest: string): Promise<{ digest: Digest; size: number; location: BlobLocation }>;
+  /** Answers a blob GET (`hop` = this request's hop count); fills on a miss. Throws as {@link stat}. */
+  locate(name: string, digest: string, hop?: number): Promise<BlobAnswer>;
+  /**
+   * Runs one fill (the body of the fill function): upstream → verified store → link; releases `leaseOwner`'s
+   * lease at the end when given. Returns the size in bytes.
+   */
+  fill(name: string, digest: string, leaseOwner?: string): Promise<number>;
 }
 
 /** Creates the blob service. */
 export function createBlobService(deps: RegistryDeps): BlobService {
   const { stores, log } = deps;
-  const fills = createSingleFlight();
+  const inflight = new Map<Digest, Promise<number>>();
+  const leaseKey = (digest: Digest) => `blob:${digest}`;
 
-  async function fill(resolved: ResolvedName, digest: Digest): Promise<{ size: number; filledFor: string }> {
+  async function fillNow(resolved: ResolvedName, digest: Digest): Promise<number> {
     const upstream = deps.upstreamFor(resolved.rule);
-    const blob = await upstream.getBlob(resolved.upstreamRepository, digest);
     const started = deps.now();
+    const blob = await upstream.getBlob(resolved.upstreamRepository, digest);
     let size: number;
     try {
       ({ size } = await stores.blobs.write(digest, blob.stream, blob.size));
@@ -44,43 +65,131 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     }
     await stores.links.link(resolved.name, digest);
     log.info('blob filled', { name: resolved.name, digest, size, ms: deps.now() - started });
-    return { size, filledFor: resolved.name };
+    return size;
   }
 
-  async function ensure(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; size: number }> {
-    const resolved = deps.resolve(name);
-    const digest = assertDigest(rawDigest);
-    try {
+  /** Runs a fill in this process under a lease already taken by `owner`; released when it ends. */
+  function fillInBackground(resolved: ResolvedName, digest: Digest, owner: string): Promise<number> {
+    const p = fillNow(resolved, digest).finally(async () => {
+      inflight.delete(digest);
+      await stores.leases.releaseLease(leaseKey(digest), owner).catch(() => undefined);
+    });
+    inflight.set(digest, p);
+    p.catch(() => undefined); // a background fill nobody awaits must not become an unhandled rejection
+    return p;
+  }
+
+  /** Makes sure `name` may be served a stored blob: linked, or confirmed by an upstream HEAD and then linked. */
+  async function ensureLinked(resolved: ResolvedName, digest: Digest): Promise<void> {
+    if (await stores.links.isLinked(resolved.name, digest)) return;
+    await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
+    await stores.links.link(resolved.name, digest);
+  }
+
+  /**
+   * Waits until the blob is stored or `deadline` (wall-clock ms) passes, starting a fill when nobody holds the lease.
+   * Returns the size, or undefined at the deadline. A fill started by this request that fails rejects.
+   */
+  async function awaitFill(resolved: ResolvedName, digest: Digest, deadline: number): Promise<number | undefined> {
+    for (let i = 0; ; i++) {
       const stored = await stores.blobs.stat(digest);
-      if (stored) {
-        if (!(await stores.links.isLinked(resolved.name, digest))) {
-          // Stored for another repository: link only once the upstream confirms this repository has it.
-          await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
-          await stores.links.link(resolved.name, digest);
+      if (stored) return stored.size;
+      let running = inflight.get(digest);
+      if (!running) {
+        const owner = randomUUID();
+        if (await stores.leases.acquireLease(leaseKey(digest), owner, deps.fill.leaseSeconds)) {
+          if (deps.dispatchFill) {
+            await deps.dispatchFill({ name: resolved.name, digest });
+          } else {
+            running = fillInBackground(resolved, digest, owner);
+          }
         }
-        return { resolved, digest, size: stored.size };
       }
-      // The blobs route serves blobs only, never a manifest's bytes.
-      if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
-      const result = await fills.run(digest, () => fill(resolved, digest));
-      if (result.filledFor !== resolved.name && !(await stores.links.isLinked(resolved.name, digest))) {
-        await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
-        await stores.links.link(resolved.name, digest);
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) return undefined;
+      if (running) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const timeout = new Promise<undefined>((r) => {
+          timer = setTimeout(() => r(undefined), remaining);
+        });
+        try {
+          const size = await Promise.race([running, timeout]);
+          if (size !== undefined) return size;
+          return (await stores.blobs.stat(digest))?.size;
+        } finally {
+          clearTimeout(timer);
+        }
       }
-      return { resolved, digest, size: result.size };
-    } catch (err) {
-      throw toRegistryError(err, 'BLOB_UNKNOWN');
+      // Another process fills: poll its commit (bounded by the deadline; i only guards against a stuck clock).
+      if (i > 100_000) return undefined;
+      await new Promise((r) => setTimeout(r, Math.min(POLL_MS, remaining)));
     }
   }
 
+  async function prepare(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; size?: number }> {
+    const resolved = deps.resolve(name);
+    const digest = assertDigest(rawDigest);
+    const stored = await stores.blobs.stat(digest);
+    if (stored) {
+      await ensureLinked(resolved, digest);
+      return { resolved, digest, size: stored.size };
+    }
+    // The blobs route serves blobs only, never a manifest's bytes.
+    if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
+    return { resolved, digest };
+  }
+
   return {
-    async stat(name, digest) {
-      const { digest: d, size } = await ensure(name, digest);
-      return { digest: d, size };
+    async stat(name, rawDigest) {
+      try {
+        const { resolved, digest, size } = await prepare(name, rawDigest);
+        if (size !== undefined) return { digest, size };
+        const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
+        if (head.size !== undefined && Number.isSafeInteger(head.size)) return { digest, size: head.size };
+        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000);
+        if (filled === undefined) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
+        await ensureLinked(resolved, digest);
+        return { digest, size: filled };
+      } catch (err) {
+        throw toRegistryError(err, 'BLOB_UNKNOWN');
+      }
     },
-    async locate(name, digest) {
-      const { digest: d, size } = await ensure(name, digest);
-      return { digest: d, size, location: await stores.blobs.locate(d) };
+
+    async locate(name, rawDigest, hop = 0) {
+      try {
+        const { resolved, digest, size } = await prepare(name, rawDigest);
+        if (size !== undefined) return { kind: 'blob', digest, size, location: await stores.blobs.locate(digest) };
+        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000);
+        if (filled !== undefined) {
+          await ensureLinked(resolved, digest);
+          return { kind: 'blob', digest, size: filled, location: await stores.blobs.locate(digest) };
+        }
+        if (hop < deps.fill.maxHops) {
+          return { kind: 'retry', digest, location: `/v2/${name}/blobs/${digest}?${HOP_PARAM}=${hop + 1}` };
+        }
+        if (resolved.rule.missFallback === 'upstream-redirect') {
+          const target = await deps.upstreamFor(resolved.rule).blobRedirect(resolved.upstreamRepository, digest);
+          if (target) return { kind: 'upstream', digest, location: target };
+        }
+        throw new RegistryError('UNAVAILABLE', 'blob is still being fetched from the upstream; retry later', { headers: { 'Retry-After': '30' } });
+      } catch (err) {
+        throw toRegistryError(err, 'BLOB_UNKNOWN');
+      }
+    },
+
+    async fill(name, rawDigest, leaseOwner) {
+      const resolved = deps.resolve(name);
+      const digest = assertDigest(rawDigest);
+      try {
+        const stored = await stores.blobs.stat(digest);
+        if (stored) {
+          await stores.links.link(resolved.name, digest);
+          return stored.size;
+        }
+        return await fillNow(resolved, digest);
+      } finally {
+        if (leaseOwner) await stores.leases.releaseLease(leaseKey(digest), leaseOwner).catch(() => undefined);
+      }
     },
   };
 }

@@ -15,12 +15,31 @@ export interface Log {
   error(message: string, ...extra: Record<string, unknown>[]): void;
 }
 
+/** A blob fill to run: the cache-side name (its rule gives the upstream) and the digest. */
+export interface FillJob {
+  name: string;
+  digest: string;
+}
+
+/** Settings of the blob miss path (see `blobFill` in config.ts). Seconds. */
+export interface FillSettings {
+  waitSeconds: number;
+  maxHops: number;
+  leaseSeconds: number;
+}
+
 /** Dependencies of the registry services. `now` returns milliseconds since the epoch. */
 export interface RegistryDeps {
   stores: Stores;
   resolve(name: string): ResolvedName;
   upstreamFor(rule: PullThroughCacheRule): UpstreamClient;
   maxManifestBytes: number;
+  fill: FillSettings;
+  /**
+   * Starts a fill elsewhere (AWS: async invocation of the fill function, which holds the lease and releases it).
+   * Absent: fills run in this process, in the background of the request that took the lease.
+   */
+  dispatchFill?: (job: FillJob) => Promise<void>;
   log: Log;
   now(): number;
 }

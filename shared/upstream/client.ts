@@ -39,6 +39,11 @@ export interface UpstreamClient {
   getManifest(repository: string, reference: string, maxBytes: number): Promise<FetchedManifest>;
   headBlob(repository: string, digest: Digest): Promise<{ size?: number }>;
   getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;
+  /**
+   * The upstream's own redirect target for a blob (e.g. a CDN URL that carries its own authorisation), or
+   * undefined when the upstream serves the bytes itself. Only https targets (or `insecureRedirectHosts`).
+   */
+  blobRedirect(repository: string, digest: Digest): Promise<string | undefined>;
   listTags(repository: string, query: { n?: number; last?: string }): Promise<{ tags: string[]; next?: { n?: number; last: string } }>;
 }
 
@@ -192,6 +197,20 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: { fetchIm
       stream.on('data', arm);
       stream.on('close', () => clearTimeout(timer));
       return { stream, size: length === null ? undefined : Number(length) };
+    },
+
+    async blobRedirect(repository, digest) {
+      const url = urlOf(`/v2/${repository}/blobs/${digest}`);
+      const res = await send('GET', url, pullScope(repository), {}, AbortSignal.timeout(timeoutMs));
+      await res.body?.cancel().catch(() => undefined);
+      if (res.status >= 300 && res.status < 400) {
+        const location = res.headers.get('location');
+        const target = location ? new URL(location, url) : undefined;
+        const allowed = target && (target.protocol === 'https:' || rule.insecureRedirectHosts.includes(target.host));
+        return allowed && target.origin !== base.origin ? target.toString() : undefined;
+      }
+      if (!res.ok) throw upstreamErrorFor(res.status, 'blob GET', res.headers.get('retry-after'));
+      return undefined;
     },
 
     async listTags(repository, query) {

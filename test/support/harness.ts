@@ -22,8 +22,11 @@ export const silentLog: Log & { lines: Array<{ level: string; message: string; e
   error(message, ...extra) { silentLog.lines.push({ level: 'error', message, extra }); },
 };
 
-export async function createHarness(rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>) {
-  const config = parseConfig({ rules });
+export async function createHarness(
+  rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>,
+  extra: { blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number } } = {},
+) {
+  const config = parseConfig({ rules, ...extra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
   const index = openSqliteIndex(':memory:');
   const blobs = await openFsBlobStore(dir);
@@ -37,6 +40,7 @@ export async function createHarness(rules: Array<Partial<PullThroughCacheRule> &
       return clients.get(rule.prefix)!;
     },
     maxManifestBytes: config.maxManifestBytes,
+    fill: config.blobFill,
     log: silentLog,
     now: () => clock.now,
   });

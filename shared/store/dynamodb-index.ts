@@ -1,0 +1,326 @@
+/**
+ * AWS index adapter: tag index, manifest store, blob links, blob records and fill leases in one DynamoDB table
+ * (single-table design, string keys `pk`/`sk`, on-demand billing). Item layout:
+ *
+ * | item            | pk               | sk                  | attributes                                           |
+ * |-----------------|------------------|---------------------|------------------------------------------------------|
+ * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt (ms) |
+ * | manifest        | `repo#<name>`    | `manifest#<digest>` | mediaType, size (bytes), storedAt (ms), `body` (Binary) or `bodyKey` |
+ * | link            | `repo#<name>`    | `blob#<digest>`     | —                                                    |
+ * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
+ * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms)                       |
+ * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt (ms), `ttl` (epoch s, DynamoDB TTL) |
+ *
+ * DynamoDB limits respected: an item is ≤ 400 KB (manifest bodies above `inlineLimitBytes` go to the
+ * {@link LargeObjectStore} under `manifests/<algorithm>/<hex>` and the item keeps `bodyKey`); BatchWriteItem
+ * takes ≤ 25 items (100 per transaction, which we do not use: see `putManifest`); a Query page is ≤ 1 MB, so
+ * listings follow `LastEvaluatedKey`.
+ *
+ * Listing repositories: every repository gets a marker item in the `repos` partition when its first tag or
+ * manifest is stored, so the catalog is one Query instead of a table Scan. Markers are idempotent puts; an
+ * in-process set skips re-writing the ones this process already wrote (the ports never delete a repository).
+ * One partition holds all markers: writes are once per repository per process, reads are catalog calls.
+ *
+ * Reads are strongly consistent by default: a cache that just wrote an item must see it, since a miss costs an
+ * upstream request (Docker Hub counts manifest GETs against its pull limit). Lease expiry compares the clocks
+ * of the writers (Lambda clocks are NTP-synced; keep lease TTLs well above any skew).
+ */
+import {
+  ConditionalCheckFailedException, CreateTableCommand, DeleteTableCommand, DynamoDBClient, UpdateTimeToLiveCommand,
+  waitUntilTableExists, type CreateTableCommandInput,
+} from '@aws-sdk/client-dynamodb';
+import {
+  BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, UpdateCommand,
+  type QueryCommandInput,
+} from '@aws-sdk/lib-dynamodb';
+import { parseDigest, type Digest } from '../oci/digest.js';
+import type {
+  BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ManifestRecord, ManifestStore, TagIndex, TagRecord,
+} from './ports.js';
+
+/** Default page size for listings when the client gives no `n`. */
+export const DEFAULT_PAGE = 1000;
+/** Default largest manifest body (bytes) kept inside its item; the item limit is 400 KB including keys. */
+export const DEFAULT_INLINE_LIMIT_BYTES = 350_000;
+/** Highest accepted `inlineLimitBytes`: leaves room under the 400 KB item limit for keys and attributes. */
+const MAX_INLINE_LIMIT_BYTES = 390_000;
+/** Name of the DynamoDB TTL attribute (epoch seconds) on lease items. */
+export const TTL_ATTRIBUTE = 'ttl';
+/** BatchWriteItem's limit: at most 25 put/delete requests per call. */
+const BATCH_WRITE_MAX = 25;
+/** Attempts at a batch whose items DynamoDB left unprocessed (throttling) before giving up. */
+const BATCH_WRITE_ATTEMPTS = 8;
+
+/** Key schema and billing of the index table (without `TableName`): string `pk` + `sk`, on-demand. */
+export const TABLE_KEY_SCHEMA = {
+  AttributeDefinitions: [
+    { AttributeName: 'pk', AttributeType: 'S' },
+    { AttributeName: 'sk', AttributeType: 'S' },
+  ],
+  KeySchema: [
+    { AttributeName: 'pk', KeyType: 'HASH' },
+    { AttributeName: 'sk', KeyType: 'RANGE' },
+  ],
+  BillingMode: 'PAY_PER_REQUEST',
+} satisfies Omit<CreateTableCommandInput, 'TableName'>;
+
+/**
+ * Creates the index table with {@link TABLE_KEY_SCHEMA}, waits (≤ `maxWaitSeconds`, default 60) until it is
+ * ACTIVE, then enables TTL on {@link TTL_ATTRIBUTE}. For tests and local setups; in AWS the stack creates it.
+ */
+export async function createTable(client: DynamoDBClient, table: string, maxWaitSeconds = 60): Promise<void> {
+  await client.send(new CreateTableCommand({ TableName: table, ...TABLE_KEY_SCHEMA }));
+  await waitUntilTableExists({ client, maxWaitTime: maxWaitSeconds, minDelay: 1, maxDelay: 2 }, { TableName: table });
+  await client.send(new UpdateTimeToLiveCommand({
+    TableName: table, TimeToLiveSpecification: { AttributeName: TTL_ATTRIBUTE, Enabled: true },
+  }));
+}
+
+/** Deletes the index table (tests). */
+export async function deleteTable(client: DynamoDBClient, table: string): Promise<void> {
+  await client.send(new DeleteTableCommand({ TableName: table }));
+}
+
+/** Options of {@link createDynamoDbIndex}. */
+export interface DynamoDbIndexOptions {
+  /** A document client, or a plain client (wrapped with `removeUndefinedValues`). */
+  client: DynamoDBDocumentClient | DynamoDBClient;
+  /** Table name; keys as in {@link TABLE_KEY_SCHEMA}. */
+  table: string;
+  /** Where manifest bodies over `inlineLimitBytes` go (S3 `manifests/`); without it they are refused. */
+  largeObjects?: LargeObjectStore;
+  /** Largest body (bytes) stored inside the manifest item; default 350 000, at most 390 000. */
+  inlineLimitBytes?: number;
+  /** Strongly consistent reads (default true; eventually consistent reads cost half). */
+  consistentRead?: boolean;
+  /** Clock, ms since the epoch (default `Date.now`): lease expiry, `storedAt`, `committedAt`. */
+  now?: () => number;
+  /** Upper bound on items per Query request (default: none beyond `n`); lets tests exercise paging. */
+  queryLimit?: number;
+}
+
+/** The DynamoDB index: every index port over one table. */
+export type DynamoDbIndex = TagIndex & ManifestStore & BlobLinks & BlobRecords & FillLeases;
+
+type Item = Record<string, unknown>;
+
+const isConditionFailure = (e: unknown): boolean =>
+  e instanceof ConditionalCheckFailedException || (e as { name?: string } | null)?.name === 'ConditionalCheckFailedException';
+
+const repoPk = (name: string) => `repo#${name}`;
+
+/** Opens the index over an existing table (see {@link createTable}). No request is made until a port is used. */
+export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
+  const doc = opts.client instanceof DynamoDBDocumentClient
+    ? opts.client
+    : DynamoDBDocumentClient.from(opts.client, { marshallOptions: { removeUndefinedValues: true } });
+  const TableName = opts.table;
+  const inlineLimit = opts.inlineLimitBytes ?? DEFAULT_INLINE_LIMIT_BYTES;
+  if (!(inlineLimit >= 0 && inlineLimit <= MAX_INLINE_LIMIT_BYTES)) {
+    throw new RangeError(`inlineLimitBytes must be within 0..${MAX_INLINE_LIMIT_BYTES} (DynamoDB items are ≤ 400 KB)`);
+  }
+  const ConsistentRead = opts.consistentRead ?? true;
+  const now = opts.now ?? Date.now;
+  const markedRepos = new Set<string>();
+
+  const get = async (pk: string, sk: string) =>
+    (await doc.send(new GetCommand({ TableName, Key: { pk, sk }, ConsistentRead }))).Item;
+
+  /**
+   * Sort keys of one partition, lexically (DynamoDB orders by UTF-8 bytes), after `after` (exclusive, non-empty)
+   * and up to `upTo` (inclusive; requires `after`), at most `n`.
+   */
+  async function querySortKeys(pk: string, after: string | undefined, upTo: string | undefined, n: number): Promise<string[]> {
+    if (n <= 0) return [];
+    if (upTo !== undefined && !after) throw new Error('querySortKeys: an upper bound needs a lower bound');
+    const out: string[] = [];
+    const names = { '#pk': 'pk', '#sk': 'sk' };
+    let cond = '#pk = :pk';
+    const values: Record<string, string> = { ':pk': pk };
+    // Query allows one condition on the sort key: BETWEEN (inclusive) when bounded above, else `>`.
+    // With BETWEEN, the item equal to `after` is skipped below.
+    if (upTo !== undefined) {
+      cond += ' AND #sk BETWEEN :from AND :to';
+      Object.assign(values, { ':from': after, ':to': upTo });
+    } else if (after) {
+      cond += ' AND #sk > :from';
+      values[':from'] = after;
+    }
+    let startKey: QueryCommandInput['ExclusiveStartKey'];
+    // Every page but the last holds ≥ 1 item (no filter), so n + 2 pages always suffice.
+    for (let page = 0; page < n + 2 && out.length < n; page++) {
+      const res = await doc.send(new QueryCommand({
+        TableName, KeyConditionExpression: cond, ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+        ProjectionExpression: '#sk', ConsistentRead, ExclusiveStartKey: startKey,
+        Limit: Math.min(n - out.length + 1, opts.queryLimit ?? Infinity),
+      }));
+      for (const item of res.Items ?? []) {
+        const sk = item.sk as string;
+        if (sk !== after && out.length < n) out.push(sk);
+      }
+      startKey = res.LastEvaluatedKey;
+      if (!startKey) break;
+    }
+    return out;
+  }
+
+  async function markRepository(name: string): Promise<void> {
+    if (markedRepos.has(name)) return;
+    await doc.send(new PutCommand({ TableName, Item: { pk: 'repos', sk: name } }));
+    markedRepos.add(name);
+  }
+
+  /** BatchWriteItem puts in chunks of 25, retrying unprocessed items with backoff (bounded). */
+  async function batchPut(items: Item[]): Promise<void> {
+    for (let i = 0; i < items.length; i += BATCH_WRITE_MAX) {
+      let requests = items.slice(i, i + BATCH_WRITE_MAX).map((Item) => ({ PutRequest: { Item } }));
+      for (let attempt = 1; requests.length > 0; attempt++) {
+        if (attempt > BATCH_WRITE_ATTEMPTS) throw new Error(`DynamoDB left ${requests.length} link writes unprocessed`);
+        if (attempt > 1) await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 2000)));
+        const res = await doc.send(new BatchWriteCommand({ RequestItems: { [TableName]: requests } }));
+        requests = (res.UnprocessedItems?.[TableName] ?? []) as typeof requests;
+      }
+    }
+  }
+
+  function largeObjectKey(digest: Digest): string {
+    const parsed = parseDigest(digest);
+    if (!parsed) throw new Error(`not a digest: ${digest.slice(0, 80)}`);
+    return `manifests/${parsed.algorithm}/${parsed.encoded}`;
+  }
+
+  return {
+    async getTag(name, tag) {
+      const item = await get(repoPk(name), `tag#${tag}`);
+      return item && {
+        name, tag, digest: item.digest as Digest, mediaType: item.mediaType as string, size: item.size as number,
+        fetchedAt: item.fetchedAt as number, checkedAt: item.checkedAt as number,
+      };
+    },
+
+    async putTag(r: TagRecord) {
+      await markRepository(r.name);
+      // The refresh's GSI on due time goes here (e.g. gsi1pk = 'due#<shard>', gsi1sk = checkedAt + period),
+      // written by putTag and touchTag alike, once the refresh issue adds the index to the table.
+      await doc.send(new PutCommand({
+        TableName,
+        Item: {
+          pk: repoPk(r.name), sk: `tag#${r.tag}`, digest: r.digest, mediaType: r.mediaType, size: r.size,
+          fetchedAt: r.fetchedAt, checkedAt: r.checkedAt,
+        },
+      }));
+    },
+
+    async touchTag(name, tag, checkedAt) {
+      try {
+        await doc.send(new UpdateCommand({
+          TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` },
+          UpdateExpression: 'SET #checkedAt = :c', ConditionExpression: 'attribute_exists(#pk)',
+          ExpressionAttributeNames: { '#checkedAt': 'checkedAt', '#pk': 'pk' }, ExpressionAttributeValues: { ':c': checkedAt },
+        }));
+      } catch (e) {
+        if (!isConditionFailure(e)) throw e; // no tag: a no-op, as the port says
+      }
+    },
+
+    async listTags(name, o = {}) {
+      // Every sort key starting with `tag#` sorts before `tag$` ('$' follows '#'), whatever follows the prefix.
+      const keys = await querySortKeys(repoPk(name), `tag#${o.last ?? ''}`, 'tag$', o.n ?? DEFAULT_PAGE);
+      return keys.map((sk) => sk.slice('tag#'.length));
+    },
+
+    async listRepositories(o = {}) {
+      return querySortKeys('repos', o.last || undefined, undefined, o.n ?? DEFAULT_PAGE);
+    },
+
+    async getManifest(name, digest) {
+      const item = await get(repoPk(name), `manifest#${digest}`);
+      if (!item) return undefined;
+      let body: Uint8Array | undefined;
+      if (typeof item.bodyKey === 'string') {
+        if (!opts.largeObjects) throw new Error(`manifest ${digest} is stored in the large-object store, which is not configured`);
+        body = await opts.largeObjects.getObject(item.bodyKey);
+        if (!body) return undefined; // its object is gone: a miss, so the cache refetches and re-stores it
+      } else {
+        body = item.body as Uint8Array;
+      }
+      return { name, digest, mediaType: item.mediaType as string, size: item.size as number, body: new Uint8Array(body) };
+    },
+
+    async putManifest(r: ManifestRecord, referencedBlobs) {
+      const item: Item = { pk: repoPk(r.name), sk: `manifest#${r.digest}`, mediaType: r.mediaType, size: r.size, storedAt: now() };
+      if (r.body.byteLength <= inlineLimit) {
+        item.body = r.body;
+      } else {
+        if (!opts.largeObjects) {
+          throw new Error(`manifest ${r.digest} is ${r.body.byteLength} bytes, over the ${inlineLimit}-byte inline limit, and no large-object store is configured`);
+        }
+        item.bodyKey = largeObjectKey(r.digest);
+        await opts.largeObjects.putObject(item.bodyKey as string, r.body);
+      }
+      // Commit-ordered rather than transactional: links (deduplicated: a batch refuses duplicate keys), then
+      // the repository marker, then the manifest item, which is the commit point. A failure part-way leaves
+      // links only, which grant nothing the manifest would not. No TransactWriteItems: it costs twice the
+      // write units (a 350 KB manifest item is 350 units already) and concurrent fills of one manifest would
+      // cancel each other with TransactionConflict.
+      const links = [...new Set(referencedBlobs)].map((d) => ({ pk: repoPk(r.name), sk: `blob#${d}` }));
+      await batchPut(links);
+      await markRepository(r.name);
+      await doc.send(new PutCommand({ TableName, Item: item }));
+    },
+
+    async isLinked(name, digest) {
+      return (await get(repoPk(name), `blob#${digest}`)) !== undefined;
+    },
+
+    async link(name, digest) {
+      await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `blob#${digest}` } }));
+    },
+
+    async getBlobRecord(digest) {
+      const item = await get(`blob#${digest}`, 'blob');
+      return item && { size: item.size as number, committedAt: item.committedAt as number };
+    },
+
+    async putBlobRecord(digest, size) {
+      try {
+        // The first commit wins, so committedAt keeps the time the bytes were first verified.
+        await doc.send(new PutCommand({
+          TableName, Item: { pk: `blob#${digest}`, sk: 'blob', size, committedAt: now() },
+          ConditionExpression: 'attribute_not_exists(#pk)', ExpressionAttributeNames: { '#pk': 'pk' },
+        }));
+      } catch (e) {
+        if (!isConditionFailure(e)) throw e;
+      }
+    },
+
+    async acquireLease(key, owner, ttlSeconds) {
+      const t = now();
+      const expiresAt = t + ttlSeconds * 1000;
+      try {
+        await doc.send(new PutCommand({
+          TableName,
+          Item: { pk: `fill#${key}`, sk: 'lease', owner, expiresAt, [TTL_ATTRIBUTE]: Math.ceil(expiresAt / 1000) },
+          ConditionExpression: 'attribute_not_exists(#pk) OR #expiresAt <= :now OR #owner = :owner',
+          ExpressionAttributeNames: { '#pk': 'pk', '#expiresAt': 'expiresAt', '#owner': 'owner' },
+          ExpressionAttributeValues: { ':now': t, ':owner': owner },
+        }));
+        return true;
+      } catch (e) {
+        if (isConditionFailure(e)) return false;
+        throw e;
+      }
+    },
+
+    async releaseLease(key, owner) {
+      try {
+        await doc.send(new DeleteCommand({
+          TableName, Key: { pk: `fill#${key}`, sk: 'lease' }, ConditionExpression: '#owner = :owner',
+          ExpressionAttributeNames: { '#owner': 'owner' }, ExpressionAttributeValues: { ':owner': owner },
+        }));
+      } catch (e) {
+        if (!isConditionFailure(e)) throw e; // someone else's (or no) lease: a no-op
+      }
+    },
+  };
+}

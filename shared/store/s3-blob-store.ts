@@ -1,0 +1,172 @@
+/**
+ * AWS blob store: content-addressed S3 objects `blobs/<algorithm>/<hex>` in one bucket, committed by a
+ * `BlobRecords` entry (DynamoDB `pk=blob#<digest>`). A blob exists for clients only once its record exists,
+ * and the record is written only after the bytes hashed to the digest (DESIGN.md, "Storage").
+ *
+ * A write streams the source through a hashing Transform into a lib-storage multipart `Upload` with a fixed
+ * part size, so memory stays bounded (about `partSizeBytes × (queueSize + 1)`: one part per uploader plus the
+ * part being cut) whatever the blob size. The digest and size are checked when the source ends, *before* the
+ * last part is sent and CompleteMultipartUpload is called: on a mismatch the upload fails and is aborted, so
+ * wrong bytes never become an object (and never overwrite a committed blob written by an earlier fill).
+ *
+ * S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html): a part is 5 MiB–5 GiB
+ * (the last one may be smaller), at most 10,000 parts, objects ≤ 5 TiB. So the largest blob this store can
+ * write is `partSizeBytes × 10,000`: 80,000 MiB (≈ 78 GiB) with the default 8 MiB part size. A blob no larger
+ * than one part goes up with a single PutObject. Incomplete multipart uploads left by a crashed writer are
+ * invisible (no object, no record) and removed by the bucket's lifecycle rule after a day.
+ *
+ * Clients fetch a blob with a presigned GetObject URL (SigV4 query signature, `host` the only signed header),
+ * so `Range` requests work on it unchanged.
+ */
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  NoSuchKey,
+  PutObjectCommand,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
+import { Transform, pipeline, type Readable } from 'node:stream';
+import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import type { BlobRecords, BlobStore, LargeObjectStore } from './ports.js';
+
+/** S3's smallest part (bytes) for every part of a multipart upload but the last. */
+export const S3_MIN_PART_BYTES = 5 * 1024 * 1024;
+/** S3's largest number of parts in one multipart upload. */
+export const S3_MAX_PARTS = 10_000;
+/** Default part size (bytes): 8 MiB, so blobs up to 80,000 MiB (≈ 78 GiB). */
+export const DEFAULT_PART_BYTES = 8 * 1024 * 1024;
+
+/** Options of {@link createS3BlobStore}. */
+export interface S3BlobStoreOptions {
+  client: S3Client;
+  bucket: string;
+  /** The commit point: a blob is visible only once its record exists. */
+  records: BlobRecords;
+  /**
+   * Multipart part size in bytes; default 8 MiB; at least 5 MiB (S3's minimum). The largest writable blob is
+   * `partSizeBytes × 10,000` bytes.
+   */
+  partSizeBytes?: number;
+  /** Parts uploaded concurrently per write; default 2. Memory per write ≈ `partSizeBytes × (queueSize + 1)`. */
+  queueSize?: number;
+  /** Lifetime of presigned GET URLs in seconds; default 900. */
+  urlTtlSeconds?: number;
+}
+
+/** S3 key of a blob: `blobs/<algorithm>/<hex>`. */
+export function blobKey(digest: Digest): string {
+  const { algorithm, encoded } = parseDigest(digest)!;
+  return `blobs/${algorithm}/${encoded}`;
+}
+
+/**
+ * Creates the S3 blob store (plus the `LargeObjectStore` for manifests too large for a DynamoDB item).
+ * @throws Error when `partSizeBytes` < 5 MiB or `queueSize` < 1 (configuration errors).
+ */
+export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeObjectStore {
+  const { client, bucket, records } = opts;
+  const partSize = opts.partSizeBytes ?? DEFAULT_PART_BYTES;
+  const queueSize = opts.queueSize ?? 2;
+  const urlTtlSeconds = opts.urlTtlSeconds ?? 900;
+  if (!Number.isInteger(partSize) || partSize < S3_MIN_PART_BYTES) {
+    throw new Error(`partSizeBytes must be an integer ≥ ${S3_MIN_PART_BYTES} (S3's minimum part size), got ${partSize}`);
+  }
+  if (!Number.isInteger(queueSize) || queueSize < 1) throw new Error(`queueSize must be an integer ≥ 1, got ${queueSize}`);
+
+  return {
+    async stat(digest) {
+      const record = await records.getBlobRecord(digest);
+      return record && { size: record.size };
+    },
+
+    async write(digest, source: Readable, expectedSize) {
+      const { algorithm } = parseDigest(digest)!;
+      const key = blobKey(digest);
+      const hash = hasherFor(digest);
+      let size = 0;
+      let verified = false;
+      const tap = new Transform({
+        transform(chunk: Buffer, _enc, cb) {
+          size += chunk.length;
+          if (expectedSize !== undefined && size > expectedSize) return cb(new RegistryError('SIZE_INVALID', 'blob is larger than its descriptor'));
+          hash.update(chunk);
+          cb(null, chunk);
+        },
+        // Runs when the source ended, before lib-storage sends the last part and completes the upload.
+        flush(cb) {
+          if (expectedSize !== undefined && size !== expectedSize) return cb(new RegistryError('SIZE_INVALID', 'blob size does not match its descriptor'));
+          const actual = `${algorithm}:${hash.digest('hex')}`;
+          if (actual !== digest) return cb(new RegistryError('DIGEST_INVALID', 'upstream blob did not match its digest', { status: 502 }));
+          verified = true;
+          cb();
+        },
+      });
+      // The first error of the source or the tap (the source's own error, SIZE_INVALID, DIGEST_INVALID).
+      let streamError: Error | undefined;
+      let stoppedByUs = false;
+      const piped = new Promise<void>((done) =>
+        pipeline(source, tap, (err) => {
+          if (err && !stoppedByUs) streamError = err;
+          done();
+        }),
+      );
+      const upload = new Upload({
+        client,
+        params: { Bucket: bucket, Key: key, Body: tap, ContentType: 'application/octet-stream' },
+        partSize,
+        queueSize,
+        leavePartsOnError: false,
+      });
+      try {
+        await upload.done();
+      } catch (uploadError) {
+        // lib-storage has already tried AbortMultipartUpload; if that failed too, its error replaces the
+        // original one, so the stream's own error (when there is one) is what the caller gets.
+        if (!tap.destroyed) {
+          stoppedByUs = true;
+          tap.destroy();
+        }
+        await piped;
+        throw streamError ?? uploadError;
+      }
+      await piped;
+      if (!verified) {
+        // Unreachable while lib-storage reads the tap to its end (flush() runs before 'end'); kept so that a
+        // change there can never commit unverified bytes.
+        await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+        throw streamError ?? new RegistryError('DIGEST_INVALID', 'blob was stored without being verified', { status: 502 });
+      }
+      await records.putBlobRecord(digest, size);
+      return { size };
+    },
+
+    async locate(digest) {
+      const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: bucket, Key: blobKey(digest) }), { expiresIn: urlTtlSeconds });
+      return { kind: 'redirect', url };
+    },
+
+    async putObject(key, bytes) {
+      assertObjectKey(key);
+      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: bytes, ContentType: 'application/octet-stream' }));
+    },
+
+    async getObject(key) {
+      assertObjectKey(key);
+      try {
+        const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+        return res.Body ? await res.Body.transformToByteArray() : new Uint8Array();
+      } catch (err) {
+        if (err instanceof NoSuchKey || (err as Error).name === 'NoSuchKey') return undefined;
+        throw err;
+      }
+    },
+  };
+}
+
+/** `LargeObjectStore` keys never reach into `blobs/`, whose objects are written only after hashing. */
+function assertObjectKey(key: string): void {
+  if (key === '' || key.startsWith('blobs/')) throw new Error(`invalid large-object key ${JSON.stringify(key.slice(0, 200))}`);
+}
