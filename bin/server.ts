@@ -61,6 +61,7 @@ function writeError(res: ServerResponse, err: RegistryError, method: string): vo
 async function serveBlob(req: IncomingMessage, res: ServerResponse, path: string, query: URLSearchParams): Promise<void> {
   const method = req.method ?? 'GET';
   if (method !== 'GET' && method !== 'HEAD') return writeError(res, new RegistryError('UNSUPPORTED'), method);
+  if (!blobStore) return writeError(res, new RegistryError('BLOB_UNKNOWN', 'blobs are served by the storage backend'), method);
   const digest = blobStore.verifyUrl(path, query);
   if (!digest) return writeError(res, new RegistryError('DENIED', 'blob URL is invalid or expired'), method);
   const file = blobStore.pathOf(digest);

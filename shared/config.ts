@@ -4,6 +4,12 @@
  * - `PULLTHROUGH_DATA_DIR`: embedded storage directory (default `./.data`)
  * - `PULLTHROUGH_PORT`: local server port (default 5000)
  * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR (default INFO)
+ * - `PULLTHROUGH_BACKEND`: `embedded` (SQLite + filesystem, default) or `aws` (DynamoDB + S3)
+ * - `PULLTHROUGH_TABLE`, `PULLTHROUGH_BUCKET`: the DynamoDB table and S3 bucket (backend `aws`); endpoints come
+ *   from the SDK's own `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_S3` (DynamoDB Local, MinIO, s3rver…)
+ * - `PULLTHROUGH_URL_TTL_SECONDS`: lifetime of presigned/signed blob URLs (default 900)
+ * - `PULLTHROUGH_FILL_FUNCTION`: name of the fill Lambda to invoke asynchronously on a blob miss (AWS);
+ *   unset → fills run in the process that took the lease
  */
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
@@ -98,16 +104,39 @@ export interface Environment {
   dataDir: string;
   port: number;
   logLevel: string;
+  backend: 'embedded' | 'aws';
+  table?: string;
+  bucket?: string;
+  /** Custom S3 endpoint (path-style addressing is used with one). */
+  s3Endpoint?: string;
+  /** Seconds. */
+  urlTtlSeconds: number;
+  fillFunction?: string;
 }
 
 /** Reads the process environment (the only place that does). */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
   const port = Number(env.PULLTHROUGH_PORT ?? 5000);
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PULLTHROUGH_PORT must be a port number, got ${env.PULLTHROUGH_PORT}`);
+  const backend = env.PULLTHROUGH_BACKEND || 'embedded';
+  if (backend !== 'embedded' && backend !== 'aws') throw new Error(`PULLTHROUGH_BACKEND must be embedded or aws, got ${backend}`);
+  if (backend === 'aws' && (!env.PULLTHROUGH_TABLE || !env.PULLTHROUGH_BUCKET)) {
+    throw new Error('PULLTHROUGH_BACKEND=aws needs PULLTHROUGH_TABLE and PULLTHROUGH_BUCKET');
+  }
+  const urlTtlSeconds = Number(env.PULLTHROUGH_URL_TTL_SECONDS ?? 900);
+  if (!Number.isInteger(urlTtlSeconds) || urlTtlSeconds < 1 || urlTtlSeconds > 7 * 24 * 3600) {
+    throw new Error('PULLTHROUGH_URL_TTL_SECONDS must be 1..604800 (the S3 presigned URL maximum)');
+  }
   return {
     configPath: env.PULLTHROUGH_CONFIG || undefined,
     dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
     port,
     logLevel: env.PULLTHROUGH_LOG_LEVEL || 'INFO',
+    backend,
+    table: env.PULLTHROUGH_TABLE || undefined,
+    bucket: env.PULLTHROUGH_BUCKET || undefined,
+    s3Endpoint: env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined,
+    urlTtlSeconds,
+    fillFunction: env.PULLTHROUGH_FILL_FUNCTION || undefined,
   };
 }

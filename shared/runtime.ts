@@ -1,15 +1,27 @@
 /**
- * Composition root: builds the registry app and its dependencies once per process from the environment.
- * The embedded backend is SQLite (`<data dir>/index.db`) + the filesystem (`<data dir>/blobs`).
+ * Composition root: builds the registry and its dependencies once per process from the environment.
+ * Backends (`PULLTHROUGH_BACKEND`):
+ * - `embedded` (default): SQLite `<data dir>/index.db` + the filesystem `<data dir>/blobs`;
+ * - `aws`: DynamoDB (`PULLTHROUGH_TABLE`) + S3 (`PULLTHROUGH_BUCKET`); endpoints from the SDK's standard
+ *   `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_S3`, so the same build runs against real AWS or stand-ins.
+ * AWS SDK imports stay here and in the AWS adapters.
  */
 import { mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from '@aws-lambda-powertools/logger';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
+import { S3Client } from '@aws-sdk/client-s3';
 import { loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { createLogger } from './logger.js';
-import { createRegistryApp, type RegistryApp } from './registry/app.js';
+import { createRegistry, type RegistryApp } from './registry/app.js';
+import type { BlobService } from './registry/blobs.js';
+import type { FillJob } from './registry/deps.js';
 import { createRuleResolver } from './registry/rules.js';
+import { createDynamoDbIndex } from './store/dynamodb-index.js';
 import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
+import type { Stores } from './store/ports.js';
+import { createS3BlobStore } from './store/s3-blob-store.js';
 import { openSqliteIndex } from './store/sqlite-index.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
 
@@ -18,35 +30,71 @@ export interface Runtime {
   env: Environment;
   config: RegistryConfig;
   app: RegistryApp;
+  blobs: BlobService;
   logger: Logger;
-  /** The embedded blob store (the local server serves its signed URLs). */
-  blobStore: FsBlobStore;
+  /** The embedded blob store, whose signed URLs the local server serves (embedded backend only). */
+  blobStore?: FsBlobStore;
   close(): void;
+}
+
+async function buildStores(env: Environment): Promise<{ stores: Stores; blobStore?: FsBlobStore; close(): void }> {
+  if (env.backend === 'aws') {
+    // Custom endpoints (MinIO, s3rver) want path-style addressing; checksum behaviour follows the SDK's own
+    // AWS_REQUEST_CHECKSUM_CALCULATION / AWS_RESPONSE_CHECKSUM_VALIDATION variables.
+    const s3 = new S3Client({ forcePathStyle: env.s3Endpoint !== undefined });
+    const dynamo = new DynamoDBClient({});
+    // Blob records need no large-object store; the manifest items do (S3 `manifests/`): two views, one table.
+    const records = createDynamoDbIndex({ client: dynamo, table: env.table! });
+    const blobs = createS3BlobStore({ client: s3, bucket: env.bucket!, records, urlTtlSeconds: env.urlTtlSeconds });
+    const index = createDynamoDbIndex({ client: dynamo, table: env.table!, largeObjects: blobs });
+    return {
+      stores: { tags: index, manifests: index, links: index, blobs, leases: index },
+      close: () => {
+        s3.destroy();
+        dynamo.destroy();
+      },
+    };
+  }
+  const dataDir = resolve(env.dataDir);
+  mkdirSync(dataDir, { recursive: true });
+  const index = openSqliteIndex(join(dataDir, 'index.db'));
+  const blobStore = await openFsBlobStore(dataDir, { urlTtlSeconds: env.urlTtlSeconds });
+  return {
+    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index },
+    blobStore,
+    close: () => index.close(),
+  };
+}
+
+/** Invokes the fill function asynchronously (`InvocationType: Event`, up to 15 min of fill time). */
+function lambdaFillDispatcher(functionName: string): (job: FillJob) => Promise<void> {
+  const lambda = new LambdaClient({});
+  return async (job) => {
+    await lambda.send(new InvokeCommand({ FunctionName: functionName, InvocationType: 'Event', Payload: Buffer.from(JSON.stringify(job)) }));
+  };
 }
 
 /** Builds a runtime from explicit settings (tests use this with their own data dir and rules). */
 export async function buildRuntime(env: Environment, config: RegistryConfig = loadConfig(env.configPath)): Promise<Runtime> {
   const logger = createLogger(env.logLevel);
-  const dataDir = resolve(env.dataDir);
-  mkdirSync(dataDir, { recursive: true });
-  const index = openSqliteIndex(join(dataDir, 'index.db'));
-  const blobStore = await openFsBlobStore(dataDir);
+  const { stores, blobStore, close } = await buildStores(env);
   const clients = new Map<string, UpstreamClient>();
   const upstreamFor = (rule: PullThroughCacheRule) => {
     let c = clients.get(rule.prefix);
     if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule)));
     return c;
   };
-  const app = createRegistryApp({
-    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index },
+  const { app, blobs } = createRegistry({
+    stores,
     resolve: createRuleResolver(config.rules),
     upstreamFor,
     maxManifestBytes: config.maxManifestBytes,
     fill: config.blobFill,
+    dispatchFill: env.fillFunction ? lambdaFillDispatcher(env.fillFunction) : undefined,
     log: logger,
     now: Date.now,
   });
-  return { env, config, app, logger, blobStore, close: () => index.close() };
+  return { env, config, app, blobs, logger, blobStore, close };
 }
 
 let current: Promise<Runtime> | undefined;

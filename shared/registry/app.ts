@@ -8,9 +8,9 @@ import { parseRoute } from '../http/router.js';
 import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from '../http/types.js';
 import { assertDigest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
-import { createBlobService, HOP_PARAM } from './blobs.js';
+import { createBlobService, HOP_PARAM, type BlobService } from './blobs.js';
 import type { RegistryDeps } from './deps.js';
-import { createManifestService } from './manifests.js';
+import { createManifestService, type ManifestService } from './manifests.js';
 import { listCatalog, listTags, parsePageSize, type Page } from './tags.js';
 
 /** Handles one request; never throws (errors become OCI error responses). */
@@ -20,6 +20,11 @@ const READ_METHODS = new Set(['GET', 'HEAD']);
 
 /** Builds the app from its dependencies. */
 export function createRegistryApp(deps: RegistryDeps): RegistryApp {
+  return createRegistry(deps).app;
+}
+
+/** Builds the app and the services behind it (the fill function calls `blobs.fill`). */
+export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: BlobService; manifests: ManifestService } {
   const manifests = createManifestService(deps);
   const blobs = createBlobService(deps);
 
@@ -101,7 +106,7 @@ export function createRegistryApp(deps: RegistryDeps): RegistryApp {
     }
   }
 
-  return async (req) => {
+  const app: RegistryApp = async (req) => {
     try {
       return await route(req);
     } catch (err) {
@@ -111,4 +116,5 @@ export function createRegistryApp(deps: RegistryDeps): RegistryApp {
       return rest;
     }
   };
+  return { app, blobs, manifests };
 }

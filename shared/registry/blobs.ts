@@ -99,7 +99,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         const owner = randomUUID();
         if (await stores.leases.acquireLease(leaseKey(digest), owner, deps.fill.leaseSeconds)) {
           if (deps.dispatchFill) {
-            await deps.dispatchFill({ name: resolved.name, digest });
+            await deps.dispatchFill({ name: resolved.name, digest, leaseOwner: owner });
           } else {
             running = fillInBackground(resolved, digest, owner);
           }

@@ -19,6 +19,8 @@ export interface Log {
 export interface FillJob {
   name: string;
   digest: string;
+  /** Owner of the fill lease the dispatcher took; the filler releases it when done. */
+  leaseOwner: string;
 }
 
 /** Settings of the blob miss path (see `blobFill` in config.ts). Seconds. */

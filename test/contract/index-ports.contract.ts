@@ -1,0 +1,279 @@
+/**
+ * Contract suite for the index ports (TagIndex, ManifestStore, BlobLinks, FillLeases, and BlobRecords when the
+ * adapter has them), run against every adapter: SQLite in the unit tier, DynamoDB Local in the e2e tier.
+ * Each test opens a fresh, empty index and closes it afterwards.
+ */
+import { randomBytes } from 'node:crypto';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { sha256Digest, type Digest } from '../../shared/oci/digest.js';
+import type { BlobLinks, BlobRecords, FillLeases, ManifestStore, TagIndex, TagRecord } from '../../shared/store/ports.js';
+
+/** The ports under test; blob records are optional (the embedded stack needs none). */
+export type ContractIndex = TagIndex & ManifestStore & BlobLinks & FillLeases & Partial<BlobRecords>;
+
+/** What `open` gives the suite. `largeManifests: false` skips the 600 KB manifest case (default true). */
+export interface OpenedIndex {
+  index: ContractIndex;
+  close(): Promise<void>;
+  largeManifests?: boolean;
+}
+
+const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
+const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+const blobDigest = (label: string): Digest => sha256Digest(`blob ${label}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function tagRecord(name: string, tag: string, overrides: Partial<TagRecord> = {}): TagRecord {
+  return {
+    name, tag, digest: sha256Digest(`${name}:${tag}`), mediaType: OCI_MANIFEST, size: 1234,
+    fetchedAt: 1_700_000_000_000, checkedAt: 1_700_000_000_500, ...overrides,
+  };
+}
+
+/** A manifest of `size` random bytes (not valid UTF-8, so any text conversion would show). */
+function manifestOf(name: string, size: number, mediaType = OCI_MANIFEST) {
+  const body = randomBytes(size);
+  body[0] = 0xff;
+  return { name, digest: sha256Digest(body), mediaType, size, body: new Uint8Array(body) };
+}
+
+/** Byte order, which is the order both SQLite (BINARY) and DynamoDB (UTF-8 bytes) sort in. */
+const byteOrder = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/** Registers the contract suite for one adapter; `open` must give a fresh, empty index each call. */
+export function describeIndexContract(label: string, open: () => Promise<OpenedIndex>): void {
+  describe(`index ports contract: ${label}`, () => {
+    let opened: OpenedIndex;
+    let index: ContractIndex;
+    beforeEach(async () => {
+      opened = await open();
+      index = opened.index;
+    });
+    afterEach(async () => {
+      await opened.close();
+    });
+
+    describe('tag index', () => {
+      it('returns undefined for an unknown tag, then the record that was put', async () => {
+        expect(await index.getTag('docker-hub/library/alpine', 'latest')).toBeUndefined();
+        const rec = tagRecord('docker-hub/library/alpine', 'latest');
+        await index.putTag(rec);
+        expect(await index.getTag('docker-hub/library/alpine', 'latest')).toEqual(rec);
+        expect(await index.getTag('docker-hub/library/alpine', 'edge')).toBeUndefined();
+        expect(await index.getTag('docker-hub/library/busybox', 'latest')).toBeUndefined();
+      });
+
+      it('overwrites a tag that moved', async () => {
+        await index.putTag(tagRecord('ghcr/org/app', 'v1'));
+        const moved = tagRecord('ghcr/org/app', 'v1', {
+          digest: sha256Digest('moved'), mediaType: OCI_INDEX, size: 999, fetchedAt: 1_800_000_000_000, checkedAt: 1_800_000_000_001,
+        });
+        await index.putTag(moved);
+        expect(await index.getTag('ghcr/org/app', 'v1')).toEqual(moved);
+        expect(await index.listTags('ghcr/org/app')).toEqual(['v1']);
+      });
+
+      it('touchTag updates checkedAt only, and is a no-op for a missing tag', async () => {
+        const rec = tagRecord('quay/org/app', 'stable');
+        await index.putTag(rec);
+        await index.touchTag('quay/org/app', 'stable', 1_900_000_000_000);
+        expect(await index.getTag('quay/org/app', 'stable')).toEqual({ ...rec, checkedAt: 1_900_000_000_000 });
+        await index.touchTag('quay/org/app', 'missing', 1_900_000_000_000);
+        await index.touchTag('quay/org/other', 'stable', 1_900_000_000_000);
+        expect(await index.getTag('quay/org/app', 'missing')).toBeUndefined();
+        expect(await index.getTag('quay/org/other', 'stable')).toBeUndefined();
+        expect(await index.listTags('quay/org/app')).toEqual(['stable']);
+        expect(await index.listRepositories()).toEqual(['quay/org/app']);
+      });
+
+      describe('listTags over 25 tags', () => {
+        // Mixed case, digits, '_', '.', '-': byte order differs from numeric and case-insensitive order.
+        const tags = [
+          'latest', 'v1', 'v10', 'v2', 'v1.0', 'v1-rc', 'V1', 'A', 'a', 'Z', 'z', '_x', '0', '9', '10', '1.0.0',
+          'stable', 'edge', 'alpine', 'alpine3.19', 'main', 'sha-abc', 'x_y', 'x-y', 'x.y',
+        ];
+        const sorted = [...tags].sort(byteOrder);
+        const name = 'docker-hub/library/nginx';
+
+        beforeEach(async () => {
+          expect(new Set(tags).size).toBe(25);
+          // A neighbour whose name extends this one must not leak into its listing.
+          await index.putTag(tagRecord(`${name}2`, 'zz-other'));
+          await index.putTag(tagRecord('docker-hub/library/nginw', '0-other'));
+          for (const t of [...tags].reverse()) await index.putTag(tagRecord(name, t));
+        });
+
+        it('lists all tags in byte order by default', async () => {
+          expect(await index.listTags(name)).toEqual(sorted);
+          expect(await index.listTags(name, { n: 100 })).toEqual(sorted);
+        });
+
+        it('paginates with n and last until the list is exhausted', async () => {
+          const p1 = await index.listTags(name, { n: 10 });
+          expect(p1).toEqual(sorted.slice(0, 10));
+          const p2 = await index.listTags(name, { n: 10, last: p1[9] });
+          expect(p2).toEqual(sorted.slice(10, 20));
+          const p3 = await index.listTags(name, { n: 10, last: p2[9] });
+          expect(p3).toEqual(sorted.slice(20));
+          expect(await index.listTags(name, { n: 10, last: p3[p3.length - 1] })).toEqual([]);
+        });
+
+        it('lists after a last that is not itself a tag, and n = 0 gives none', async () => {
+          // 'b' is not a tag: the listing starts at the first tag after it.
+          expect(await index.listTags(name, { last: 'b' })).toEqual(sorted.filter((t) => byteOrder(t, 'b') > 0));
+          expect(await index.listTags(name, { n: 3, last: 'V' })).toEqual(sorted.filter((t) => byteOrder(t, 'V') > 0).slice(0, 3));
+          expect(await index.listTags(name, { n: 0 })).toEqual([]);
+          expect(await index.listTags('docker-hub/library/none')).toEqual([]);
+        });
+      });
+    });
+
+    describe('repositories', () => {
+      it('lists repositories holding a tag or a manifest, in byte order, paginated', async () => {
+        const viaTag = ['docker-hub/library/alpine', 'ghcr/a/b', 'ghcr/a/b/c', 'k8s/pause', 'quay/x-y/z'];
+        const viaManifest = ['ecr-public/lambda/node', 'ghcr/a', 'k8s/coredns/coredns'];
+        for (const name of viaTag) await index.putTag(tagRecord(name, 'v1'));
+        await index.putTag(tagRecord('ghcr/a/b', 'v2')); // a second tag of a repository is not a second repository
+        for (const name of viaManifest) await index.putManifest(manifestOf(name, 100), []);
+        await index.putManifest(manifestOf('k8s/pause', 100), []); // both a tag and a manifest
+        await index.link('linked/only', blobDigest('x')); // a link alone holds no repository
+
+        const all = [...viaTag, ...viaManifest].sort(byteOrder);
+        expect(await index.listRepositories()).toEqual(all);
+        const p1 = await index.listRepositories({ n: 3 });
+        expect(p1).toEqual(all.slice(0, 3));
+        const p2 = await index.listRepositories({ n: 3, last: p1[2] });
+        expect(p2).toEqual(all.slice(3, 6));
+        const p3 = await index.listRepositories({ n: 3, last: p2[2] });
+        expect(p3).toEqual(all.slice(6));
+        expect(await index.listRepositories({ n: 3, last: p3[p3.length - 1] })).toEqual([]);
+        expect(await index.listRepositories({ last: 'h' })).toEqual(all.filter((r) => byteOrder(r, 'h') > 0));
+        expect(await index.listRepositories({ n: 0 })).toEqual([]);
+      });
+
+      it('lists none when empty', async () => {
+        expect(await index.listRepositories()).toEqual([]);
+      });
+    });
+
+    describe('manifest store', () => {
+      it('round-trips manifest bytes byte-exact, per repository', async () => {
+        const m = manifestOf('ghcr/org/app', 4096, OCI_INDEX);
+        expect(await index.getManifest(m.name, m.digest)).toBeUndefined();
+        await index.putManifest(m, []);
+        const got = await index.getManifest(m.name, m.digest);
+        expect(got).toBeDefined();
+        expect(got!.body).toBeInstanceOf(Uint8Array);
+        expect(Buffer.from(got!.body).equals(Buffer.from(m.body))).toBe(true);
+        expect({ ...got!, body: undefined }).toEqual({ ...m, body: undefined });
+        expect(await index.getManifest('ghcr/org/other', m.digest)).toBeUndefined();
+        expect(await index.getManifest(m.name, sha256Digest('other'))).toBeUndefined();
+      });
+
+      it('round-trips a 1-byte manifest', async () => {
+        const m = manifestOf('k8s/tiny', 1);
+        await index.putManifest(m, []);
+        expect(Buffer.from((await index.getManifest(m.name, m.digest))!.body).equals(Buffer.from(m.body))).toBe(true);
+      });
+
+      it('accepts the same manifest twice (idempotent)', async () => {
+        const m = manifestOf('quay/org/app', 2048);
+        await index.putManifest(m, [blobDigest('1')]);
+        await index.putManifest(m, [blobDigest('1')]);
+        const got = await index.getManifest(m.name, m.digest);
+        expect(Buffer.from(got!.body).equals(Buffer.from(m.body))).toBe(true);
+        expect(await index.listRepositories()).toEqual(['quay/org/app']);
+      });
+
+      it('round-trips a 600 KB manifest (over a DynamoDB item) byte-exact', async (ctx) => {
+        if (opened.largeManifests === false) ctx.skip();
+        const m = manifestOf('docker-hub/library/big', 600 * 1024, OCI_INDEX);
+        await index.putManifest(m, [blobDigest('big')]);
+        const got = await index.getManifest(m.name, m.digest);
+        expect(got!.size).toBe(600 * 1024);
+        expect(got!.mediaType).toBe(OCI_INDEX);
+        expect(Buffer.from(got!.body).equals(Buffer.from(m.body))).toBe(true);
+        expect(await index.isLinked(m.name, blobDigest('big'))).toBe(true);
+      });
+    });
+
+    describe('blob links', () => {
+      it('links the blobs a manifest references, for that repository only', async () => {
+        const m = manifestOf('ghcr/org/app', 512);
+        const refs = [blobDigest('config'), blobDigest('layer1'), blobDigest('layer2')];
+        await index.putManifest(m, refs);
+        for (const d of refs) expect(await index.isLinked('ghcr/org/app', d)).toBe(true);
+        for (const d of refs) expect(await index.isLinked('ghcr/org/other', d)).toBe(false);
+        expect(await index.isLinked('ghcr/org/app', blobDigest('unreferenced'))).toBe(false);
+      });
+
+      it('links many blobs, duplicates included (chunked writes)', async () => {
+        const refs = Array.from({ length: 130 }, (_, i) => blobDigest(`many-${i}`));
+        await index.putManifest(manifestOf('docker-hub/library/many', 300), [...refs, refs[0], refs[129]]);
+        for (const d of refs) expect(await index.isLinked('docker-hub/library/many', d)).toBe(true);
+      });
+
+      it('link() links one blob, idempotently', async () => {
+        const d = blobDigest('shared');
+        expect(await index.isLinked('quay/org/b', d)).toBe(false);
+        await index.link('quay/org/b', d);
+        await index.link('quay/org/b', d);
+        expect(await index.isLinked('quay/org/b', d)).toBe(true);
+        expect(await index.isLinked('quay/org/a', d)).toBe(false);
+        expect(await index.isLinked('quay/org', d)).toBe(false);
+      });
+    });
+
+    describe('fill leases', () => {
+      it('acquire → refused to a second owner → re-acquired by its owner → released → taken by the second', async () => {
+        const key = blobDigest('lease');
+        expect(await index.acquireLease(key, 'owner-a', 60)).toBe(true);
+        expect(await index.acquireLease(key, 'owner-b', 60)).toBe(false);
+        expect(await index.acquireLease(key, 'owner-a', 60)).toBe(true);
+        await index.releaseLease(key, 'owner-b'); // not b's: a no-op
+        expect(await index.acquireLease(key, 'owner-b', 60)).toBe(false);
+        await index.releaseLease(key, 'owner-a');
+        expect(await index.acquireLease(key, 'owner-b', 60)).toBe(true);
+        expect(await index.acquireLease(key, 'owner-a', 60)).toBe(false);
+        await index.releaseLease(blobDigest('never-taken'), 'owner-a'); // no lease: a no-op
+      });
+
+      it('keys are independent', async () => {
+        expect(await index.acquireLease('k1', 'owner-a', 60)).toBe(true);
+        expect(await index.acquireLease('k2', 'owner-b', 60)).toBe(true);
+        expect(await index.acquireLease('k1', 'owner-b', 60)).toBe(false);
+      });
+
+      it('an expired lease is taken by another owner', async () => {
+        expect(await index.acquireLease('expiring', 'owner-a', 1)).toBe(true);
+        expect(await index.acquireLease('expiring', 'owner-b', 1)).toBe(false);
+        await sleep(1100);
+        expect(await index.acquireLease('expiring', 'owner-b', 60)).toBe(true);
+        expect(await index.acquireLease('expiring', 'owner-a', 60)).toBe(false);
+      });
+
+      it('exactly one of 10 concurrent owners takes a free lease', async () => {
+        const owners = Array.from({ length: 10 }, (_, i) => `owner-${i}`);
+        const results = await Promise.all(owners.map((o) => index.acquireLease('contended', o, 60)));
+        expect(results.filter(Boolean)).toHaveLength(1);
+        const winner = owners[results.indexOf(true)];
+        expect(await index.acquireLease('contended', winner, 60)).toBe(true);
+      });
+    });
+
+    describe('blob records', () => {
+      it('get → undefined, put, get → size and commit time', async (ctx) => {
+        if (!index.getBlobRecord || !index.putBlobRecord) ctx.skip();
+        const d = blobDigest('record');
+        expect(await index.getBlobRecord!(d)).toBeUndefined();
+        const before = Date.now();
+        await index.putBlobRecord!(d, 31_337);
+        const rec = await index.getBlobRecord!(d);
+        expect(rec?.size).toBe(31_337);
+        expect(rec!.committedAt).toBeGreaterThanOrEqual(before - 1000);
+        expect(rec!.committedAt).toBeLessThanOrEqual(Date.now() + 1000);
+        expect(await index.getBlobRecord!(blobDigest('other'))).toBeUndefined();
+      });
+    });
+  });
+}
