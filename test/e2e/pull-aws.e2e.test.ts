@@ -1,0 +1,137 @@
+/**
+ * The AWS backend end to end, on local stand-ins: the real local server with PULLTHROUGH_BACKEND=aws against
+ * DynamoDB Local (AWS's own jar) and s3rver, Debian's docker-registry as the upstream behind a counting proxy,
+ * and skopeo as the client. Blobs must arrive through 307s to presigned s3rver URLs.
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTable } from '../../shared/store/dynamodb-index.js';
+import { startCountingProxy, type CountingProxy } from '../support/counting-proxy.js';
+import { startDynamoDbLocal, type DynamoDbLocal } from '../support/dynamodb-local.js';
+import { pushMultiArchImage, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
+import { startLocalServer, type LocalServer } from '../support/local-server.js';
+import { createBucket, s3ClientFor, startS3rver, S3RVER_CREDENTIALS, type S3rverInstance } from '../support/s3rver.js';
+import { scratchDir } from '../support/scratch.js';
+import { assertSkopeoOk, imageRef, skopeoCopy } from '../support/skopeo.js';
+import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
+
+const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+const TABLE = 'pullthrough-e2e';
+const BUCKET = 'pullthrough-e2e';
+
+let dynamo: DynamoDbLocal;
+let s3: S3rverInstance;
+let upstream: UpstreamRegistry;
+let proxy: CountingProxy;
+let cache: LocalServer;
+let multi: PushedImage;
+let crowd: PushedImage;
+
+async function pull(ref: string, arch?: string) {
+  const dir = scratchDir('pull-aws-');
+  assertSkopeoOk(await skopeoCopy(ref, dir, { arch }));
+  const manifest = readFileSync(join(dir, 'manifest.json'));
+  const blobs = readdirSync(dir)
+    .filter((f) => /^[a-f0-9]{64}$/.test(f))
+    .map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
+  return { manifest, blobs };
+}
+
+beforeAll(async () => {
+  [dynamo, s3, upstream] = await Promise.all([startDynamoDbLocal(), startS3rver(), startUpstreamRegistry()]);
+  await createTable(new DynamoDBClient({ endpoint: dynamo.endpoint, region: 'us-east-1', credentials: S3RVER_CREDENTIALS }), TABLE);
+  await createBucket(s3ClientFor(s3.endpoint), BUCKET);
+  multi = await pushMultiArchImage(upstream.url, 'team/multi', 'v1', { format: 'oci' });
+  crowd = await pushSinglePlatformImage(upstream.url, 'team/crowd', 'v1', {
+    format: 'oci',
+    arch: 'amd64',
+    layerSources: ['/usr/share/common-licenses', '/usr/share/zoneinfo', '/usr/share/doc/libc6'],
+  });
+  proxy = await startCountingProxy(upstream.url);
+  cache = await startLocalServer(
+    { rules: [{ prefix: 'local', upstream: proxy.url }] },
+    {
+      env: {
+        PULLTHROUGH_BACKEND: 'aws',
+        PULLTHROUGH_TABLE: TABLE,
+        PULLTHROUGH_BUCKET: BUCKET,
+        AWS_ENDPOINT_URL_S3: s3.endpoint,
+        AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
+        AWS_REGION: 'us-east-1',
+        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+        AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
+        AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
+      },
+    },
+  );
+}, 120_000);
+
+afterAll(async () => {
+  await cache?.stop();
+  await proxy?.stop();
+  await upstream?.stop();
+  await s3?.stop();
+  await dynamo?.stop();
+});
+
+describe('pulling through the AWS backend (DynamoDB Local + s3rver)', () => {
+  for (const arch of ['amd64', 'arm64'] as const) {
+    it(`pulls the ${arch} image of an OCI index with every digest equal to the upstream's`, async () => {
+      const child = multi.children!.find((c) => c.platform?.architecture === arch)!;
+      const got = await pull(imageRef(cache.url, 'local/team/multi', 'v1'), arch);
+      expect(got.manifest.equals(child.manifest)).toBe(true);
+      expect(got.blobs.map((b) => b.name).sort()).toEqual(child.blobs.map((b) => b.digest).sort());
+      for (const b of got.blobs) expect(b.actual).toBe(b.name);
+    });
+  }
+
+  it('answers blob GETs with 307 to a presigned S3 URL, and HEAD with the size from the record', async () => {
+    const layer = multi.children![0].blobs.at(-1)!;
+    const res = await fetch(`${cache.url}/v2/local/team/multi/blobs/${layer.digest}`, { redirect: 'manual' });
+    expect(res.status).toBe(307);
+    const location = new URL(res.headers.get('location')!);
+    expect(location.origin).toBe(s3.endpoint);
+    expect(location.pathname).toBe(`/${BUCKET}/blobs/sha256/${layer.digest.slice(7)}`);
+    expect(location.searchParams.get('X-Amz-Expires')).toBe('900');
+    const bytes = Buffer.from(await (await fetch(location)).arrayBuffer());
+    expect(sha256(bytes)).toBe(layer.digest);
+    const ranged = await fetch(location, { headers: { Range: 'bytes=0-9' } });
+    expect(ranged.status).toBe(206);
+    expect(Buffer.from(await ranged.arrayBuffer()).equals(bytes.subarray(0, 10))).toBe(true);
+    const head = await fetch(`${cache.url}/v2/local/team/multi/blobs/${layer.digest}`, { method: 'HEAD' });
+    expect(head.status).toBe(200);
+    expect(head.headers.get('content-length')).toBe(String(layer.size));
+  });
+
+  it('the second pull makes zero upstream requests', async () => {
+    proxy.reset();
+    for (const arch of ['amd64', 'arm64']) await pull(imageRef(cache.url, 'local/team/multi', 'v1'), arch);
+    expect(proxy.requests).toEqual([]);
+  });
+
+  it('10 clients pulling the same uncached image at once: each new blob fetched from the upstream exactly once, shared ones never', async () => {
+    // team/crowd shares its base layers with team/multi (same real files): those are stored already and are
+    // linked through crowd's manifest, never downloaded twice.
+    const stored = new Set(multi.blobs.map((b) => b.digest));
+    const shared = crowd.blobs.filter((b) => stored.has(b.digest));
+    expect(shared.length).toBeGreaterThan(0);
+    expect(crowd.blobs.length - shared.length).toBeGreaterThan(0);
+    proxy.reset();
+    const results = await Promise.all(Array.from({ length: 10 }, () => pull(imageRef(cache.url, 'local/team/crowd', 'v1'))));
+    for (const got of results) {
+      expect(got.manifest.equals(crowd.manifest)).toBe(true);
+      expect(got.blobs.map((b) => b.name).sort()).toEqual(crowd.blobs.map((b) => b.digest).sort());
+      for (const b of got.blobs) expect(b.actual).toBe(b.name);
+    }
+    for (const blob of crowd.blobs) {
+      const gets = proxy.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${blob.digest}`));
+      expect(gets.map((r) => r.status)).toEqual(stored.has(blob.digest) ? [] : [200]);
+    }
+    const manifestGets = proxy.requests.filter((r) => r.method === 'GET' && r.path.includes('/manifests/'));
+    expect(manifestGets.length).toBe(1);
+  });
+});
