@@ -159,7 +159,7 @@ export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
         if (sk !== after && out.length < n) out.push(sk);
       }
       startKey = res.LastEvaluatedKey;
-      break;
+      if (!startKey) break;
     }
     return out;
   }
