@@ -50,6 +50,11 @@ const ruleSchema = z
 const configSchema = z
   .object({
     rules: z.array(ruleSchema).min(1),
+    /**
+     * Prefix of the rule serving names that start with no rule prefix (Docker `registry-mirrors` sends bare
+     * Docker Hub names such as `library/nginx`). Unset: such names are `NAME_UNKNOWN`.
+     */
+    defaultRule: z.string().optional(),
     /** Maximum manifest size in bytes (the spec expects at least 4 MiB to work). */
     maxManifestBytes: z.number().int().positive().default(4 * 1024 * 1024),
     /** The blob miss path under API Gateway's ~30 s limit (DESIGN.md, "The miss path"). */
@@ -66,7 +71,8 @@ const configSchema = z
       .prefault({}),
   })
   .strict()
-  .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' });
+  .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' })
+  .refine((c) => c.defaultRule === undefined || c.rules.some((r) => r.prefix === c.defaultRule), { message: 'defaultRule must be the prefix of a rule' });
 
 /** A pull-through cache rule: names under `prefix/` are served from `upstream`. */
 export type PullThroughCacheRule = z.output<typeof ruleSchema>;

@@ -17,7 +17,7 @@ import { createLogger } from './logger.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
 import type { FillJob } from './registry/deps.js';
-import { createRuleResolver } from './registry/rules.js';
+import { createMirrorNames, createRuleResolver } from './registry/rules.js';
 import { createDynamoDbIndex } from './store/dynamodb-index.js';
 import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
 import type { Stores } from './store/ports.js';
@@ -87,6 +87,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const { app, blobs } = createRegistry({
     stores,
     resolve: createRuleResolver(config.rules),
+    mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor,
     maxManifestBytes: config.maxManifestBytes,
     fill: config.blobFill,

@@ -37,10 +37,29 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
     };
   }
 
-  function linkHeader(path: string, page: Page, n: number | undefined): Record<string, string> {
+  /** The request's own path with its query, some parameters replaced (`ns` is kept for mirror clients). */
+  function selfUrl(req: RegistryRequest, set: Record<string, string>): string {
+    const q = new URLSearchParams(req.query);
+    for (const [k, v] of Object.entries(set)) q.set(k, v);
+    return `${req.path}?${q}`;
+  }
+
+  function linkHeader(req: RegistryRequest, page: Page, n: number | undefined): Record<string, string> {
     if (page.next === undefined) return {};
-    const q = new URLSearchParams({ ...(n !== undefined ? { n: String(n) } : {}), last: page.next });
-    return { Link: `<${path}?${q}>; rel="next"` };
+    const set: Record<string, string> = { last: page.next };
+    if (n !== undefined) set.n = String(n);
+    return { Link: `<${selfUrl(req, set)}>; rel="next"` };
+  }
+
+  /**
+   * The prefixed name the services work with. Mirror clients send the upstream repository without a prefix:
+   * containerd adds `?ns=<registry host>` (which selects the rule whose upstream is that host), Docker's
+   * `registry-mirrors` sends bare Docker Hub names (served by the configured default rule). `ns` is never
+   * forwarded upstream nor made part of a key.
+   */
+  function cacheName(name: string, req: RegistryRequest): string {
+    const ns = req.query.get('ns');
+    return ns === null ? deps.mirrorName(name) : deps.mirrorName(name, ns);
   }
 
   async function route(req: RegistryRequest): Promise<RegistryResponse> {
@@ -55,15 +74,15 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
       case 'catalog': {
         const n = parsePageSize(req.query.get('n'));
         const page = await listCatalog(deps, { n, last: req.query.get('last') ?? undefined });
-        return json(200, { repositories: page.items }, req.method, linkHeader('/v2/_catalog', page, n));
+        return json(200, { repositories: page.items }, req.method, linkHeader(req, page, n));
       }
       case 'tags': {
         const n = parsePageSize(req.query.get('n'));
-        const page = await listTags(deps, route.name, { n, last: req.query.get('last') ?? undefined });
-        return json(200, { name: route.name, tags: page.items }, req.method, linkHeader(`/v2/${route.name}/tags/list`, page, n));
+        const page = await listTags(deps, cacheName(route.name, req), { n, last: req.query.get('last') ?? undefined });
+        return json(200, { name: route.name, tags: page.items }, req.method, linkHeader(req, page, n));
       }
       case 'manifest': {
-        const m = await manifests.get(route.name, route.reference);
+        const m = await manifests.get(cacheName(route.name, req), route.reference);
         return {
           status: 200,
           headers: {
@@ -78,19 +97,19 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
       }
       case 'blob': {
         if (req.method === 'HEAD') {
-          const b = await blobs.stat(route.name, route.digest);
+          const b = await blobs.stat(cacheName(route.name, req), route.digest);
           return {
             status: 200,
             headers: { ...API_VERSION_HEADER, 'Content-Type': 'application/octet-stream', 'Content-Length': String(b.size), 'Docker-Content-Digest': b.digest },
           };
         }
         const hop = Number(req.query.get(HOP_PARAM) ?? 0);
-        const b = await blobs.locate(route.name, route.digest, Number.isInteger(hop) && hop >= 0 ? hop : 0);
+        const b = await blobs.locate(cacheName(route.name, req), route.digest, Number.isInteger(hop) && hop >= 0 ? hop : 0);
         return {
           status: 307,
           headers: {
             ...API_VERSION_HEADER,
-            Location: b.kind === 'blob' ? b.location.url : b.location,
+            Location: b.kind === 'blob' ? b.location.url : b.kind === 'retry' ? selfUrl(req, { [HOP_PARAM]: String(b.hop) }) : b.location,
             'Docker-Content-Digest': b.digest,
             'Content-Length': '0',
             ...(b.kind === 'retry' ? { 'Retry-After': '1' } : {}),
@@ -98,7 +117,7 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
         };
       }
       case 'referrers': {
-        deps.resolve(route.name);
+        deps.resolve(cacheName(route.name, req));
         assertDigest(route.digest);
         // 404 makes clients fall back to the `sha256-<hex>` tag schema (OCI distribution spec, "Listing Referrers").
         throw new RegistryError('NAME_UNKNOWN', 'the referrers API is not served by this cache; use the tag schema', { status: 404 });

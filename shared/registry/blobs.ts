@@ -5,7 +5,7 @@
  * The miss path works under API Gateway's ~30 s limit (DESIGN.md, "The miss path"): the request takes the
  * fill lease and starts the fill (in the background here, or through `dispatchFill` on AWS), then waits up to
  * `fill.waitSeconds`. Filled in time → 307 to the stored blob. Not yet → 307 back to the same URL with a hop
- * counter (`?pt-hop=N`), so the client comes back and waits again. Past `fill.maxHops`, the rule's
+ * counter (`?pt-hop=N`, the URL built by the app), so the client comes back and waits again. Past `fill.maxHops`, the rule's
  * `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream download in total.
  */
 import { randomUUID } from 'node:crypto';
@@ -24,7 +24,7 @@ const POLL_MS = 200;
 /** What a blob GET answers: the blob's location, or "come back" (same URL, next hop). Sizes in bytes. */
 export type BlobAnswer =
   | { kind: 'blob'; digest: Digest; size: number; location: BlobLocation }
-  | { kind: 'retry'; digest: Digest; location: string }
+  | { kind: 'retry'; digest: Digest; hop: number }
   | { kind: 'upstream'; digest: Digest; location: string };
 
 /** Blob operations of the cache. */
@@ -165,7 +165,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
           return { kind: 'blob', digest, size: filled, location: await stores.blobs.locate(digest) };
         }
         if (hop < deps.fill.maxHops) {
-          return { kind: 'retry', digest, location: `/v2/${name}/blobs/${digest}?${HOP_PARAM}=${hop + 1}` };
+          return { kind: 'retry', digest, hop: hop + 1 };
         }
         if (resolved.rule.missFallback === 'upstream-redirect') {
           const target = await deps.upstreamFor(resolved.rule).blobRedirect(resolved.upstreamRepository, digest);

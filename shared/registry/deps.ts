@@ -34,6 +34,8 @@ export interface FillSettings {
 export interface RegistryDeps {
   stores: Stores;
   resolve(name: string): ResolvedName;
+  /** Maps a mirror-style name (no prefix; `ns` = upstream host) to a prefixed name; identity otherwise. */
+  mirrorName(name: string, ns?: string): string;
   upstreamFor(rule: PullThroughCacheRule): UpstreamClient;
   maxManifestBytes: number;
   fill: FillSettings;

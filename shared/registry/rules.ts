@@ -39,3 +39,31 @@ export function createRuleResolver(rules: PullThroughCacheRule[]): (name: string
     return { rule, upstreamRepository, name: `${rule.prefix}/${upstreamRepository}` };
   };
 }
+
+/** Hosts a containerd `ns` value may name for Docker Hub. */
+const DOCKER_HUB_NAMESPACES = new Set(['docker.io', ...DOCKER_HUB_HOSTS]);
+
+/**
+ * Builds the mirror-name mapper (containerd `hosts.toml` mirrors, Docker `registry-mirrors`).
+ * - `ns` given: the rule whose upstream host is `ns` (`docker.io` matches rules that add `library/`) gets the name as
+ *   its upstream repository → `<prefix>/<name>`. No such rule → `NAME_UNKNOWN`.
+ * - no `ns`: a name that starts with a rule prefix is kept; otherwise, with a `defaultRule` configured, it
+ *   becomes `<defaultRule>/<name>`; without one it is kept (and fails resolution as `NAME_UNKNOWN`).
+ */
+export function createMirrorNames(rules: PullThroughCacheRule[], defaultRule?: string): (name: string, ns?: string) => string {
+  const prefixes = rules.map((r) => r.prefix);
+  return (name, ns) => {
+    if (ns !== undefined) {
+      const host = ns.toLowerCase();
+      const rule = rules.find((r) => {
+        const u = new URL(r.upstream);
+        // `docker.io` names any rule that behaves as Docker Hub (upstream on a Docker Hub host, or dockerHubLibrary).
+        return u.host === host || u.hostname === host || (DOCKER_HUB_NAMESPACES.has(host) && addsLibraryPrefix(r));
+      });
+      if (!rule) throw new RegistryError('NAME_UNKNOWN', 'no pull-through cache rule for this registry', { detail: { ns: ns.slice(0, 200) } });
+      return `${rule.prefix}/${name}`;
+    }
+    if (defaultRule && !prefixes.some((p) => name.startsWith(`${p}/`))) return `${defaultRule}/${name}`;
+    return name;
+  };
+}

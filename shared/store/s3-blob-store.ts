@@ -34,6 +34,8 @@ import type { BlobRecords, BlobStore, LargeObjectStore } from './ports.js';
 
 /** S3's smallest part (bytes) for every part of a multipart upload but the last. */
 export const S3_MIN_PART_BYTES = 5 * 1024 * 1024;
+/** S3's largest part (bytes). */
+export const S3_MAX_PART_BYTES = 5 * 1024 * 1024 * 1024;
 /** S3's largest number of parts in one multipart upload. */
 export const S3_MAX_PARTS = 10_000;
 /** Default part size (bytes): 8 MiB, so blobs up to 80,000 MiB (≈ 78 GiB). */
@@ -64,7 +66,8 @@ export function blobKey(digest: Digest): string {
 
 /**
  * Creates the S3 blob store (plus the `LargeObjectStore` for manifests too large for a DynamoDB item).
- * @throws Error when `partSizeBytes` < 5 MiB or `queueSize` < 1 (configuration errors).
+ * @throws Error when `partSizeBytes` is outside 5 MiB–5 GiB or `queueSize` < 1 (configuration errors).
+ * `write` throws a plain Error (not a RegistryError) when `expectedSize` exceeds `partSizeBytes × 10,000`.
  */
 export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeObjectStore {
   const { client, bucket, records } = opts;
@@ -74,7 +77,9 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
   if (!Number.isInteger(partSize) || partSize < S3_MIN_PART_BYTES) {
     throw new Error(`partSizeBytes must be an integer ≥ ${S3_MIN_PART_BYTES} (S3's minimum part size), got ${partSize}`);
   }
+  if (partSize > S3_MAX_PART_BYTES) throw new Error(`partSizeBytes must be ≤ ${S3_MAX_PART_BYTES} (S3's maximum part size), got ${partSize}`);
   if (!Number.isInteger(queueSize) || queueSize < 1) throw new Error(`queueSize must be an integer ≥ 1, got ${queueSize}`);
+  const maxBlobBytes = partSize * S3_MAX_PARTS;
 
   return {
     async stat(digest) {
@@ -85,6 +90,10 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
     async write(digest, source: Readable, expectedSize) {
       const { algorithm } = parseDigest(digest)!;
       const key = blobKey(digest);
+      if (expectedSize !== undefined && expectedSize > maxBlobBytes) {
+        source.destroy();
+        throw new Error(`blob of ${expectedSize} bytes exceeds this store's limit of ${maxBlobBytes} bytes (part size × ${S3_MAX_PARTS} parts)`);
+      }
       const hash = hasherFor(digest);
       let size = 0;
       let verified = false;
@@ -104,6 +113,13 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
           cb();
         },
       });
+      const upload = new Upload({
+        client,
+        params: { Bucket: bucket, Key: key, Body: tap, ContentType: 'application/octet-stream' },
+        partSize,
+        queueSize,
+        leavePartsOnError: false,
+      });
       // The first error of the source or the tap (the source's own error, SIZE_INVALID, DIGEST_INVALID).
       let streamError: Error | undefined;
       let stoppedByUs = false;
@@ -113,13 +129,6 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
           done();
         }),
       );
-      const upload = new Upload({
-        client,
-        params: { Bucket: bucket, Key: key, Body: tap, ContentType: 'application/octet-stream' },
-        partSize,
-        queueSize,
-        leavePartsOnError: false,
-      });
       try {
         await upload.done();
       } catch (uploadError) {

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { parseConfig, type PullThroughCacheRule } from '../../shared/config.js';
 import { createRegistryApp } from '../../shared/registry/app.js';
 import type { Log } from '../../shared/registry/deps.js';
-import { createRuleResolver } from '../../shared/registry/rules.js';
+import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
 import type { RegistryResponse } from '../../shared/http/types.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
@@ -24,7 +24,7 @@ export const silentLog: Log & { lines: Array<{ level: string; message: string; e
 
 export async function createHarness(
   rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>,
-  extra: { blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number } } = {},
+  extra: { blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number }; defaultRule?: string } = {},
 ) {
   const config = parseConfig({ rules, ...extra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
@@ -35,6 +35,7 @@ export async function createHarness(
   const app = createRegistryApp({
     stores: { tags: index, manifests: index, links: index, blobs, leases: index },
     resolve: createRuleResolver(config.rules),
+    mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor: (rule) => {
       if (!clients.has(rule.prefix)) clients.set(rule.prefix, createUpstreamClient(rule));
       return clients.get(rule.prefix)!;
