@@ -149,6 +149,13 @@ describe('S3 blob store specifics (s3rver)', () => {
     await expect(store.putObject('blobs/sha256/abc', bytes)).rejects.toThrow(/invalid large-object key/);
   });
 
+  it('refuses a blob larger than part size × 10,000 parts before sending anything', async () => {
+    sent.length = 0;
+    const tooBig = S3_MIN_PART_BYTES * 10_000 + 1;
+    await expect(open().write(digestOf(Buffer.from('x')), Readable.from([Buffer.from('x')]), tooBig)).rejects.toThrow(/exceeds/);
+    expect(sent).toEqual([]);
+  });
+
   it('refuses a part size below S3 minimum of 5 MiB', () => {
     expect(() => createS3BlobStore({ client, bucket, records: memoryBlobRecords(), partSizeBytes: S3_MIN_PART_BYTES - 1 })).toThrow(/partSizeBytes/);
   });
