@@ -22,7 +22,6 @@ import { createDynamoDbIndex } from './store/dynamodb-index.js';
 import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
 import type { Stores } from './store/ports.js';
 import { createS3BlobStore } from './store/s3-blob-store.js';
-import { openSqliteIndex } from './store/sqlite-index.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
 
 /** Everything a process entry point needs. */
@@ -57,6 +56,8 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
   }
   const dataDir = resolve(env.dataDir);
   mkdirSync(dataDir, { recursive: true });
+  // Loaded only for the embedded backend: better-sqlite3 is a native addon the Lambda bundle leaves out.
+  const { openSqliteIndex } = await import('./store/sqlite-index.js');
   const index = openSqliteIndex(join(dataDir, 'index.db'));
   const blobStore = await openFsBlobStore(dataDir, { urlTtlSeconds: env.urlTtlSeconds });
   return {

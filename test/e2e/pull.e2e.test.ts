@@ -86,6 +86,20 @@ describe('pulling real multi-arch images through the cache with skopeo', () => {
     expect(byDigest.blobs.map((b) => b.name).sort()).toEqual(single.blobs.map((b) => b.digest).sort());
   });
 
+  it('serves blob ranges from the cache: 206 with Content-Range, 416 when unsatisfiable', async () => {
+    const layer = single.blobs.reduce((a, b) => (b.size > a.size ? b : a));
+    const res = await fetch(`${cache.url}/v2/local/team/single/blobs/${layer.digest}`, { headers: { Range: 'bytes=100-199' } });
+    expect(res.status).toBe(206);
+    expect(res.headers.get('content-range')).toBe(`bytes 100-199/${layer.size}`);
+    const part = Buffer.from(await res.arrayBuffer());
+    const whole = Buffer.from(await (await fetch(`${cache.url}/v2/local/team/single/blobs/${layer.digest}`)).arrayBuffer());
+    expect(sha256(whole)).toBe(layer.digest);
+    expect(part.equals(whole.subarray(100, 200))).toBe(true);
+    const bad = await fetch(`${cache.url}/v2/local/team/single/blobs/${layer.digest}`, { headers: { Range: `bytes=${layer.size + 10}-` } });
+    expect(bad.status).toBe(416);
+    expect(bad.headers.get('content-range')).toBe(`bytes */${layer.size}`);
+  });
+
   it('lists tags through the cache', async () => {
     const res = await skopeoListTags(imageRef(cache.url, 'local/team/multi', 'oci').replace(/:oci$/, ''));
     expect(res.tags?.sort()).toEqual(['docker', 'oci']);
