@@ -17,6 +17,7 @@
  * Output: a table on stdout and the same figures as JSON in `bench/results/pull-<ISO time>.json`.
  * Exit code 0 when every pull succeeded (targets met or not), 1 on any failure.
  */
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, copyFileSync, createReadStream, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -61,7 +62,7 @@ interface ServerBreakdown {
   /** GETs of the signed `/_blobs/...` URLs (the bytes themselves) */
   blobBodies: { count: number; ms: number; maxMs: number };
   /** `blob filled` lines: upstream download + hash + fsync + rename (cold only) */
-  fills: { count: number; maxMs: number };
+  fills: { count: number; ms: number; maxMs: number };
   statuses: Record<string, number>;
 }
 
@@ -94,6 +95,16 @@ async function bounded<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
     ]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** The commit measured, and whether the server's sources (bin, functions, shared) differ from it. */
+function gitState(): { commit?: string; serverSourcesDirty?: boolean } {
+  try {
+    const git = (...args: string[]) => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', timeout: 10_000 }).trim();
+    return { commit: git('rev-parse', 'HEAD'), serverSourcesDirty: git('status', '--porcelain', '--', 'bin', 'functions', 'shared') !== '' };
+  } catch {
+    return {};
   }
 }
 
@@ -147,7 +158,7 @@ function breakdown(lines: string[]): ServerBreakdown {
     other: { count: 0, ms: 0 },
     blobRedirects: { count: 0, ms: 0, maxMs: 0 },
     blobBodies: { count: 0, ms: 0, maxMs: 0 },
-    fills: { count: 0, maxMs: 0 },
+    fills: { count: 0, ms: 0, maxMs: 0 },
     statuses: {},
   };
   for (const line of lines) {
@@ -159,6 +170,7 @@ function breakdown(lines: string[]): ServerBreakdown {
     }
     if (e.message === 'blob filled') {
       b.fills.count++;
+      b.fills.ms += e.ms ?? 0;
       b.fills.maxMs = Math.max(b.fills.maxMs, e.ms ?? 0);
       continue;
     }
@@ -235,16 +247,40 @@ for (const sig of ['SIGINT', 'SIGTERM'] as const) {
 async function startCache(upstreamUrl: string): Promise<LocalServer> {
   const dataDir = scratchDir('bench-data-');
   dirsToRemove.add(dataDir);
-  const s = await startLocalServer(
-    { rules: [{ prefix: PREFIX, upstream: upstreamUrl }] },
-    { dataDir, env: { PULLTHROUGH_LOG_LEVEL: LOG_LEVEL } },
-  );
+  const start = () =>
+    startLocalServer({ rules: [{ prefix: PREFIX, upstream: upstreamUrl }] }, { dataDir, env: { PULLTHROUGH_LOG_LEVEL: LOG_LEVEL } });
+  let s: LocalServer;
+  try {
+    s = await start();
+  } catch (err) {
+    // Start-up is not measured, so one retry is harmless (e.g. the free port was taken meanwhile); the
+    // server log lives in the scratch dir, deleted at exit, so its tail goes into the message.
+    console.error(`pullthrough did not start, retrying once: ${withLogTail(err)}`);
+    rmSync(dataDir, { recursive: true, force: true });
+    try {
+      s = await start();
+    } catch (err2) {
+      throw new Error(withLogTail(err2));
+    }
+  }
   servers.add(s);
   if (aborted) {
     await stopServer(s);
     throw new Error('aborted');
   }
   return s;
+}
+
+/** The error's message plus the tail of the server log it names (`see <path>`). */
+function withLogTail(err: unknown): string {
+  const msg = err instanceof Error ? err.message : String(err);
+  const m = /see (\S+\.log)/.exec(msg);
+  if (!m) return msg;
+  try {
+    return `${msg}\n--- ${m[1]} (tail) ---\n${readFileSync(m[1], 'utf8').slice(-3000)}`;
+  } catch {
+    return msg;
+  }
 }
 
 function keepLog(s: LocalServer, label: string, stamp: string): void {
@@ -288,8 +324,10 @@ async function main(): Promise<void> {
   const startedAt = new Date();
   const stamp = startedAt.toISOString().replace(/\.\d{3}Z$/, 'Z').replace(/:/g, '-');
   const skopeoVersion = (await runSkopeo(['--version'], 10_000)).stdout.trim();
+  const git = gitState();
 
   console.log(`pullthrough pull benchmark: ${ROUNDS} rounds (BENCH_ROUNDS), ${SKOPEO_BIN} (${skopeoVersion}), node ${process.version}`);
+  console.log(`server sources: ${git.commit?.slice(0, 12) ?? 'unknown commit'}${git.serverSourcesDirty ? ' + uncommitted changes in bin/functions/shared' : ''}`);
   upstream = await startUpstreamRegistry();
   console.log(`upstream: docker-registry ${upstream.url} (pid ${upstream.pid})`);
 
@@ -364,10 +402,10 @@ async function main(): Promise<void> {
     const bs = samples.filter((s) => s.kind === k && s.server).map((s) => s.server!);
     return {
       requests: median(bs.map((b) => b.requests)),
-      blobRedirectMaxMs: median(bs.map((b) => b.blobRedirects.maxMs)),
-      blobBodyMaxMs: median(bs.map((b) => b.blobBodies.maxMs)),
-      fillMaxMs: median(bs.map((b) => b.fills.maxMs)),
       otherMs: median(bs.map((b) => b.other.ms)),
+      blobRedirectsMs: median(bs.map((b) => b.blobRedirects.ms)),
+      fillsMs: median(bs.map((b) => b.fills.ms)),
+      blobBodiesMs: median(bs.map((b) => b.blobBodies.ms)),
     };
   };
   const server = { cold: serverMedians('cold'), warm: serverMedians('warm') };
@@ -384,12 +422,13 @@ async function main(): Promise<void> {
   }
   console.log('');
   console.log(`skopeo fixed overhead ≈ ${Math.round(median(overhead))} ms per run (included in every figure above)`);
+  console.log('server time per pull, from its request log (medians; skopeo fetches blobs one after another into dir:, so these add up):');
   for (const k of ['cold', 'warm'] as const) {
     const s = server[k];
     console.log(
-      `server side, ${k} (medians per pull): ${s.requests} requests; slowest blob 307 ${Math.round(s.blobRedirectMaxMs)} ms` +
-        (k === 'cold' ? ` (slowest upstream fill ${Math.round(s.fillMaxMs)} ms)` : '') +
-        `; slowest /_blobs/ body ${Math.round(s.blobBodyMaxMs)} ms; manifest/HEAD/probe total ${Math.round(s.otherMs)} ms`,
+      `  ${k}: ${s.requests} requests; /v2/ + manifest ${Math.round(s.otherMs)} ms; blob GETs → 307 ${Math.round(s.blobRedirectsMs)} ms` +
+        (k === 'cold' ? ` (of which upstream fills ${Math.round(s.fillsMs)} ms)` : '') +
+        `; /_blobs/ bodies ${Math.round(s.blobBodiesMs)} ms`,
     );
   }
 
@@ -398,6 +437,7 @@ async function main(): Promise<void> {
     startedAt: startedAt.toISOString(),
     finishedAt: new Date().toISOString(),
     rounds: ROUNDS,
+    git,
     host: { node: process.version, skopeo: skopeoVersion, platform: `${process.platform}-${process.arch}` },
     image: {
       name: IMAGE_NAME,
