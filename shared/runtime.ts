@@ -47,7 +47,7 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
     const blobs = createS3BlobStore({ client: s3, bucket: env.bucket!, records, urlTtlSeconds: env.urlTtlSeconds });
     const index = createDynamoDbIndex({ client: dynamo, table: env.table!, largeObjects: blobs });
     return {
-      stores: { tags: index, manifests: index, links: index, blobs, leases: index },
+      stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index },
       close: () => {
         s3.destroy();
         dynamo.destroy();
@@ -61,7 +61,7 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
   const index = openSqliteIndex(join(dataDir, 'index.db'));
   const blobStore = await openFsBlobStore(dataDir, { urlTtlSeconds: env.urlTtlSeconds });
   return {
-    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index },
+    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index, listings: index },
     blobStore,
     close: () => index.close(),
   };

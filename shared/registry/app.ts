@@ -6,11 +6,12 @@
 import { errorResponse } from '../http/error-response.js';
 import { parseRoute } from '../http/router.js';
 import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from '../http/types.js';
-import { assertDigest } from '../oci/digest.js';
+import { OCI_INDEX } from '../oci/media-types.js';
 import { RegistryError } from '../oci/errors.js';
 import { createBlobService, HOP_PARAM, type BlobService } from './blobs.js';
 import type { RegistryDeps } from './deps.js';
 import { createManifestService, type ManifestService } from './manifests.js';
+import { getReferrers } from './referrers.js';
 import { listCatalog, listTags, parsePageSize, type Page } from './tags.js';
 
 /** Handles one request; never throws (errors become OCI error responses). */
@@ -117,10 +118,18 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
         };
       }
       case 'referrers': {
-        deps.resolve(cacheName(route.name, req));
-        assertDigest(route.digest);
-        // 404 makes clients fall back to the `sha256-<hex>` tag schema (OCI distribution spec, "Listing Referrers").
-        throw new RegistryError('NAME_UNKNOWN', 'the referrers API is not served by this cache; use the tag schema', { status: 404 });
+        const artifactType = req.query.get('artifactType') ?? undefined;
+        const r = await getReferrers(deps, cacheName(route.name, req), route.digest, artifactType);
+        return {
+          status: 200,
+          headers: {
+            ...API_VERSION_HEADER,
+            'Content-Type': OCI_INDEX,
+            'Content-Length': String(Buffer.byteLength(r.body)),
+            ...(r.filtered ? { 'OCI-Filters-Applied': 'artifactType' } : {}),
+          },
+          body: req.method === 'HEAD' ? undefined : r.body,
+        };
       }
     }
   }

@@ -25,15 +25,29 @@ export function parsePageSize(n: string | null): number | undefined {
   return Number(n);
 }
 
-/** Lists tags of `name`: the upstream's page when reachable, the cached tags otherwise. */
+/**
+ * Lists tags of `name`: the upstream's page when reachable (kept for offline use); when it is not, the last
+ * page seen for the same query, else the cached tags.
+ */
 export async function listTags(deps: RegistryDeps, name: string, opts: { n?: number; last?: string }): Promise<Page> {
   const resolved = deps.resolve(name);
   if (opts.n === 0) return { items: [] };
+  if (opts.last !== undefined && opts.last.length > 256) throw new RegistryError('UNSUPPORTED', 'last is too long', { status: 400 });
+  const key = `tags?${new URLSearchParams({ n: String(opts.n ?? ''), last: opts.last ?? '' })}`;
   try {
     const page = await deps.upstreamFor(resolved.rule).listTags(resolved.upstreamRepository, opts);
-    return { items: page.tags, next: page.next?.last };
+    const result: Page = { items: page.tags, next: page.next?.last };
+    await deps.stores.listings.putListing(resolved.name, key, JSON.stringify(result));
+    return result;
   } catch (err) {
     if (!(err instanceof UpstreamError)) throw err;
+    if (err.failure !== 'not-found') {
+      const seen = await deps.stores.listings.getListing(resolved.name, key);
+      if (seen) {
+        deps.log.warn('serving the last tag list seen', { name: resolved.name, reason: err.message });
+        return JSON.parse(seen.body) as Page;
+      }
+    }
     const n = Math.min(opts.n ?? MAX_PAGE, MAX_PAGE);
     const cached = await deps.stores.tags.listTags(resolved.name, { last: opts.last, n: n + 1 });
     if (cached.length === 0 && !opts.last) throw toRegistryError(err, 'NAME_UNKNOWN');

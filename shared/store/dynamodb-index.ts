@@ -10,6 +10,7 @@
  * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
  * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms)                       |
  * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt (ms), `ttl` (epoch s, DynamoDB TTL) |
+ * | listing         | `repo#<name>`    | `listing#<key>`     | body (JSON text ≤ `inlineLimitBytes`), fetchedAt (ms) |
  *
  * DynamoDB limits respected: an item is ≤ 400 KB (manifest bodies above `inlineLimitBytes` go to the
  * {@link LargeObjectStore} under `manifests/<algorithm>/<hex>` and the item keeps `bodyKey`); BatchWriteItem
@@ -35,7 +36,7 @@ import {
 } from '@aws-sdk/lib-dynamodb';
 import { parseDigest, type Digest } from '../oci/digest.js';
 import type {
-  BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ManifestRecord, ManifestStore, TagIndex, TagRecord,
+  BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord,
 } from './ports.js';
 
 /** Default page size for listings when the client gives no `n`. */
@@ -100,7 +101,7 @@ export interface DynamoDbIndexOptions {
 }
 
 /** The DynamoDB index: every index port over one table. */
-export type DynamoDbIndex = TagIndex & ManifestStore & BlobLinks & BlobRecords & FillLeases;
+export type DynamoDbIndex = TagIndex & ManifestStore & BlobLinks & BlobRecords & FillLeases & ListingCache;
 
 type Item = Record<string, unknown>;
 
@@ -275,6 +276,16 @@ export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
 
     async link(name, digest) {
       await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `blob#${digest}` } }));
+    },
+
+    async getListing(name, key) {
+      const item = await get(repoPk(name), `listing#${key}`);
+      return item && { body: item.body as string, fetchedAt: item.fetchedAt as number };
+    },
+
+    async putListing(name, key, body) {
+      if (Buffer.byteLength(body) > inlineLimit) return; // too large for an item: not kept (a cache, not a record)
+      await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `listing#${key}`, body, fetchedAt: now() } }));
     },
 
     async getBlobRecord(digest) {

@@ -109,6 +109,16 @@ export interface LargeObjectStore {
   getObject(key: string): Promise<Uint8Array | undefined>;
 }
 
+/**
+ * Upstream listings kept for offline use (tag list pages, referrers indexes): the JSON body as the cache
+ * served it, by repository and a key built from validated parts (e.g. `tags?n=10&last=v1`,
+ * `referrers/sha256:<hex>`). Bodies are small (≤ ~350 KB; larger ones are not kept). Times in ms.
+ */
+export interface ListingCache {
+  getListing(name: string, key: string): Promise<{ body: string; fetchedAt: number } | undefined>;
+  putListing(name: string, key: string, body: string): Promise<void>;
+}
+
 /** Everything the registry core needs from storage. */
 export interface Stores {
   tags: TagIndex;
@@ -116,4 +126,5 @@ export interface Stores {
   links: BlobLinks;
   blobs: BlobStore;
   leases: FillLeases;
+  listings: ListingCache;
 }

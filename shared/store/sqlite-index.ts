@@ -4,7 +4,7 @@
  */
 import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.js';
-import type { BlobLinks, FillLeases, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+import type { BlobLinks, FillLeases, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tags (
@@ -14,6 +14,7 @@ CREATE TABLE IF NOT EXISTS manifests (
   name TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL,
   stored_at INTEGER NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blob_links (name TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS listings (name TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, fetched_at INTEGER NOT NULL, PRIMARY KEY (name, key)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
 `;
 
@@ -21,7 +22,7 @@ CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, ex
 export const DEFAULT_PAGE = 1000;
 
 /** Opens (creating when needed) the SQLite index at `file` (`:memory:` works for tests). */
-export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & FillLeases & { close(): void } {
+export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & { close(): void } {
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
@@ -51,6 +52,11 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
      WHERE leases.expires_at <= @now OR leases.owner = excluded.owner`,
   );
   const release = db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?');
+  const getListing = db.prepare('SELECT body, fetched_at FROM listings WHERE name = ? AND key = ?');
+  const putListing = db.prepare(
+    `INSERT INTO listings (name, key, body, fetched_at) VALUES (?, ?, ?, ?)
+     ON CONFLICT (name, key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at`,
+  );
   const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[]) => {
     putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), Date.now());
     for (const d of blobs) link.run(r.name, d);
@@ -98,6 +104,13 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     },
     async releaseLease(key, owner) {
       release.run(key, owner);
+    },
+    async getListing(name, key) {
+      const row = getListing.get(name, key) as { body: string; fetched_at: number } | undefined;
+      return row && { body: row.body, fetchedAt: row.fetched_at };
+    },
+    async putListing(name, key, body) {
+      putListing.run(name, key, body, Date.now());
     },
     close() {
       db.close();

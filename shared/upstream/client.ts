@@ -45,6 +45,11 @@ export interface UpstreamClient {
    */
   blobRedirect(repository: string, digest: Digest): Promise<string | undefined>;
   listTags(repository: string, query: { n?: number; last?: string }): Promise<{ tags: string[]; next?: { n?: number; last: string } }>;
+  /**
+   * The upstream's referrers index for `digest` (OCI distribution spec, "Listing Referrers"), unfiltered, as
+   * parsed JSON. A 404 (no referrers API) throws `UpstreamError('not-found')`.
+   */
+  getReferrers(repository: string, digest: Digest, maxBytes: number): Promise<{ manifests: unknown[] }>;
 }
 
 /** Maximum redirects followed for one blob (Go's http client allows 10). */
@@ -211,6 +216,21 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: { fetchIm
       }
       if (!res.ok) throw upstreamErrorFor(res.status, 'blob GET', res.headers.get('retry-after'));
       return undefined;
+    },
+
+    async getReferrers(repository, digest, maxBytes) {
+      const url = urlOf(`/v2/${repository}/referrers/${digest}`);
+      const res = await send('GET', url, pullScope(repository), { Accept: 'application/vnd.oci.image.index.v1+json' }, AbortSignal.timeout(timeoutMs));
+      if (!res.ok) return fail(res, 'referrers');
+      const body = await readCapped(res, maxBytes);
+      let parsed: { manifests?: unknown };
+      try {
+        parsed = JSON.parse(body.toString('utf8')) as { manifests?: unknown };
+      } catch {
+        throw new UpstreamError('unavailable', 'referrers: upstream answered non-JSON');
+      }
+      if (!parsed || !Array.isArray(parsed.manifests)) throw new UpstreamError('unavailable', 'referrers: upstream answer is not an image index');
+      return { manifests: parsed.manifests };
     },
 
     async listTags(repository, query) {

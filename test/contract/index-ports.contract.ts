@@ -6,10 +6,10 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { sha256Digest, type Digest } from '../../shared/oci/digest.js';
-import type { BlobLinks, BlobRecords, FillLeases, ManifestStore, TagIndex, TagRecord } from '../../shared/store/ports.js';
+import type { BlobLinks, BlobRecords, FillLeases, ListingCache, ManifestStore, TagIndex, TagRecord } from '../../shared/store/ports.js';
 
 /** The ports under test; blob records are optional (the embedded stack needs none). */
-export type ContractIndex = TagIndex & ManifestStore & BlobLinks & FillLeases & Partial<BlobRecords>;
+export type ContractIndex = TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & Partial<BlobRecords>;
 
 /** What `open` gives the suite. `largeManifests: false` skips the 600 KB manifest case (default true). */
 export interface OpenedIndex {
@@ -258,6 +258,21 @@ export function describeIndexContract(label: string, open: () => Promise<OpenedI
         expect(results.filter(Boolean)).toHaveLength(1);
         const winner = owners[results.indexOf(true)];
         expect(await index.acquireLease('contended', winner, 60)).toBe(true);
+      });
+    });
+
+    describe('listing cache', () => {
+      it('round-trips a listing per repository and key, overwriting it', async () => {
+        expect(await index.getListing('r/a', 'tags?n=2&last=')).toBeUndefined();
+        await index.putListing('r/a', 'tags?n=2&last=', '{"items":["a","b"],"next":"b"}');
+        await index.putListing('r/b', 'tags?n=2&last=', '{"items":["z"]}');
+        expect((await index.getListing('r/a', 'tags?n=2&last='))?.body).toBe('{"items":["a","b"],"next":"b"}');
+        await index.putListing('r/a', 'tags?n=2&last=', '{"items":["c"]}');
+        const got = await index.getListing('r/a', 'tags?n=2&last=');
+        expect(got?.body).toBe('{"items":["c"]}');
+        expect(typeof got?.fetchedAt).toBe('number');
+        expect((await index.getListing('r/b', 'tags?n=2&last='))?.body).toBe('{"items":["z"]}');
+        expect(await index.getListing('r/a', 'referrers/sha256:00')).toBeUndefined();
       });
     });
 

@@ -45,6 +45,8 @@ export interface FakeUpstreamOptions {
   auth?: { scheme: 'basic' | 'bearer'; username: string; password: string; tokenSeconds?: number };
   /** Answer blob GETs with a redirect to this extra server (a "CDN") that serves the bytes. */
   redirectBlobs?: boolean;
+  /** Serve the referrers API (computed from stored manifests' `subject`); without it, referrers → 404. */
+  referrers?: boolean;
 }
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
@@ -62,7 +64,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   let cdnUrl = '';
 
   const kindOf = (path: string) =>
-    path === '/token' ? 'token' : path === '/v2/' ? 'base' : /\/manifests\//.test(path) ? 'manifest' : /\/blobs\//.test(path) ? 'blob' : /\/tags\/list$/.test(path) ? 'tags' : path.startsWith('/cdn/') ? 'cdn' : 'other';
+    path === '/token' ? 'token' : path === '/v2/' ? 'base' : /\/referrers\//.test(path) ? 'referrers' : /\/manifests\//.test(path) ? 'manifest' : /\/blobs\//.test(path) ? 'blob' : /\/tags\/list$/.test(path) ? 'tags' : path.startsWith('/cdn/') ? 'cdn' : 'other';
 
   function authorized(req: IncomingMessage): boolean {
     if (!opts.auth) return true;
@@ -128,6 +130,22 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       const body = faults.wrongBytes ? Buffer.from(b).fill(0x41, 0, 1) : b;
       res.writeHead(200, { 'Content-Length': String(b.length), 'Docker-Content-Digest': bm[2] });
       return void res.end(req.method === 'HEAD' ? undefined : body);
+    }
+    const rm = /^\/v2\/(.+)\/referrers\/([^/]+)$/.exec(url.pathname);
+    if (rm) {
+      if (!opts.referrers) return void res.writeHead(404).end();
+      const seen = new Set<string>();
+      const found: unknown[] = [];
+      for (const [ref, m] of manifests.get(rm[1]) ?? []) {
+        if (!ref.startsWith('sha256:') || seen.has(ref)) continue;
+        seen.add(ref);
+        const parsed = JSON.parse(m.body.toString()) as { subject?: { digest?: string }; artifactType?: string; mediaType?: string; config?: { mediaType?: string } };
+        if (parsed.subject?.digest === rm[2]) {
+          found.push({ mediaType: parsed.mediaType, digest: ref, size: m.body.length, artifactType: parsed.artifactType ?? parsed.config?.mediaType });
+        }
+      }
+      res.writeHead(200, { 'Content-Type': 'application/vnd.oci.image.index.v1+json' });
+      return void res.end(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: found }));
     }
     const tm = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
     if (tm) {

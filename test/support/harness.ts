@@ -1,6 +1,7 @@
 /**
- * Builds the registry app on the embedded stores (in-memory SQLite, a temp directory for blobs) with a
- * controllable clock, for unit tests of the cache logic.
+ * Builds the registry app on the embedded stores (SQLite in `<dir>/index.db`, blobs under the same temp
+ * directory, as the local server lays out its data dir) with a controllable clock, for unit tests of the
+ * cache logic. `dbPath` lets a test read every row (e.g. to prove a store unchanged).
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -28,12 +29,13 @@ export async function createHarness(
 ) {
   const config = parseConfig({ rules, ...extra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
-  const index = openSqliteIndex(':memory:');
+  const dbPath = join(dir, 'index.db');
+  const index = openSqliteIndex(dbPath);
   const blobs = await openFsBlobStore(dir);
   const clock = { now: Date.now() };
   const clients = new Map<string, UpstreamClient>();
   const app = createRegistryApp({
-    stores: { tags: index, manifests: index, links: index, blobs, leases: index },
+    stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index },
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor: (rule) => {
@@ -60,7 +62,7 @@ export async function createHarness(
   }
 
   return {
-    app, index, blobs, clock, dir, request, readLocation,
+    app, index, blobs, clock, dir, dbPath, request, readLocation,
     bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
     jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
     close() {

@@ -1,0 +1,40 @@
+/**
+ * The referrers API through the cache (OCI distribution spec, "Listing Referrers"): the upstream's index,
+ * kept for offline use, filtered here by `artifactType` (so the filter works offline too, and
+ * `OCI-Filters-Applied: artifactType` is always true when a filter was asked for). An upstream without the
+ * referrers API answers 404, which is passed on so clients fall back to the `sha256-<hex>` tag schema.
+ */
+import { assertDigest } from '../oci/digest.js';
+import { OCI_INDEX } from '../oci/media-types.js';
+import { UpstreamError, toRegistryError } from '../upstream/errors.js';
+import type { RegistryDeps } from './deps.js';
+
+/** A referrers answer: the index JSON body and whether a filter was applied. */
+export interface ReferrersAnswer {
+  body: string;
+  filtered: boolean;
+}
+
+/**
+ * The referrers of `digest` in `name`.
+ * @throws RegistryError `DIGEST_INVALID`, `MANIFEST_UNKNOWN` (404: upstream has no referrers API),
+ *   `UNAVAILABLE` when the upstream cannot answer and nothing was kept.
+ */
+export async function getReferrers(deps: RegistryDeps, name: string, rawDigest: string, artifactType?: string): Promise<ReferrersAnswer> {
+  const resolved = deps.resolve(name);
+  const digest = assertDigest(rawDigest);
+  const key = `referrers/${digest}`;
+  let manifests: unknown[];
+  try {
+    ({ manifests } = await deps.upstreamFor(resolved.rule).getReferrers(resolved.upstreamRepository, digest, deps.maxManifestBytes));
+    await deps.stores.listings.putListing(resolved.name, key, JSON.stringify(manifests));
+  } catch (err) {
+    const kept = err instanceof UpstreamError && err.failure !== 'not-found' ? await deps.stores.listings.getListing(resolved.name, key) : undefined;
+    if (!kept) throw toRegistryError(err, 'MANIFEST_UNKNOWN');
+    deps.log.warn('serving kept referrers', { name: resolved.name, digest, reason: (err as Error).message });
+    manifests = JSON.parse(kept.body) as unknown[];
+  }
+  const filtered = artifactType !== undefined;
+  const selected = filtered ? manifests.filter((m) => (m as { artifactType?: unknown })?.artifactType === artifactType) : manifests;
+  return { body: JSON.stringify({ schemaVersion: 2, mediaType: OCI_INDEX, manifests: selected }), filtered };
+}
