@@ -1,18 +1,30 @@
 /**
- * The scheduled refresh Lambda (EventBridge, `rate(1 day)` by default). Its re-check logic (due-time index,
- * HEAD per tag, bounded concurrency) is a later piece of work; today it only starts, builds the runtime and
- * reports that no re-check ran, so the schedule, permissions and packaging are exercised end to end.
+ * The refresh Lambda. Two ways in:
+ * - the EventBridge schedule (`rate(1 day)` by default): one pass over every tag due now, stopping ~30 s
+ *   before the Lambda's 15 minutes; what is left stays due and the next run resumes it;
+ * - a direct invocation (forced refresh, see README): `{"name": "<prefix>/<repository>" | "<prefix>", "tag"?: "..."}`
+ *   re-checks that tag, repository or rule now; `{}` runs one full scheduled pass.
  */
 import middy from '@middy/core';
 import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
+import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
+import type { Context } from 'aws-lambda';
+import type { RefreshReport, RefreshTarget } from '../shared/registry/refresh.js';
 import { getRuntime } from '../shared/runtime.js';
 
 const runtime = await getRuntime();
 
-/** Entry point: returns the number of tags checked (0 until the re-check lands). */
-export const handler = middy<unknown, { checked: number }>()
+/** Milliseconds kept in hand before the Lambda's own timeout. */
+const SAFETY_MS = 30_000;
+
+/** Entry point: returns the run's report (counts of tags checked, moved, gone, errors). */
+export const handler = middy<Partial<RefreshTarget> & { 'detail-type'?: string }, RefreshReport, Error, Context>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
-  .handler(async () => {
-    runtime.logger.info('scheduled refresh: re-check not implemented yet; tags refresh on pull after their TTL');
-    return { checked: 0 };
+  .use(logMetrics(runtime.metrics))
+  .handler(async (event, context) => {
+    const deadline = Date.now() + Math.max(1000, context.getRemainingTimeInMillis() - SAFETY_MS);
+    const scheduled = event['detail-type'] === 'Scheduled Event' || !event.name;
+    return scheduled
+      ? runtime.refresher.refreshDue({ deadline })
+      : runtime.refresher.refreshTarget({ name: event.name, tag: event.tag }, { deadline });
   });

@@ -10,12 +10,23 @@
  * - `PULLTHROUGH_URL_TTL_SECONDS`: lifetime of presigned/signed blob URLs (default 900)
  * - `PULLTHROUGH_FILL_FUNCTION`: name of the fill Lambda to invoke asynchronously on a blob miss (AWS);
  *   unset → fills run in the process that took the lease
+ * - `PULLTHROUGH_EVENT_BUS`: EventBridge bus that receives a `Tag Moved` event per digest change (optional)
  */
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
 const DAY_SECONDS = 24 * 60 * 60;
+
+/** A regular expression given as a string; must compile. */
+const regexSource = z.string().max(500).refine((src) => {
+  try {
+    new RegExp(src);
+    return true;
+  } catch {
+    return false;
+  }
+}, 'not a valid regular expression');
 
 const ruleSchema = z
   .object({
@@ -43,6 +54,25 @@ const ruleSchema = z
      * Docker Hub's CDN), when the upstream answers with one.
      */
     missFallback: z.enum(['unavailable', 'upstream-redirect']).default('unavailable'),
+    /**
+     * Tags matching this regular expression are never re-checked once cached (e.g. release tags
+     * `^v?\\d+\\.\\d+\\.\\d+$`): neither on pull nor by the scheduled refresh.
+     */
+    pinnedTags: regexSource.optional(),
+    /** Tags matching `pattern` are re-checked after `ttlSeconds` instead of the rule's TTL (e.g. `^latest$`, 3600). */
+    frequentTags: z.object({ pattern: regexSource, ttlSeconds: z.number().int().nonnegative() }).strict().optional(),
+    /**
+     * When the upstream says a cached tag no longer exists (404 on re-check): `keep` serving the cached manifest
+     * (default; the cache outlives upstream deletions, like ECR), or `stop`: remove the tag from the cache (its
+     * manifests stay pullable by digest).
+     */
+    onUpstreamDelete: z.enum(['keep', 'stop']).default('keep'),
+    /** Upstream re-checks the scheduled refresh runs at once for this rule (default 4). */
+    refreshConcurrency: z.number().int().positive().max(64).default(4),
+    /** Seconds a pull waits for a stale tag's re-check before serving the cached manifest (default 3). */
+    revalidateTimeoutSeconds: z.number().positive().default(3),
+    /** Seconds a "does not exist" answer from the upstream is remembered, so repeated misses skip it (default 60). */
+    negativeCacheSeconds: z.number().nonnegative().default(60),
   })
   .strict()
   .refine((r) => (r.username === undefined) === (r.accessToken === undefined), { message: 'username and accessToken go together' });
@@ -66,6 +96,20 @@ const configSchema = z
         maxHops: z.number().int().nonnegative().max(9).default(8),
         /** Seconds a fill lease lasts, so a crashed filler blocks others at most this long (default 900). */
         leaseSeconds: z.number().int().positive().default(900),
+      })
+      .strict()
+      .prefault({}),
+    /** The scheduled refresh (DESIGN.md "Refresh"). */
+    refresh: z
+      .object({
+        /** Due tags read per query (default 100). */
+        batchSize: z.number().int().positive().max(1000).default(100),
+        /** Seconds a run may take before it stops starting checks (default 840: under Lambda's 15 min). */
+        maxRunSeconds: z.number().positive().default(840),
+        /** Re-tries of a re-check the upstream answered 429, waiting its `Retry-After` (default 3). */
+        rateLimitRetries: z.number().int().nonnegative().max(10).default(3),
+        /** Longest wait for one `Retry-After`, seconds (default 60). */
+        maxRetryAfterSeconds: z.number().positive().default(60),
       })
       .strict()
       .prefault({}),
@@ -118,6 +162,7 @@ export interface Environment {
   /** Seconds. */
   urlTtlSeconds: number;
   fillFunction?: string;
+  eventBus?: string;
 }
 
 /** Reads the process environment (the only place that does). */
@@ -144,5 +189,6 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     s3Endpoint: env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined,
     urlTtlSeconds,
     fillFunction: env.PULLTHROUGH_FILL_FUNCTION || undefined,
+    eventBus: env.PULLTHROUGH_EVENT_BUS || undefined,
   };
 }

@@ -12,11 +12,14 @@ import type { Logger } from '@aws-lambda-powertools/logger';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { S3Client } from '@aws-sdk/client-s3';
+import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
+import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { createLogger } from './logger.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
-import type { FillJob } from './registry/deps.js';
+import type { FillJob, TagChange } from './registry/deps.js';
+import { createRefresher, type Refresher } from './registry/refresh.js';
 import { createMirrorNames, createRuleResolver } from './registry/rules.js';
 import { createDynamoDbIndex } from './store/dynamodb-index.js';
 import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
@@ -30,7 +33,10 @@ export interface Runtime {
   config: RegistryConfig;
   app: RegistryApp;
   blobs: BlobService;
+  refresher: Refresher;
   logger: Logger;
+  /** Powertools metrics (EMF): `TagMoved` per digest change; handlers flush them. */
+  metrics: Metrics;
   /** The embedded blob store, whose signed URLs the local server serves (embedded backend only). */
   blobStore?: FsBlobStore;
   close(): void;
@@ -75,6 +81,14 @@ function lambdaFillDispatcher(functionName: string): (job: FillJob) => Promise<v
   };
 }
 
+/** Publishes each tag change as an EventBridge event (`source: pullthrough`, `detail-type: Tag Moved`). */
+function eventBridgePublisher(bus: string): (change: TagChange) => Promise<void> {
+  const events = new EventBridgeClient({});
+  return async (change) => {
+    await events.send(new PutEventsCommand({ Entries: [{ EventBusName: bus, Source: 'pullthrough', DetailType: 'Tag Moved', Detail: JSON.stringify(change) }] }));
+  };
+}
+
 /** Builds a runtime from explicit settings (tests use this with their own data dir and rules). */
 export async function buildRuntime(env: Environment, config: RegistryConfig = loadConfig(env.configPath)): Promise<Runtime> {
   const logger = createLogger(env.logLevel);
@@ -85,7 +99,9 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
     if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule)));
     return c;
   };
-  const { app, blobs } = createRegistry({
+  const metrics = new Metrics({ namespace: 'pullthrough', serviceName: 'pullthrough' });
+  const publish = env.eventBus ? eventBridgePublisher(env.eventBus) : undefined;
+  const deps = {
     stores,
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
@@ -95,8 +111,14 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
     dispatchFill: env.fillFunction ? lambdaFillDispatcher(env.fillFunction) : undefined,
     log: logger,
     now: Date.now,
-  });
-  return { env, config, app, blobs, logger, blobStore, close };
+    onTagMoved: async (change: TagChange) => {
+      metrics.addMetric('TagMoved', MetricUnit.Count, 1);
+      await publish?.(change);
+    },
+  };
+  const { app, blobs, manifests } = createRegistry(deps);
+  const refresher = createRefresher(deps, manifests, config.refresh);
+  return { env, config, app, blobs, refresher, logger, metrics, blobStore, close };
 }
 
 let current: Promise<Runtime> | undefined;

@@ -30,6 +30,15 @@ export interface FillSettings {
   leaseSeconds: number;
 }
 
+/** A tag the upstream moved, as found by a re-check (pull-time or scheduled). */
+export interface TagChange {
+  rule: string;
+  name: string;
+  tag: string;
+  oldDigest: string;
+  newDigest: string;
+}
+
 /** Dependencies of the registry services. `now` returns milliseconds since the epoch. */
 export interface RegistryDeps {
   stores: Stores;
@@ -46,4 +55,6 @@ export interface RegistryDeps {
   dispatchFill?: (job: FillJob) => Promise<void>;
   log: Log;
   now(): number;
+  /** Told about every tag move (metrics, EventBridge); the structured log line is written regardless. */
+  onTagMoved?: (change: TagChange) => Promise<void> | void;
 }

@@ -1,17 +1,29 @@
 /**
  * Manifests through the cache (distribution's proxy layering): digests local-first and immutable; tags
- * answered from the index while younger than the rule's TTL, re-checked with an upstream HEAD when older
- * (refetched only when the digest moved), and served stale when the upstream cannot answer.
+ * answered from the index while fresh under the rule's policy (`freshness.ts`), re-checked with one upstream
+ * HEAD when stale (refetched only when the digest moved), and served stale when the upstream cannot answer in
+ * time. "Does not exist" answers are remembered briefly (negative cache) so repeated misses skip the upstream.
  */
+import { LRUCache } from 'lru-cache';
 import { digestLike, isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import { classifyManifest, referencedBlobs } from '../oci/media-types.js';
 import { parseReference } from '../oci/reference.js';
-import type { ManifestRecord } from '../store/ports.js';
+import type { LastCheck, ManifestRecord, TagRecord } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
+import { dueAtFor, isFresh } from './freshness.js';
 import type { ResolvedName } from './rules.js';
 import { createSingleFlight } from './single-flight.js';
+
+/** What one re-check of a cached tag found. */
+export interface TagCheck {
+  result: LastCheck['result'];
+  record?: ManifestRecord;
+  oldDigest: Digest;
+  newDigest?: Digest;
+  error?: UpstreamError;
+}
 
 /** Manifest operations of the cache. */
 export interface ManifestService {
@@ -22,12 +34,19 @@ export interface ManifestService {
    *   cannot answer and nothing is cached.
    */
   get(name: string, reference: string): Promise<ManifestRecord>;
+  /**
+   * Re-checks a cached tag against the upstream with one HEAD (a GET only when the digest moved, or when the
+   * upstream gives no digest), records the outcome on the tag, and applies the rule's `onUpstreamDelete`.
+   * Upstream failures are returned as `result: 'error'` (never thrown); `timeoutMs` bounds the HEAD.
+   */
+  checkTag(entry: TagRecord, opts?: { timeoutMs?: number }): Promise<TagCheck>;
 }
 
 /** Creates the manifest service. */
 export function createManifestService(deps: RegistryDeps): ManifestService {
   const { stores, log } = deps;
   const flights = createSingleFlight();
+  const missing = new LRUCache<string, true>({ max: 10_000 });
 
   /** Fetches `reference` upstream, verifies it, stores it (and links its blobs); nothing is stored on failure. */
   async function fetchAndStore(resolved: ResolvedName, reference: string, expected?: Digest): Promise<ManifestRecord> {
@@ -45,61 +64,117 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     return record;
   }
 
+  /** Runs `fn`, remembering an upstream "not found" for the rule's negative-cache time. */
+  async function rememberingMisses<T>(resolved: ResolvedName, key: string, fn: () => Promise<T>): Promise<T> {
+    const k = `${resolved.name}\n${key}`;
+    if (missing.get(k)) throw new RegistryError('MANIFEST_UNKNOWN');
+    try {
+      return await fn();
+    } catch (err) {
+      const ttl = resolved.rule.negativeCacheSeconds * 1000;
+      if (err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied') && ttl > 0) missing.set(k, true, { ttl });
+      throw err;
+    }
+  }
+
   async function byDigest(resolved: ResolvedName, digest: Digest): Promise<ManifestRecord> {
     const cached = await stores.manifests.getManifest(resolved.name, digest);
     if (cached) return cached;
     try {
-      return await flights.run(`${resolved.name}@${digest}`, () => fetchAndStore(resolved, digest, digest));
+      return await rememberingMisses(resolved, digest, () => flights.run(`${resolved.name}@${digest}`, () => fetchAndStore(resolved, digest, digest)));
     } catch (err) {
       throw toRegistryError(err, 'MANIFEST_UNKNOWN');
     }
   }
 
+  function tagRecord(resolved: ResolvedName, tag: string, record: ManifestRecord, now: number, lastCheck?: LastCheck): TagRecord {
+    const dueAt = dueAtFor(resolved.rule, tag, now);
+    return {
+      name: resolved.name, tag, digest: record.digest, mediaType: record.mediaType, size: record.size, fetchedAt: now, checkedAt: now,
+      ...(dueAt === undefined ? {} : { dueAt }),
+      ...(lastCheck ? { lastCheck } : {}),
+    };
+  }
+
   /** Fetches a tag and points the index at what came back. */
-  async function fillTag(resolved: ResolvedName, tag: string): Promise<ManifestRecord> {
+  async function fillTag(resolved: ResolvedName, tag: string, lastCheck?: Omit<LastCheck, 'at'>): Promise<ManifestRecord> {
     return flights.run(`${resolved.name}:${tag}`, async () => {
       const record = await fetchAndStore(resolved, tag);
       const now = deps.now();
-      await stores.tags.putTag({ name: resolved.name, tag, digest: record.digest, mediaType: record.mediaType, size: record.size, fetchedAt: now, checkedAt: now });
+      await stores.tags.putTag(tagRecord(resolved, tag, record, now, lastCheck && { ...lastCheck, at: now }));
       return record;
     });
   }
 
-  /** Re-checks a stale tag with a HEAD; moves it only when the upstream digest changed. */
-  async function revalidate(resolved: ResolvedName, tag: string, current: Digest): Promise<ManifestRecord> {
-    const head = await deps.upstreamFor(resolved.rule).headManifest(resolved.upstreamRepository, tag);
-    const moved = head.digest && isDigest(head.digest) ? head.digest : undefined;
-    if (moved === current) {
-      const cached = await stores.manifests.getManifest(resolved.name, current);
-      if (cached) {
-        await stores.tags.touchTag(resolved.name, tag, deps.now());
-        return cached;
-      }
+  async function announceMove(resolved: ResolvedName, tag: string, oldDigest: Digest, newDigest: Digest): Promise<void> {
+    const change = { rule: resolved.rule.prefix, name: resolved.name, tag, oldDigest, newDigest };
+    log.info('tag moved upstream', { event: 'tag-moved', ...change });
+    try {
+      await deps.onTagMoved?.(change);
+    } catch (err) {
+      log.warn('could not publish a tag change', { ...change, reason: (err as Error).message });
     }
-    if (!moved) return fillTag(resolved, tag); // no Docker-Content-Digest: GET and hash
-    const record = (await stores.manifests.getManifest(resolved.name, moved)) ?? (await fetchAndStore(resolved, moved, moved));
-    const now = deps.now();
-    await stores.tags.putTag({ name: resolved.name, tag, digest: record.digest, mediaType: record.mediaType, size: record.size, fetchedAt: now, checkedAt: now });
-    log.info('tag moved upstream', { name: resolved.name, tag, oldDigest: current, newDigest: record.digest });
-    return record;
+  }
+
+  async function checkTag(entry: TagRecord, opts: { timeoutMs?: number } = {}): Promise<TagCheck> {
+    const resolved = deps.resolve(entry.name);
+    const { tag, digest: current } = entry;
+    const record = async (result: LastCheck['result'], error?: string) => {
+      const now = deps.now();
+      await stores.tags.recordCheck(resolved.name, tag, { checkedAt: now, dueAt: dueAtFor(resolved.rule, tag, now), lastCheck: { at: now, result, ...(error ? { error } : {}) } });
+    };
+    try {
+      const head = await deps.upstreamFor(resolved.rule).headManifest(resolved.upstreamRepository, tag, opts);
+      const moved = head.digest && isDigest(head.digest) ? head.digest : undefined;
+      if (moved === current) {
+        const cached = await stores.manifests.getManifest(resolved.name, current);
+        if (cached) {
+          await record('unchanged');
+          return { result: 'unchanged', record: cached, oldDigest: current, newDigest: current };
+        }
+      }
+      // Moved, or no Docker-Content-Digest on the HEAD (then GET and hash).
+      const fresh = moved
+        ? ((await stores.manifests.getManifest(resolved.name, moved)) ?? (await fetchAndStore(resolved, moved, moved)))
+        : await fetchAndStore(resolved, tag);
+      const now = deps.now();
+      const result = fresh.digest === current ? 'unchanged' : 'moved';
+      await stores.tags.putTag(tagRecord(resolved, tag, fresh, now, { at: now, result }));
+      if (result === 'moved') await announceMove(resolved, tag, current, fresh.digest);
+      return { result, record: fresh, oldDigest: current, newDigest: fresh.digest };
+    } catch (err) {
+      if (!(err instanceof UpstreamError)) throw err;
+      if (err.failure === 'not-found') {
+        if (resolved.rule.onUpstreamDelete === 'stop') {
+          await stores.tags.deleteTag(resolved.name, tag);
+          log.info('tag deleted upstream: removed from the cache', { event: 'tag-gone', rule: resolved.rule.prefix, name: resolved.name, tag, digest: current });
+        } else {
+          await record('gone', 'upstream answered 404');
+          log.info('tag deleted upstream: still served from the cache', { event: 'tag-gone', rule: resolved.rule.prefix, name: resolved.name, tag, digest: current });
+        }
+        return { result: 'gone', oldDigest: current, error: err };
+      }
+      await record('error', err.message.slice(0, 200));
+      return { result: 'error', oldDigest: current, error: err };
+    }
   }
 
   async function byTag(resolved: ResolvedName, tag: string): Promise<ManifestRecord> {
     const entry = await stores.tags.getTag(resolved.name, tag);
     const cached = entry && (await stores.manifests.getManifest(resolved.name, entry.digest));
-    if (entry && cached && deps.now() - entry.checkedAt < resolved.rule.ttlSeconds * 1000) return cached;
     if (entry && cached) {
-      try {
-        return await flights.run(`${resolved.name}:${tag}?check`, () => revalidate(resolved, tag, entry.digest));
-      } catch (err) {
-        // Upstream down, rate-limited, or the tag gone: never worse than stale.
-        log.warn('serving stale tag', { name: resolved.name, tag, digest: entry.digest, reason: err instanceof Error ? err.message : String(err) });
-        if (err instanceof UpstreamError) return cached;
-        throw err;
-      }
+      if (isFresh(resolved.rule, tag, entry.checkedAt, deps.now())) return cached;
+      const check = await flights.run(`${resolved.name}:${tag}?check`, () =>
+        checkTag(entry, { timeoutMs: resolved.rule.revalidateTimeoutSeconds * 1000 }),
+      );
+      if (check.record) return check.record;
+      if (check.result === 'gone' && resolved.rule.onUpstreamDelete === 'stop') throw new RegistryError('MANIFEST_UNKNOWN');
+      // Upstream down, slow, rate-limited, or the tag gone upstream (policy keep): never worse than stale.
+      log.warn('serving stale tag', { name: resolved.name, tag, digest: entry.digest, reason: check.error?.message });
+      return cached;
     }
     try {
-      return await fillTag(resolved, tag);
+      return await rememberingMisses(resolved, `tag:${tag}`, () => fillTag(resolved, tag));
     } catch (err) {
       throw toRegistryError(err, 'MANIFEST_UNKNOWN');
     }
@@ -111,5 +186,6 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
       const ref = parseReference(reference);
       return ref.kind === 'digest' ? byDigest(resolved, ref.digest) : byTag(resolved, ref.tag);
     },
+    checkTag,
   };
 }

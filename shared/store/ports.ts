@@ -20,6 +20,20 @@ export interface TagRecord {
   fetchedAt: number;
   /** When the upstream was last asked (HEAD or GET) what the tag points at. */
   checkedAt: number;
+  /**
+   * When the scheduled refresh should re-check the tag (checkedAt + the rule's TTL for the tag); absent for
+   * tags the rule never re-checks once cached (e.g. release tags). Indexed: the refresh queries it.
+   */
+  dueAt?: number;
+  /** What the last re-check found. */
+  lastCheck?: LastCheck;
+}
+
+/** The outcome of one upstream re-check of a tag. `error` is a short, credential-free message. */
+export interface LastCheck {
+  at: number;
+  result: 'unchanged' | 'moved' | 'gone' | 'error';
+  error?: string;
 }
 
 /** The tag index (DynamoDB `pk=repo#<name>, sk=tag#<tag>`; SQLite table `tags`). */
@@ -29,6 +43,18 @@ export interface TagIndex {
   putTag(record: TagRecord): Promise<void>;
   /** Updates `checkedAt` (ms) only; a no-op when the tag is not there. */
   touchTag(name: string, tag: string, checkedAt: number): Promise<void>;
+  /**
+   * Records a re-check: sets `checkedAt`, `dueAt` (undefined removes it: never due) and `lastCheck`, keeping
+   * the digest. A no-op when the tag is not there.
+   */
+  recordCheck(name: string, tag: string, check: { checkedAt: number; dueAt?: number; lastCheck: LastCheck }): Promise<void>;
+  /** Removes a tag from the index (the manifests it pointed at stay pullable by digest). */
+  deleteTag(name: string, tag: string): Promise<void>;
+  /**
+   * Tags whose `dueAt` ≤ `now` (ms), earliest due first, at most `limit`. Served by an index on the due time
+   * (SQLite index; DynamoDB GSI), never a scan of all tags.
+   */
+  listDueTags(now: number, limit: number): Promise<TagRecord[]>;
   /** Tags of a repository, lexically sorted, at most `n` after `last`. */
   listTags(name: string, opts?: { last?: string; n?: number }): Promise<string[]>;
   /** Repository names the cache holds (any tag or manifest), lexically sorted, at most `n` after `last`. */
@@ -76,6 +102,14 @@ export interface BlobStore {
   write(digest: Digest, source: Readable, expectedSize?: number): Promise<{ size: number }>;
   /** Where a client can GET the committed blob. */
   locate(digest: Digest): Promise<BlobLocation>;
+  /**
+   * Optional capability: `true` when this store's locations also serve a blob while a `write` of it is still in
+   * progress in this process (from the moment `write` is called: tailing the bytes as they arrive, ending only
+   * once they were verified, cut off when the write fails). The registry then answers a blob miss with the
+   * location as soon as the upstream started sending, instead of after the commit. Absent: locations serve
+   * committed blobs only (S3).
+   */
+  streamsWhileFilling?: true;
 }
 
 /**

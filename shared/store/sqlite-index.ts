@@ -4,7 +4,7 @@
  */
 import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.js';
-import type { BlobLinks, FillLeases, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+import type { BlobLinks, FillLeases, LastCheck, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tags (
@@ -27,13 +27,22 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.exec(SCHEMA);
+  // Columns added after the first release of the schema: add them to existing data dirs.
+  const columns = new Set((db.prepare('PRAGMA table_info(tags)').all() as Array<{ name: string }>).map((c) => c.name));
+  if (!columns.has('due_at')) db.exec('ALTER TABLE tags ADD COLUMN due_at INTEGER');
+  if (!columns.has('last_check')) db.exec('ALTER TABLE tags ADD COLUMN last_check TEXT');
+  db.exec('CREATE INDEX IF NOT EXISTS tags_due ON tags (due_at) WHERE due_at IS NOT NULL');
 
   const getTag = db.prepare('SELECT * FROM tags WHERE name = ? AND tag = ?');
   const putTag = db.prepare(
-    `INSERT INTO tags (name, tag, digest, media_type, size, fetched_at, checked_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+    `INSERT INTO tags (name, tag, digest, media_type, size, fetched_at, checked_at, due_at, last_check) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT (name, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
-       size = excluded.size, fetched_at = excluded.fetched_at, checked_at = excluded.checked_at`,
+       size = excluded.size, fetched_at = excluded.fetched_at, checked_at = excluded.checked_at,
+       due_at = excluded.due_at, last_check = excluded.last_check`,
   );
+  const recordCheck = db.prepare('UPDATE tags SET checked_at = ?, due_at = ?, last_check = ? WHERE name = ? AND tag = ?');
+  const deleteTag = db.prepare('DELETE FROM tags WHERE name = ? AND tag = ?');
+  const listDue = db.prepare('SELECT * FROM tags WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?');
   const touchTag = db.prepare('UPDATE tags SET checked_at = ? WHERE name = ? AND tag = ?');
   const listTags = db.prepare('SELECT tag FROM tags WHERE name = ? AND tag > ? ORDER BY tag LIMIT ?');
   const listRepos = db.prepare(
@@ -62,19 +71,34 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     for (const d of blobs) link.run(r.name, d);
   });
 
-  type TagRow = { name: string; tag: string; digest: string; media_type: string; size: number; fetched_at: number; checked_at: number };
+  type TagRow = {
+    name: string; tag: string; digest: string; media_type: string; size: number; fetched_at: number; checked_at: number;
+    due_at: number | null; last_check: string | null;
+  };
+  const tagOf = (row: TagRow): TagRecord => ({
+    name: row.name, tag: row.tag, digest: row.digest as Digest, mediaType: row.media_type, size: row.size,
+    fetchedAt: row.fetched_at, checkedAt: row.checked_at,
+    ...(row.due_at === null ? {} : { dueAt: row.due_at }),
+    ...(row.last_check === null ? {} : { lastCheck: JSON.parse(row.last_check) as LastCheck }),
+  });
   type ManifestRow = { name: string; digest: string; media_type: string; size: number; body: Buffer };
 
   return {
     async getTag(name, tag) {
       const row = getTag.get(name, tag) as TagRow | undefined;
-      return row && {
-        name: row.name, tag: row.tag, digest: row.digest as Digest, mediaType: row.media_type, size: row.size,
-        fetchedAt: row.fetched_at, checkedAt: row.checked_at,
-      };
+      return row && tagOf(row);
     },
     async putTag(r: TagRecord) {
-      putTag.run(r.name, r.tag, r.digest, r.mediaType, r.size, r.fetchedAt, r.checkedAt);
+      putTag.run(r.name, r.tag, r.digest, r.mediaType, r.size, r.fetchedAt, r.checkedAt, r.dueAt ?? null, r.lastCheck ? JSON.stringify(r.lastCheck) : null);
+    },
+    async recordCheck(name, tag, check) {
+      recordCheck.run(check.checkedAt, check.dueAt ?? null, JSON.stringify(check.lastCheck), name, tag);
+    },
+    async deleteTag(name, tag) {
+      deleteTag.run(name, tag);
+    },
+    async listDueTags(now, limit) {
+      return (listDue.all(now, limit) as TagRow[]).map(tagOf);
     },
     async touchTag(name, tag, checkedAt) {
       touchTag.run(checkedAt, name, tag);

@@ -35,7 +35,8 @@ export interface FetchedBlob {
 
 /** The operations the cache needs from an upstream registry. */
 export interface UpstreamClient {
-  headManifest(repository: string, reference: string): Promise<ManifestHead>;
+  /** `timeoutMs` overrides the rule's upstream timeout (short on pull-time revalidation). */
+  headManifest(repository: string, reference: string, opts?: { timeoutMs?: number }): Promise<ManifestHead>;
   getManifest(repository: string, reference: string, maxBytes: number): Promise<FetchedManifest>;
   headBlob(repository: string, digest: Digest): Promise<{ size?: number }>;
   getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;
@@ -134,9 +135,9 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: { fetchIm
   }
 
   return {
-    async headManifest(repository, reference) {
+    async headManifest(repository, reference, opts = {}) {
       const url = urlOf(`/v2/${repository}/manifests/${reference}`);
-      const res = await send('HEAD', url, pullScope(repository), { Accept: MANIFEST_ACCEPT }, AbortSignal.timeout(timeoutMs));
+      const res = await send('HEAD', url, pullScope(repository), { Accept: MANIFEST_ACCEPT }, AbortSignal.timeout(opts.timeoutMs ?? timeoutMs));
       if (!res.ok) return fail(res, 'manifest HEAD');
       await res.body?.cancel().catch(() => undefined);
       const length = res.headers.get('content-length');

@@ -36,8 +36,21 @@ export interface FakeUpstream {
   putBlob(repo: string, bytes: Buffer): string;
   deleteTag(repo: string, tag: string): void;
   tags: Map<string, Set<string>>;
-  /** Faults: `down` answers 503 to everything; `status` forces a status for matching kinds; `delayMs` delays. */
-  faults: { down?: boolean; status?: { kind: string; code: number; retryAfter?: string }; delayMs?: number; wrongBytes?: boolean };
+  /**
+   * Faults: `down` answers 503 to everything; `status` forces a status for matching kinds; `delayMs` delays.
+   * `slowBody`: blob GETs answer their headers at once, then send the body in `chunkBytes` pieces with
+   * `pauseMs` between them (`noLength`: without `Content-Length`, i.e. chunked).
+   */
+  faults: {
+    down?: boolean;
+    /** Forced status for requests of `kind` (and `method`), the next `times` of them (all when absent). */
+    status?: { kind: string; code: number; retryAfter?: string; method?: string; times?: number };
+    delayMs?: number;
+    wrongBytes?: boolean;
+    slowBody?: { chunkBytes: number; pauseMs: number; noLength?: boolean };
+  };
+  /** Most requests handled at once (concurrency seen by the upstream) since the last reset. */
+  readonly maxInFlight: number;
   close(): Promise<void>;
 }
 
@@ -79,8 +92,10 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     requests.push({ method: req.method ?? 'GET', path: url.pathname + url.search, kind, authorization: req.headers.authorization });
     if (faults.delayMs) await new Promise((r) => setTimeout(r, faults.delayMs));
     if (faults.down) return void res.writeHead(503).end();
-    if (faults.status && (faults.status.kind === kind || faults.status.kind === '*')) {
-      res.writeHead(faults.status.code, faults.status.retryAfter ? { 'Retry-After': faults.status.retryAfter } : {});
+    const st = faults.status;
+    if (st && (st.kind === kind || st.kind === '*') && (!st.method || st.method === req.method) && (st.times === undefined || st.times > 0)) {
+      if (st.times !== undefined) st.times--;
+      res.writeHead(st.code, st.retryAfter ? { 'Retry-After': st.retryAfter } : {});
       return void res.end();
     }
     if (kind === 'token') {
@@ -128,6 +143,16 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (!b) return void res.writeHead(404).end();
       if (opts.redirectBlobs && req.method === 'GET') return void res.writeHead(307, { Location: `${cdnUrl}/cdn/${bm[2]}` }).end();
       const body = faults.wrongBytes ? Buffer.from(b).fill(0x41, 0, 1) : b;
+      const slow = faults.slowBody;
+      if (slow && req.method === 'GET') {
+        res.writeHead(200, { ...(slow.noLength ? {} : { 'Content-Length': String(b.length) }), 'Docker-Content-Digest': bm[2] });
+        for (let off = 0; off < body.length; off += slow.chunkBytes) {
+          if (res.destroyed) return;
+          res.write(body.subarray(off, off + slow.chunkBytes));
+          await new Promise((r) => setTimeout(r, slow.pauseMs));
+        }
+        return void res.end();
+      }
       res.writeHead(200, { 'Content-Length': String(b.length), 'Docker-Content-Digest': bm[2] });
       return void res.end(req.method === 'HEAD' ? undefined : body);
     }
@@ -165,7 +190,14 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
 
   const listen = (s: Server) => new Promise<number>((r) => s.listen(0, '127.0.0.1', () => r((s.address() as AddressInfo).port)));
   let base = '';
-  const server = createServer((req, res) => void handle(req, res, base).catch(() => res.destroy()));
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const server = createServer((req, res) => {
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    res.on('close', () => inFlight--);
+    void handle(req, res, base).catch(() => res.destroy());
+  });
   const port = await listen(server);
   base = `http://127.0.0.1:${port}`;
   if (opts.redirectBlobs) {
@@ -185,6 +217,10 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     },
     reset() {
       requests.length = 0;
+      maxInFlight = inFlight;
+    },
+    get maxInFlight() {
+      return maxInFlight;
     },
     putManifest(repo, tag, m) {
       const digest = sha256(m.body);

@@ -7,8 +7,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig, type PullThroughCacheRule } from '../../shared/config.js';
-import { createRegistryApp } from '../../shared/registry/app.js';
-import type { Log } from '../../shared/registry/deps.js';
+import { createRegistry } from '../../shared/registry/app.js';
+import { createRefresher } from '../../shared/registry/refresh.js';
+import type { Log, RegistryDeps, TagChange } from '../../shared/registry/deps.js';
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
 import type { RegistryResponse } from '../../shared/http/types.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
@@ -25,7 +26,11 @@ export const silentLog: Log & { lines: Array<{ level: string; message: string; e
 
 export async function createHarness(
   rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>,
-  extra: { blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number }; defaultRule?: string } = {},
+  extra: {
+    blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number };
+    defaultRule?: string;
+    refresh?: { batchSize?: number; maxRunSeconds?: number; rateLimitRetries?: number; maxRetryAfterSeconds?: number };
+  } = {},
 ) {
   const config = parseConfig({ rules, ...extra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
@@ -34,7 +39,8 @@ export async function createHarness(
   const blobs = await openFsBlobStore(dir);
   const clock = { now: Date.now() };
   const clients = new Map<string, UpstreamClient>();
-  const app = createRegistryApp({
+  const changes: TagChange[] = [];
+  const deps: RegistryDeps = {
     stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index },
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
@@ -46,7 +52,12 @@ export async function createHarness(
     fill: config.blobFill,
     log: silentLog,
     now: () => clock.now,
-  });
+    onTagMoved: (change) => {
+      changes.push(change);
+    },
+  };
+  const { app, manifests } = createRegistry(deps);
+  const refresher = createRefresher(deps, manifests, config.refresh);
 
   async function request(method: string, pathWithQuery: string, headers: Record<string, string> = {}): Promise<RegistryResponse> {
     const [path, query = ''] = pathWithQuery.split('?');
@@ -62,7 +73,7 @@ export async function createHarness(
   }
 
   return {
-    app, index, blobs, clock, dir, dbPath, request, readLocation,
+    app, refresher, changes, index, blobs, clock, dir, dbPath, request, readLocation,
     bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
     jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
     close() {

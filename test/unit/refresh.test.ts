@@ -1,0 +1,233 @@
+/**
+ * The refresh and the per-rule freshness policy, against the counting in-process fake upstream. Rate limits
+ * and outages are the fake's fault switches (a real registry cannot be made to answer 429 on demand).
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { createHarness } from '../support/harness.js';
+import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+
+const HOUR = 3600 * 1000;
+let up: FakeUpstream;
+let h: Awaited<ReturnType<typeof createHarness>>;
+afterEach(async () => {
+  h?.close();
+  await up?.close();
+});
+
+async function setup(rule: Record<string, unknown> = {}, extra: Parameters<typeof createHarness>[1] = {}) {
+  up = await startFakeUpstream();
+  h = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, ...rule }], extra);
+}
+
+async function pullAll(repo: string, tags: string[]) {
+  for (const t of tags) expect((await h.request('GET', `/v2/p/${repo}/manifests/${t}`)).status).toBe(200);
+}
+
+describe('scheduled refresh', () => {
+  it('re-checks every due tag with one HEAD; only a moved tag costs a GET; the old digest stays pullable', async () => {
+    await setup();
+    const old = seedImage(up, 'app', 'latest', [Buffer.from('old')]);
+    seedImage(up, 'app', 'v1', [Buffer.from('v1')]);
+    seedImage(up, 'app', 'v2', [Buffer.from('v2')]);
+    await pullAll('app', ['latest', 'v1', 'v2']);
+    const moved = seedImage(up, 'app', 'latest', [Buffer.from('new')]);
+    h.clock.now += HOUR + 1;
+    up.reset();
+
+    const report = await h.refresher.refreshDue();
+    expect(report).toMatchObject({ checked: 3, unchanged: 2, moved: 1, gone: 0, errors: 0, stoppedEarly: false });
+    expect(up.count({ method: 'HEAD', kind: 'manifest' })).toBe(3);
+    expect(up.count({ method: 'GET', kind: 'manifest' })).toBe(1);
+    expect(up.requests.find((r) => r.method === 'GET')?.path).toBe(`/v2/app/manifests/${moved.digest}`);
+    expect(h.changes).toEqual([{ rule: 'p', name: 'p/app', tag: 'latest', oldDigest: old.digest, newDigest: moved.digest }]);
+
+    up.reset();
+    const latest = await h.request('GET', '/v2/p/app/manifests/latest');
+    expect(latest.headers['Docker-Content-Digest']).toBe(moved.digest);
+    expect((await h.request('GET', `/v2/p/app/manifests/${old.digest}`)).status).toBe(200);
+    expect(up.count()).toBe(0);
+    // Nothing is due any more: a second pass asks the upstream nothing.
+    expect((await h.refresher.refreshDue()).checked).toBe(0);
+    expect(up.count()).toBe(0);
+    const entry = await h.index.getTag('p/app', 'latest');
+    expect(entry?.lastCheck).toMatchObject({ result: 'moved' });
+    expect(entry?.dueAt).toBe(h.clock.now + HOUR);
+  });
+
+  it('reads only due tags: fresh ones are not touched', async () => {
+    await setup();
+    seedImage(up, 'app', 'a', [Buffer.from('a')]);
+    await pullAll('app', ['a']);
+    h.clock.now += HOUR / 2;
+    seedImage(up, 'app', 'b', [Buffer.from('b')]);
+    await pullAll('app', ['b']);
+    h.clock.now += HOUR / 2 + 1; // a is due, b is not
+    up.reset();
+    const report = await h.refresher.refreshDue();
+    expect(report.checked).toBe(1);
+    expect(up.requests.map((r) => `${r.method} ${r.path}`)).toEqual(['HEAD /v2/app/manifests/a']);
+  });
+
+  it('resumes where it stopped: a pass cut after 5 of 12 tags leaves 7 due, the next pass checks exactly those', async () => {
+    await setup();
+    const tags = Array.from({ length: 12 }, (_, i) => `t${String(i).padStart(2, '0')}`);
+    for (const t of tags) seedImage(up, 'app', t, [Buffer.from(t)]);
+    await pullAll('app', tags);
+    h.clock.now += HOUR + 1;
+    up.reset();
+    const first = await h.refresher.refreshDue({ maxTags: 5 });
+    expect(first).toMatchObject({ checked: 5, stoppedEarly: true });
+    const second = await h.refresher.refreshDue();
+    expect(second).toMatchObject({ checked: 7, stoppedEarly: false });
+    const heads = up.requests.filter((r) => r.method === 'HEAD').map((r) => r.path.split('/').pop());
+    expect(heads.sort()).toEqual(tags);
+  });
+
+  it('keeps to the rule\'s concurrency cap', async () => {
+    await setup({ refreshConcurrency: 2 });
+    const tags = Array.from({ length: 8 }, (_, i) => `t${i}`);
+    for (const t of tags) seedImage(up, 'app', t, [Buffer.from(t)]);
+    await pullAll('app', tags);
+    h.clock.now += HOUR + 1;
+    up.faults.delayMs = 40;
+    up.reset();
+    const report = await h.refresher.refreshDue();
+    expect(report.checked).toBe(8);
+    expect(up.maxInFlight).toBe(2);
+  });
+
+  it('waits out a 429 Retry-After and retries, recording nothing bad', async () => {
+    await setup({}, { refresh: { maxRetryAfterSeconds: 5 } });
+    const img = seedImage(up, 'app', 'latest', [Buffer.from('x')]);
+    await pullAll('app', ['latest']);
+    h.clock.now += HOUR + 1;
+    up.reset();
+    up.faults.status = { kind: 'manifest', method: 'HEAD', code: 429, retryAfter: '1', times: 1 };
+    const started = Date.now();
+    const report = await h.refresher.refreshDue();
+    expect(Date.now() - started).toBeGreaterThanOrEqual(950);
+    expect(report).toMatchObject({ checked: 1, unchanged: 1, errors: 0 });
+    expect(up.count({ method: 'HEAD' })).toBe(2);
+    expect((await h.index.getTag('p/app', 'latest'))?.digest).toBe(img.digest);
+  });
+
+  it('records an upstream error on the tag, keeps serving it, and moves it out of the due range', async () => {
+    await setup();
+    const img = seedImage(up, 'app', 'latest', [Buffer.from('x')]);
+    await pullAll('app', ['latest']);
+    h.clock.now += HOUR + 1;
+    up.faults.down = true;
+    const report = await h.refresher.refreshDue();
+    expect(report).toMatchObject({ checked: 1, errors: 1 });
+    const entry = await h.index.getTag('p/app', 'latest');
+    expect(entry?.lastCheck).toMatchObject({ result: 'error', error: expect.stringContaining('503') });
+    expect(entry?.digest).toBe(img.digest);
+    expect((await h.request('GET', '/v2/p/app/manifests/latest')).headers['Docker-Content-Digest']).toBe(img.digest);
+  });
+});
+
+describe('per-rule freshness policy', () => {
+  it('pinned tags are never re-checked once cached, on pull or by the schedule', async () => {
+    await setup({ pinnedTags: '^v\\d+\\.\\d+\\.\\d+$' });
+    seedImage(up, 'app', 'v1.2.3', [Buffer.from('release')]);
+    seedImage(up, 'app', 'latest', [Buffer.from('latest')]);
+    await pullAll('app', ['v1.2.3', 'latest']);
+    expect((await h.index.getTag('p/app', 'v1.2.3'))?.dueAt).toBeUndefined();
+    h.clock.now += 30 * 24 * HOUR;
+    up.reset();
+    expect((await h.request('GET', '/v2/p/app/manifests/v1.2.3')).status).toBe(200);
+    expect(up.count()).toBe(0);
+    const report = await h.refresher.refreshDue();
+    expect(report.checked).toBe(1);
+    expect(up.requests.map((r) => r.path)).toEqual(['/v2/app/manifests/latest']);
+  });
+
+  it('frequent tags are re-checked after their own shorter TTL', async () => {
+    await setup({ frequentTags: { pattern: '^latest$', ttlSeconds: 60 } });
+    seedImage(up, 'app', 'latest', [Buffer.from('latest')]);
+    seedImage(up, 'app', 'stable', [Buffer.from('stable')]);
+    await pullAll('app', ['latest', 'stable']);
+    h.clock.now += 61 * 1000;
+    up.reset();
+    expect((await h.refresher.refreshDue()).checked).toBe(1);
+    expect(up.requests.map((r) => r.path)).toEqual(['/v2/app/manifests/latest']);
+    up.reset();
+    await h.request('GET', '/v2/p/app/manifests/stable');
+    expect(up.count()).toBe(0); // stable keeps the rule's 1 h TTL
+  });
+
+  it('onUpstreamDelete: keep (default) serves a tag the upstream deleted', async () => {
+    await setup();
+    const img = seedImage(up, 'app', 'old', [Buffer.from('x')]);
+    await pullAll('app', ['old']);
+    up.deleteTag('app', 'old');
+    h.clock.now += HOUR + 1;
+    expect(await h.refresher.refreshDue()).toMatchObject({ checked: 1, gone: 1 });
+    expect((await h.index.getTag('p/app', 'old'))?.lastCheck?.result).toBe('gone');
+    const res = await h.request('GET', '/v2/p/app/manifests/old');
+    expect(res.headers['Docker-Content-Digest']).toBe(img.digest);
+  });
+
+  it('onUpstreamDelete: stop removes the tag; its manifest stays pullable by digest', async () => {
+    await setup({ onUpstreamDelete: 'stop' });
+    const img = seedImage(up, 'app', 'old', [Buffer.from('x')]);
+    await pullAll('app', ['old']);
+    up.deleteTag('app', 'old');
+    h.clock.now += HOUR + 1;
+    expect(await h.refresher.refreshDue()).toMatchObject({ checked: 1, gone: 1 });
+    expect(await h.index.getTag('p/app', 'old')).toBeUndefined();
+    expect((await h.request('GET', '/v2/p/app/manifests/old')).status).toBe(404);
+    expect((await h.request('GET', `/v2/p/app/manifests/${img.digest}`)).status).toBe(200);
+  });
+});
+
+describe('forced refresh', () => {
+  it('re-checks one tag, a repository, or a whole rule now, due or not', async () => {
+    await setup();
+    for (const t of ['a', 'b']) seedImage(up, 'app', t, [Buffer.from(t)]);
+    seedImage(up, 'other', 'x', [Buffer.from('x')]);
+    await pullAll('app', ['a', 'b']);
+    await pullAll('other', ['x']);
+    up.reset();
+    expect((await h.refresher.refreshTarget({ name: 'p/app', tag: 'a' })).checked).toBe(1);
+    expect((await h.refresher.refreshTarget({ name: 'p/app' })).checked).toBe(2);
+    expect((await h.refresher.refreshTarget({ name: 'p' })).checked).toBe(3);
+    expect(up.count({ method: 'HEAD' })).toBe(6);
+    expect(up.count({ method: 'GET' })).toBe(0);
+  });
+});
+
+describe('surviving upstream trouble on pull', () => {
+  it('a slow upstream cannot make a cached pull slow: the re-check gives up after revalidateTimeoutSeconds', async () => {
+    await setup({ revalidateTimeoutSeconds: 0.2 });
+    const img = seedImage(up, 'app', 'latest', [Buffer.from('x')]);
+    await pullAll('app', ['latest']);
+    h.clock.now += HOUR + 1;
+    up.faults.delayMs = 3000;
+    const started = Date.now();
+    const res = await h.request('GET', '/v2/p/app/manifests/latest');
+    expect(Date.now() - started).toBeLessThan(1500);
+    expect(res.headers['Docker-Content-Digest']).toBe(img.digest);
+    up.faults.delayMs = 0;
+  });
+
+  it('a flapping upstream (down, up, down) never makes a cached tag change digest', async () => {
+    await setup({ ttlSeconds: 0 });
+    const img = seedImage(up, 'app', 'latest', [Buffer.from('x')]);
+    await pullAll('app', ['latest']);
+    const seen = new Set<string>();
+    for (let i = 0; i < 6; i++) {
+      up.faults.down = i % 2 === 0;
+      up.faults.status = i % 3 === 1 ? { kind: 'manifest', code: 500 } : undefined;
+      h.clock.now += 1000;
+      seen.add((await h.request('GET', '/v2/p/app/manifests/latest')).headers['Docker-Content-Digest']);
+    }
+    expect([...seen]).toEqual([img.digest]);
+  });
+
+  it('remembers "does not exist" briefly instead of hammering the upstream', async () => {
+    await setup({ negativeCacheSeconds: 60 });
+    for (let i = 0; i < 5; i++) expect((await h.request('GET', '/v2/p/app/manifests/nope')).status).toBe(404);
+    expect(up.count({ kind: 'manifest' })).toBe(1);
+  });
+});
