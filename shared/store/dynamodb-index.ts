@@ -4,13 +4,20 @@
  *
  * | item            | pk               | sk                  | attributes                                           |
  * |-----------------|------------------|---------------------|------------------------------------------------------|
- * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt (ms) |
+ * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt (ms); dueAt (ms) + dueShard and lastCheck (map) when set |
  * | manifest        | `repo#<name>`    | `manifest#<digest>` | mediaType, size (bytes), storedAt (ms), `body` (Binary) or `bodyKey` |
  * | link            | `repo#<name>`    | `blob#<digest>`     | —                                                    |
  * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
  * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms)                       |
  * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt (ms), `ttl` (epoch s, DynamoDB TTL) |
  * | listing         | `repo#<name>`    | `listing#<key>`     | body (JSON text ≤ `inlineLimitBytes`), fetchedAt (ms) |
+ *
+ * Due tags (the scheduled refresh): the sparse GSI {@link DUE_INDEX} (`due`; partition `dueShard` S, sort `dueAt` N,
+ * projection ALL; see `dynamodb-table.ts`). A tag with a `dueAt` also carries `dueShard = 'due#<k>'`,
+ * k = hash(`<name>\n<tag>`) mod {@link DUE_SHARDS}, so due tags spread over 8 GSI partitions instead of one hot
+ * one; a tag without `dueAt` has neither attribute and is not in the index. `listDueTags` queries each shard
+ * (`dueAt <= now`, ascending) and merges: never a Scan. GSI reads are eventually consistent (DynamoDB offers
+ * no other kind), so a tag written a moment ago may be listed a moment late; the refresh tolerates that.
  *
  * DynamoDB limits respected: an item is ≤ 400 KB (manifest bodies above `inlineLimitBytes` go to the
  * {@link LargeObjectStore} under `manifests/<algorithm>/<hex>` and the item keeps `bodyKey`); BatchWriteItem
@@ -26,18 +33,19 @@
  * upstream request (Docker Hub counts manifest GETs against its pull limit). Lease expiry compares the clocks
  * of the writers (Lambda clocks are NTP-synced; keep lease TTLs well above any skew).
  */
-import {
-  ConditionalCheckFailedException, CreateTableCommand, DeleteTableCommand, DynamoDBClient, UpdateTimeToLiveCommand,
-  waitUntilTableExists, type CreateTableCommandInput,
-} from '@aws-sdk/client-dynamodb';
+import { ConditionalCheckFailedException, DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import {
   BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, UpdateCommand,
   type QueryCommandInput,
 } from '@aws-sdk/lib-dynamodb';
 import { parseDigest, type Digest } from '../oci/digest.js';
+import { DUE_INDEX, DUE_SHARDS, TTL_ATTRIBUTE, dueShardOf } from './dynamodb-table.js';
 import type {
-  BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord,
+  BlobLinks, BlobRecords, FillLeases, LargeObjectStore, LastCheck, ListingCache, ManifestRecord, ManifestStore, TagIndex,
+  TagRecord,
 } from './ports.js';
+
+export { DUE_INDEX, DUE_SHARDS, TABLE_KEY_SCHEMA, TTL_ATTRIBUTE, createTable, deleteTable, dueShardOf } from './dynamodb-table.js';
 
 /** Default page size for listings when the client gives no `n`. */
 export const DEFAULT_PAGE = 1000;
@@ -45,42 +53,10 @@ export const DEFAULT_PAGE = 1000;
 export const DEFAULT_INLINE_LIMIT_BYTES = 350_000;
 /** Highest accepted `inlineLimitBytes`: leaves room under the 400 KB item limit for keys and attributes. */
 const MAX_INLINE_LIMIT_BYTES = 390_000;
-/** Name of the DynamoDB TTL attribute (epoch seconds) on lease items. */
-export const TTL_ATTRIBUTE = 'ttl';
 /** BatchWriteItem's limit: at most 25 put/delete requests per call. */
 const BATCH_WRITE_MAX = 25;
 /** Attempts at a batch whose items DynamoDB left unprocessed (throttling) before giving up. */
 const BATCH_WRITE_ATTEMPTS = 8;
-
-/** Key schema and billing of the index table (without `TableName`): string `pk` + `sk`, on-demand. */
-export const TABLE_KEY_SCHEMA = {
-  AttributeDefinitions: [
-    { AttributeName: 'pk', AttributeType: 'S' },
-    { AttributeName: 'sk', AttributeType: 'S' },
-  ],
-  KeySchema: [
-    { AttributeName: 'pk', KeyType: 'HASH' },
-    { AttributeName: 'sk', KeyType: 'RANGE' },
-  ],
-  BillingMode: 'PAY_PER_REQUEST',
-} satisfies Omit<CreateTableCommandInput, 'TableName'>;
-
-/**
- * Creates the index table with {@link TABLE_KEY_SCHEMA}, waits (≤ `maxWaitSeconds`, default 60) until it is
- * ACTIVE, then enables TTL on {@link TTL_ATTRIBUTE}. For tests and local setups; in AWS the stack creates it.
- */
-export async function createTable(client: DynamoDBClient, table: string, maxWaitSeconds = 60): Promise<void> {
-  await client.send(new CreateTableCommand({ TableName: table, ...TABLE_KEY_SCHEMA }));
-  await waitUntilTableExists({ client, maxWaitTime: maxWaitSeconds, minDelay: 1, maxDelay: 2 }, { TableName: table });
-  await client.send(new UpdateTimeToLiveCommand({
-    TableName: table, TimeToLiveSpecification: { AttributeName: TTL_ATTRIBUTE, Enabled: true },
-  }));
-}
-
-/** Deletes the index table (tests). */
-export async function deleteTable(client: DynamoDBClient, table: string): Promise<void> {
-  await client.send(new DeleteTableCommand({ TableName: table }));
-}
 
 /** Options of {@link createDynamoDbIndex}. */
 export interface DynamoDbIndexOptions {
@@ -109,6 +85,23 @@ const isConditionFailure = (e: unknown): boolean =>
   e instanceof ConditionalCheckFailedException || (e as { name?: string } | null)?.name === 'ConditionalCheckFailedException';
 
 const repoPk = (name: string) => `repo#${name}`;
+
+/** Byte order of UTF-8 strings (DynamoDB's order of string keys). */
+const byteOrder = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffer.from(b));
+
+/** A LastCheck as a map attribute, without undefined members (a plain client's marshaller refuses them). */
+const lastCheckItem = (c: LastCheck): Item => ({ at: c.at, result: c.result, ...(c.error === undefined ? {} : { error: c.error }) });
+
+/** The TagRecord of a tag item (table or `due` GSI: the GSI projects ALL). */
+function tagOf(name: string, tag: string, item: Item): TagRecord {
+  const lc = item.lastCheck as Item | undefined;
+  return {
+    name, tag, digest: item.digest as Digest, mediaType: item.mediaType as string, size: item.size as number,
+    fetchedAt: item.fetchedAt as number, checkedAt: item.checkedAt as number,
+    ...(typeof item.dueAt === 'number' ? { dueAt: item.dueAt } : {}),
+    ...(lc ? { lastCheck: { at: lc.at as number, result: lc.result as LastCheck['result'], ...(typeof lc.error === 'string' ? { error: lc.error } : {}) } } : {}),
+  };
+}
 
 /** Opens the index over an existing table (see {@link createTable}). No request is made until a port is used. */
 export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
@@ -184,6 +177,27 @@ export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
     }
   }
 
+  /**
+   * Tag items of one `due` GSI shard with dueAt ≤ `at`, earliest first, at most `n`, following LastEvaluatedKey.
+   * No ConsistentRead: a GSI has only eventually consistent reads.
+   */
+  async function queryDueShard(shard: string, at: number, n: number): Promise<Item[]> {
+    const out: Item[] = [];
+    let startKey: QueryCommandInput['ExclusiveStartKey'];
+    // No filter, so every page but the last holds ≥ 1 item: n + 1 pages always suffice.
+    for (let page = 0; page <= n && out.length < n; page++) {
+      const res = await doc.send(new QueryCommand({
+        TableName, IndexName: DUE_INDEX, KeyConditionExpression: '#s = :s AND #d <= :now',
+        ExpressionAttributeNames: { '#s': 'dueShard', '#d': 'dueAt' }, ExpressionAttributeValues: { ':s': shard, ':now': at },
+        ScanIndexForward: true, ExclusiveStartKey: startKey, Limit: Math.min(n - out.length, opts.queryLimit ?? Infinity),
+      }));
+      for (const item of res.Items ?? []) if (out.length < n) out.push(item);
+      startKey = res.LastEvaluatedKey;
+      if (!startKey) break;
+    }
+    return out;
+  }
+
   function largeObjectKey(digest: Digest): string {
     const parsed = parseDigest(digest);
     if (!parsed) throw new Error(`not a digest: ${digest.slice(0, 80)}`);
@@ -193,23 +207,54 @@ export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
   return {
     async getTag(name, tag) {
       const item = await get(repoPk(name), `tag#${tag}`);
-      return item && {
-        name, tag, digest: item.digest as Digest, mediaType: item.mediaType as string, size: item.size as number,
-        fetchedAt: item.fetchedAt as number, checkedAt: item.checkedAt as number,
-      };
+      return item && tagOf(name, tag, item);
     },
 
     async putTag(r: TagRecord) {
       await markRepository(r.name);
-      // The refresh's GSI on due time goes here (e.g. gsi1pk = 'due#<shard>', gsi1sk = checkedAt + period),
-      // written by putTag and touchTag alike, once the refresh issue adds the index to the table.
-      await doc.send(new PutCommand({
-        TableName,
-        Item: {
-          pk: repoPk(r.name), sk: `tag#${r.tag}`, digest: r.digest, mediaType: r.mediaType, size: r.size,
-          fetchedAt: r.fetchedAt, checkedAt: r.checkedAt,
-        },
-      }));
+      const item: Item = {
+        pk: repoPk(r.name), sk: `tag#${r.tag}`, digest: r.digest, mediaType: r.mediaType, size: r.size,
+        fetchedAt: r.fetchedAt, checkedAt: r.checkedAt,
+      };
+      if (r.dueAt !== undefined) Object.assign(item, { dueAt: r.dueAt, dueShard: dueShardOf(r.name, r.tag) });
+      if (r.lastCheck) item.lastCheck = lastCheckItem(r.lastCheck);
+      await doc.send(new PutCommand({ TableName, Item: item }));
+    },
+
+    async recordCheck(name, tag, check) {
+      const names = { '#pk': 'pk', '#checkedAt': 'checkedAt', '#lastCheck': 'lastCheck', '#dueAt': 'dueAt', '#dueShard': 'dueShard' };
+      const values: Record<string, unknown> = { ':c': check.checkedAt, ':l': lastCheckItem(check.lastCheck) };
+      let update = 'SET #checkedAt = :c, #lastCheck = :l';
+      if (check.dueAt !== undefined) {
+        update += ', #dueAt = :d, #dueShard = :s';
+        Object.assign(values, { ':d': check.dueAt, ':s': dueShardOf(name, tag) });
+      } else {
+        update += ' REMOVE #dueAt, #dueShard'; // never due again: out of the sparse GSI
+      }
+      try {
+        await doc.send(new UpdateCommand({
+          TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` }, UpdateExpression: update,
+          ConditionExpression: 'attribute_exists(#pk)', ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+        }));
+      } catch (e) {
+        if (!isConditionFailure(e)) throw e; // no tag (deleted meanwhile): a no-op, and nothing created
+      }
+    },
+
+    async deleteTag(name, tag) {
+      // The repository marker stays: its manifests stay pullable by digest (the ports never delete a repository).
+      await doc.send(new DeleteCommand({ TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` } }));
+    },
+
+    async listDueTags(at, limit) {
+      if (!(limit > 0)) return [];
+      // The earliest `limit` overall are among the earliest `limit` of each shard: query every shard (in
+      // parallel), merge, sort, cut. Ties on dueAt are ordered by name, tag, so the result is deterministic.
+      const shards = Array.from({ length: DUE_SHARDS }, (_, k) => queryDueShard(`due#${k}`, at, limit));
+      const items = (await Promise.all(shards)).flat();
+      const records = items.map((item) => tagOf((item.pk as string).slice('repo#'.length), (item.sk as string).slice('tag#'.length), item));
+      records.sort((a, b) => a.dueAt! - b.dueAt! || byteOrder(a.name, b.name) || byteOrder(a.tag, b.tag));
+      return records.slice(0, limit);
     },
 
     async touchTag(name, tag, checkedAt) {

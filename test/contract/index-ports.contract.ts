@@ -6,7 +6,9 @@
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { sha256Digest, type Digest } from '../../shared/oci/digest.js';
-import type { BlobLinks, BlobRecords, FillLeases, ListingCache, ManifestStore, TagIndex, TagRecord } from '../../shared/store/ports.js';
+import type {
+  BlobLinks, BlobRecords, FillLeases, LastCheck, ListingCache, ManifestStore, TagIndex, TagRecord,
+} from '../../shared/store/ports.js';
 
 /** The ports under test; blob records are optional (the embedded stack needs none). */
 export type ContractIndex = TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & Partial<BlobRecords>;
@@ -84,6 +86,153 @@ export function describeIndexContract(label: string, open: () => Promise<OpenedI
         expect(await index.getTag('quay/org/other', 'stable')).toBeUndefined();
         expect(await index.listTags('quay/org/app')).toEqual(['stable']);
         expect(await index.listRepositories()).toEqual(['quay/org/app']);
+      });
+
+      it('round-trips dueAt and lastCheck through putTag/getTag, and a put without them clears them', async () => {
+        const plain = tagRecord('ghcr/org/due', 'plain');
+        await index.putTag(plain);
+        const got = await index.getTag('ghcr/org/due', 'plain');
+        expect(got).toEqual(plain);
+        expect(got?.dueAt).toBeUndefined();
+        expect(got?.lastCheck).toBeUndefined();
+
+        const lastCheck: LastCheck = { at: 1_700_000_100_000, result: 'error', error: 'upstream answered 503' };
+        const due = tagRecord('ghcr/org/due', 'latest', { dueAt: 1_700_000_200_000, lastCheck });
+        await index.putTag(due);
+        expect(await index.getTag('ghcr/org/due', 'latest')).toEqual(due);
+        const unchanged = tagRecord('ghcr/org/due', 'edge', { dueAt: 1_700_000_300_000, lastCheck: { at: 5, result: 'unchanged' } });
+        await index.putTag(unchanged);
+        expect(await index.getTag('ghcr/org/due', 'edge')).toEqual(unchanged);
+
+        // A put replaces the whole entry: without dueAt the tag is no longer due, without lastCheck it has none.
+        await index.putTag(tagRecord('ghcr/org/due', 'latest'));
+        const replaced = await index.getTag('ghcr/org/due', 'latest');
+        expect(replaced).toEqual(tagRecord('ghcr/org/due', 'latest'));
+        expect(replaced?.dueAt).toBeUndefined();
+        expect(replaced?.lastCheck).toBeUndefined();
+        expect(await index.listDueTags(2_000_000_000_000, 10)).toEqual([unchanged]);
+      });
+
+      it('recordCheck sets checkedAt, dueAt and lastCheck keeping the digest; undefined dueAt removes it', async () => {
+        const rec = tagRecord('quay/org/app', 'latest', { dueAt: 1_700_000_100_000 });
+        await index.putTag(rec);
+        const moved: LastCheck = { at: 1_700_000_150_000, result: 'moved' };
+        await index.recordCheck('quay/org/app', 'latest', { checkedAt: 1_700_000_150_000, dueAt: 1_700_003_750_000, lastCheck: moved });
+        expect(await index.getTag('quay/org/app', 'latest')).toEqual({
+          ...rec, checkedAt: 1_700_000_150_000, dueAt: 1_700_003_750_000, lastCheck: moved,
+        });
+        expect(await index.listDueTags(1_700_003_749_999, 10)).toEqual([]);
+        expect((await index.listDueTags(1_700_003_750_000, 10)).map((t) => t.dueAt)).toEqual([1_700_003_750_000]);
+
+        // An error keeps its message; no dueAt means never due again.
+        const failed: LastCheck = { at: 1_700_004_000_000, result: 'error', error: 'connect ETIMEDOUT' };
+        await index.recordCheck('quay/org/app', 'latest', { checkedAt: 1_700_004_000_000, lastCheck: failed });
+        const got = await index.getTag('quay/org/app', 'latest');
+        expect(got).toEqual({ ...rec, checkedAt: 1_700_004_000_000, dueAt: undefined, lastCheck: failed });
+        expect(got?.dueAt).toBeUndefined();
+        expect(got?.digest).toBe(rec.digest);
+        expect(await index.listDueTags(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+
+        // Due again once a later check gives a dueAt.
+        const again: LastCheck = { at: 1_700_005_000_000, result: 'unchanged' };
+        await index.recordCheck('quay/org/app', 'latest', { checkedAt: 1_700_005_000_000, dueAt: 1_700_006_000_000, lastCheck: again });
+        expect(await index.listDueTags(1_700_006_000_000, 10)).toEqual([
+          { ...rec, checkedAt: 1_700_005_000_000, dueAt: 1_700_006_000_000, lastCheck: again },
+        ]);
+      });
+
+      it('recordCheck is a no-op for a missing tag, and does not create it', async () => {
+        await index.putTag(tagRecord('quay/org/app', 'stable'));
+        const check = { checkedAt: 1_900_000_000_000, dueAt: 1_800_000_000_000, lastCheck: { at: 1_900_000_000_000, result: 'gone' as const } };
+        await index.recordCheck('quay/org/app', 'missing', check);
+        await index.recordCheck('quay/org/other', 'stable', check);
+        await index.recordCheck('quay/org/other', 'stable', { ...check, dueAt: undefined });
+        expect(await index.getTag('quay/org/app', 'missing')).toBeUndefined();
+        expect(await index.getTag('quay/org/other', 'stable')).toBeUndefined();
+        expect(await index.getTag('quay/org/app', 'stable')).toEqual(tagRecord('quay/org/app', 'stable'));
+        expect(await index.listTags('quay/org/app')).toEqual(['stable']);
+        expect(await index.listTags('quay/org/other')).toEqual([]);
+        expect(await index.listRepositories()).toEqual(['quay/org/app']);
+        expect(await index.listDueTags(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+      });
+
+      it('deleteTag removes the tag only: other tags and the repository\'s manifests stay', async () => {
+        const m = manifestOf('docker-hub/library/redis', 256);
+        await index.putManifest(m, [blobDigest('redis-layer')]);
+        await index.putTag(tagRecord('docker-hub/library/redis', '7', { digest: m.digest, dueAt: 1_700_000_000_000 }));
+        await index.putTag(tagRecord('docker-hub/library/redis', '8', { digest: m.digest }));
+        await index.deleteTag('docker-hub/library/redis', '7');
+        expect(await index.getTag('docker-hub/library/redis', '7')).toBeUndefined();
+        expect(await index.getTag('docker-hub/library/redis', '8')).toEqual(tagRecord('docker-hub/library/redis', '8', { digest: m.digest }));
+        expect(await index.listTags('docker-hub/library/redis')).toEqual(['8']);
+        expect(await index.listDueTags(Number.MAX_SAFE_INTEGER, 10)).toEqual([]);
+        const kept = await index.getManifest('docker-hub/library/redis', m.digest);
+        expect(Buffer.from(kept!.body).equals(Buffer.from(m.body))).toBe(true);
+        expect(await index.isLinked('docker-hub/library/redis', blobDigest('redis-layer'))).toBe(true);
+        expect(await index.listRepositories()).toEqual(['docker-hub/library/redis']);
+
+        // Deleting the last tag keeps the manifest (and so the repository); deleting a missing tag is a no-op.
+        await index.deleteTag('docker-hub/library/redis', '8');
+        await index.deleteTag('docker-hub/library/redis', '8');
+        await index.deleteTag('docker-hub/library/none', 'latest');
+        expect(await index.listTags('docker-hub/library/redis')).toEqual([]);
+        expect(await index.getManifest('docker-hub/library/redis', m.digest)).toBeDefined();
+        expect(await index.listRepositories()).toEqual(['docker-hub/library/redis']);
+        // A deleted tag can be put again.
+        await index.putTag(tagRecord('docker-hub/library/redis', '7'));
+        expect(await index.getTag('docker-hub/library/redis', '7')).toEqual(tagRecord('docker-hub/library/redis', '7'));
+      });
+
+      describe('listDueTags', () => {
+        const now = 1_750_000_000_000;
+
+        it('lists tags due at or before now, earliest first, as full records, honouring limit', async () => {
+          expect(await index.listDueTags(now, 10)).toEqual([]);
+          const lc: LastCheck = { at: now - 86_400_000, result: 'unchanged' };
+          const due = [
+            tagRecord('ghcr/a/b', 'v1', { dueAt: now - 5_000, lastCheck: lc }),
+            tagRecord('docker-hub/library/alpine', 'latest', { dueAt: now - 60_000 }),
+            tagRecord('docker-hub/library/alpine', 'edge', { dueAt: now }), // due exactly now: included
+            tagRecord('k8s/pause', '3.9', { dueAt: 1 }),
+          ];
+          const notDue = [
+            tagRecord('ghcr/a/b', 'v2', { dueAt: now + 1 }), // in the future
+            tagRecord('quay/x/y', 'future', { dueAt: now + 3_600_000 }),
+            tagRecord('docker-hub/library/alpine', '3.19'), // never re-checked: no dueAt
+            tagRecord('quay/x/y', 'release', { lastCheck: lc }),
+          ];
+          for (const r of [...notDue, ...due]) await index.putTag(r);
+          const byDue = [...due].sort((a, b) => a.dueAt! - b.dueAt!);
+          expect(await index.listDueTags(now, 10)).toEqual(byDue);
+          expect(await index.listDueTags(now, 4)).toEqual(byDue);
+          expect(await index.listDueTags(now, 2)).toEqual(byDue.slice(0, 2));
+          expect(await index.listDueTags(now, 1)).toEqual(byDue.slice(0, 1));
+          expect(await index.listDueTags(now, 0)).toEqual([]);
+          expect(await index.listDueTags(now - 5_001, 10)).toEqual(byDue.slice(0, 2));
+          expect(await index.listDueTags(0, 10)).toEqual([]);
+          expect((await index.listDueTags(now + 3_600_000, 10)).map((t) => `${t.name}:${t.tag}`)).toEqual([
+            'k8s/pause:3.9', 'docker-hub/library/alpine:latest', 'ghcr/a/b:v1', 'docker-hub/library/alpine:edge',
+            'ghcr/a/b:v2', 'quay/x/y:future',
+          ]);
+        });
+
+        it('returns the 15 earliest of 40 due tags spread over repositories (and shards), limit 15', async () => {
+          // 40 due tags over 8 repositories with distinct dueAt in a scrambled insertion order (a stride that is
+          // coprime with 40), plus tags due later and tags never due that must not displace them.
+          const due = Array.from({ length: 40 }, (_, i) => {
+            const j = (i * 17) % 40;
+            return tagRecord(`ghcr/team${j % 8}/svc`, `t${j}`, { dueAt: now - 1_000_000 + j * 1_000 });
+          });
+          for (let i = 0; i < 10; i++) await index.putTag(tagRecord(`ghcr/team${i % 8}/svc`, `later${i}`, { dueAt: now + 1 + i }));
+          for (let i = 0; i < 5; i++) await index.putTag(tagRecord(`ghcr/team${i}/svc`, `release${i}`));
+          for (const r of due) await index.putTag(r);
+          const byDue = [...due].sort((a, b) => a.dueAt! - b.dueAt!);
+          const first15 = await index.listDueTags(now, 15);
+          expect(first15).toEqual(byDue.slice(0, 15));
+          expect(first15.map((t) => t.tag)).toEqual(Array.from({ length: 15 }, (_, j) => `t${j}`));
+          expect(await index.listDueTags(now, 100)).toEqual(byDue);
+          expect(await index.listDueTags(now - 1_000_000 + 14_000, 100)).toEqual(byDue.slice(0, 15));
+        });
       });
 
       describe('listTags over 25 tags', () => {

@@ -4,11 +4,13 @@
  * The large-object store here is an in-memory Map stand-in; the S3 adapter is another engineer's and has its
  * own contract.
  */
-import { DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
+import { DescribeTableCommand, DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
 import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it } from 'vitest';
 import { sha256Digest } from '../../shared/oci/digest.js';
-import { createDynamoDbIndex, createTable, deleteTable, type DynamoDbIndexOptions } from '../../shared/store/dynamodb-index.js';
+import {
+  DUE_INDEX, DUE_SHARDS, TABLE_KEY_SCHEMA, createDynamoDbIndex, createTable, deleteTable, dueShardOf, type DynamoDbIndexOptions,
+} from '../../shared/store/dynamodb-index.js';
 import type { LargeObjectStore } from '../../shared/store/ports.js';
 import { describeIndexContract } from '../contract/index-ports.contract.js';
 import { DYNAMODB_LOCAL_CLIENT_CONFIG, startDynamoDbLocal, type DynamoDbLocal } from '../support/dynamodb-local.js';
@@ -137,6 +139,82 @@ describe('DynamoDB index: what only this adapter has', () => {
     await new Promise((r) => setTimeout(r, 5));
     await t.index.putBlobRecord(sha256Digest('b'), 42);
     expect(await t.index.getBlobRecord(sha256Digest('b'))).toEqual(first);
+  });
+
+  it('creates the sparse due GSI (dueShard S + dueAt N, projection ALL, on demand)', async () => {
+    expect(DUE_INDEX).toBe('due');
+    expect(DUE_SHARDS).toBe(8);
+    const { Table } = await client.send(new DescribeTableCommand({ TableName: t.table }));
+    expect(Table!.AttributeDefinitions).toEqual(expect.arrayContaining([
+      { AttributeName: 'dueShard', AttributeType: 'S' }, { AttributeName: 'dueAt', AttributeType: 'N' },
+    ]));
+    const gsi = Table!.GlobalSecondaryIndexes?.find((g) => g.IndexName === 'due');
+    expect(gsi?.KeySchema).toEqual([{ AttributeName: 'dueShard', KeyType: 'HASH' }, { AttributeName: 'dueAt', KeyType: 'RANGE' }]);
+    expect(gsi?.Projection).toEqual({ ProjectionType: 'ALL' });
+    expect(TABLE_KEY_SCHEMA.GlobalSecondaryIndexes[0]).not.toHaveProperty('ProvisionedThroughput');
+  });
+
+  it('writes dueAt + dueShard only on due tags, keeps them in step through recordCheck, and removes both', async () => {
+    const base = { digest: sha256Digest('m'), mediaType: 'm', size: 3, fetchedAt: 10, checkedAt: 20 };
+    await t.index.putTag({ name: 'r/a', tag: 'v1', ...base, dueAt: 1000, lastCheck: { at: 20, result: 'unchanged' } });
+    await t.index.putTag({ name: 'r/a', tag: 'v2', ...base });
+    expect(await item('repo#r/a', 'tag#v1')).toMatchObject({
+      dueAt: 1000, dueShard: dueShardOf('r/a', 'v1'), lastCheck: { at: 20, result: 'unchanged' },
+    });
+    expect(dueShardOf('r/a', 'v1')).toMatch(/^due#[0-7]$/);
+    const v2 = await item('repo#r/a', 'tag#v2');
+    expect(v2).not.toHaveProperty('dueAt');
+    expect(v2).not.toHaveProperty('dueShard');
+    expect(v2).not.toHaveProperty('lastCheck');
+
+    await t.index.recordCheck('r/a', 'v2', { checkedAt: 30, dueAt: 2000, lastCheck: { at: 30, result: 'moved' } });
+    expect(await item('repo#r/a', 'tag#v2')).toMatchObject({ checkedAt: 30, dueAt: 2000, dueShard: dueShardOf('r/a', 'v2') });
+    await t.index.recordCheck('r/a', 'v1', { checkedAt: 40, lastCheck: { at: 40, result: 'error', error: 'x' } });
+    const v1 = await item('repo#r/a', 'tag#v1');
+    expect(v1).toMatchObject({ checkedAt: 40, lastCheck: { at: 40, result: 'error', error: 'x' }, digest: base.digest });
+    expect(v1).not.toHaveProperty('dueAt');
+    expect(v1).not.toHaveProperty('dueShard');
+    // The sparse GSI holds the due tag only.
+    const indexed = await client.send(new ScanCommand({ TableName: t.table, IndexName: 'due' }));
+    expect(indexed.Items?.map((i) => i.sk.S)).toEqual(['tag#v2']);
+  });
+
+  it('listDueTags queries the due GSI, once per shard, never a Scan, and pages per shard', async () => {
+    const calls: Array<{ command: string; indexName?: string; shard?: string; limit?: number }> = [];
+    const recording = new DynamoDBClient({ ...DYNAMODB_LOCAL_CLIENT_CONFIG, endpoint: ddb.endpoint });
+    recording.middlewareStack.add((next, context) => async (args) => {
+      const input = args.input as { IndexName?: string; Limit?: number; ExpressionAttributeValues?: Record<string, unknown> };
+      // The document client may hand the values over marshalled ({ S: '…' }) or not, depending on step order.
+      const s = input.ExpressionAttributeValues?.[':s'] as string | { S?: string } | undefined;
+      calls.push({
+        command: context.commandName ?? '?', indexName: input.IndexName, shard: typeof s === 'string' ? s : s?.S, limit: input.Limit,
+      });
+      return next(args);
+    }, { step: 'initialize', name: 'recordCommands' });
+    try {
+      const index = createDynamoDbIndex({ client: recording, table: t.table, queryLimit: 2 });
+      const now = 1_750_000_000_000;
+      const shards = new Set<string>();
+      for (let j = 0; j < 40; j++) {
+        await index.putTag({
+          name: `ghcr/team${j % 8}/svc`, tag: `t${j}`, digest: sha256Digest(`m${j}`), mediaType: 'm', size: 1, fetchedAt: 1,
+          checkedAt: 1, dueAt: now - 100_000 + ((j * 17) % 40) * 1000,
+        });
+        shards.add(dueShardOf(`ghcr/team${j % 8}/svc`, `t${j}`));
+      }
+      expect(shards.size).toBeGreaterThanOrEqual(6); // the 40 tags really are spread over shards
+      calls.length = 0;
+      const due = await index.listDueTags(now, 15);
+      expect(due.map((r) => r.dueAt)).toEqual(Array.from({ length: 15 }, (_, k) => now - 100_000 + k * 1000));
+      expect(calls.map((c) => c.command)).not.toContain('ScanCommand');
+      expect(calls.every((c) => c.command === 'QueryCommand' && c.indexName === 'due')).toBe(true);
+      expect(new Set(calls.map((c) => c.shard))).toEqual(new Set(Array.from({ length: DUE_SHARDS }, (_, k) => `due#${k}`)));
+      expect(calls.every((c) => c.limit! <= 2)).toBe(true); // queryLimit 2: shards with more than 2 due tags paged
+      expect(calls.length).toBeGreaterThan(DUE_SHARDS);
+      expect(calls.filter((c) => c.command === 'GetItemCommand')).toEqual([]); // the GSI projects ALL: no extra reads
+    } finally {
+      recording.destroy();
+    }
   });
 
   it('rejects an inline limit that cannot fit a 400 KB item', () => {
