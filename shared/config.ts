@@ -77,8 +77,43 @@ const ruleSchema = z
   .strict()
   .refine((r) => (r.username === undefined) === (r.accessToken === undefined), { message: 'username and accessToken go together' });
 
+const authSchema = z
+  .object({
+    /**
+     * `none`: anyone may pull (the local default; an AWS deploy refuses it unless allowed explicitly);
+     * `token`: Docker token flow with users from `users`; `iam`: the password is an STS GetCallerIdentity
+     * request presigned with the caller's AWS credentials, matched against `iam.principals`.
+     */
+    mode: z.enum(['none', 'token', 'iam']).default('none'),
+    /** Token audience and the `service` of the challenge (default: the request's Host). */
+    service: z.string().min(1).max(253).optional(),
+    /** Token endpoint URL in the challenge (default: `<scheme>://<Host>/token`). */
+    realm: z.url().optional(),
+    /** Token lifetime, seconds (default 300, like Docker Hub). */
+    tokenTtlSeconds: z.number().int().min(60).max(3600).default(300),
+    /** Users and robot accounts (mode `token`). `passwordHash` from `npm run hash-password`; never plain text. */
+    users: z
+      .array(z.object({ username: z.string().min(1).max(128), passwordHash: z.string().startsWith('scrypt$'), prefixes: z.array(z.string()).min(1) }).strict())
+      .default([]),
+    /** Mode `iam`: which callers (ARN patterns, `*` wildcards) may pull which prefixes. */
+    iam: z
+      .object({
+        principals: z.array(z.object({ arn: z.string().startsWith('arn:'), prefixes: z.array(z.string()).min(1) }).strict()).default([]),
+        /** STS region the presigned request must target (default us-east-1). */
+        region: z.string().default('us-east-1'),
+      })
+      .strict()
+      .prefault({}),
+    /** Failed logins allowed per source IP within `windowSeconds` before the token endpoint answers 429. */
+    failedLogins: z.object({ max: z.number().int().positive().default(10), windowSeconds: z.number().int().positive().default(300) }).strict().prefault({}),
+  })
+  .strict()
+  .prefault({});
+
 const configSchema = z
   .object({
+    /** Client authentication (issue: docker login to your own cache). */
+    auth: authSchema,
     rules: z.array(ruleSchema).min(1),
     /**
      * Prefix of the rule serving names that start with no rule prefix (Docker `registry-mirrors` sends bare
@@ -118,6 +153,8 @@ const configSchema = z
   .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' })
   .refine((c) => c.defaultRule === undefined || c.rules.some((r) => r.prefix === c.defaultRule), { message: 'defaultRule must be the prefix of a rule' });
 
+/** Client authentication settings. */
+export type AuthConfig = z.output<typeof authSchema>;
 /** A pull-through cache rule: names under `prefix/` are served from `upstream`. */
 export type PullThroughCacheRule = z.output<typeof ruleSchema>;
 /** The validated registry configuration. */
