@@ -1,23 +1,36 @@
 /**
- * `osls package` of serverless.yml: the CloudFormation template it generates (HTTP API, routes, function, log
- * group) and the zip it builds (an ESM bundle plus better-sqlite3 in node_modules), then the bundled handler
- * loaded from the unzipped artifact in a plain Node process, the way the Lambda runtime loads it, answering
- * `GET /v2/`.
+ * `osls package` of serverless.yml, checked the way CloudFormation and Lambda would take it:
+ * - the generated template, every resource validated against the CloudFormation resource specification
+ *   (@aws-cdk/aws-service-spec: types, property names at every depth, required properties, Ref/GetAtt/Sub
+ *   targets and attribute names, conditions), then what matters asserted: routes, schedule, the table (as the
+ *   DynamoDB adapter defines it), bucket and bucket policy, one least-privilege role per function, runtime and
+ *   architecture, log retention; packaged a second time with every optional parameter set (custom domain,
+ *   EventBridge bus) for what those add;
+ * - the zips (one per function): an ESM bundle with the AWS SDK inside, its source map and
+ *   pullthrough.config.yml, no node_modules and no better-sqlite3;
+ * - the bundles, unzipped each into a task root with no node_modules above it and run in a plain Node process,
+ *   the way the Lambda runtime loads them: registry answers `GET /v2/` with 200 and reads the packaged config,
+ *   refresh runs a scheduled pass against a loopback DynamoDB stand-in (only indexes the table has, only
+ *   operations its role allows), fill loads.
  *
- * Offline: dummy AWS credentials, no AWS call; the npm install serverless-esbuild runs for the external
- * better-sqlite3 is served from the npm cache the project's own install filled.
- *
- * The packaging runs in a scratch copy of the service (top-level files copied, folders symlinked), so it writes
+ * Offline: dummy AWS credentials, every AWS endpoint on loopback, no npm install (nothing is external). Each
+ * packaging runs in a scratch copy of the service (top-level files copied, folders symlinked), so it writes
  * neither `.esbuild/` nor `.serverless/` into the work tree, and never meets a concurrent `npm run package` there.
  */
+import { loadAwsServiceSpec } from '@aws-cdk/aws-service-spec';
 import { execFile } from 'node:child_process';
-import { copyFileSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { isBuiltin } from 'node:module';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { inflateRawSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHttpApiEvent } from '../../shared/http/lambda-event.js';
+import { loadConfig } from '../../shared/config.js';
+import { TABLE_KEY_SCHEMA, TTL_ATTRIBUTE } from '../../shared/store/dynamodb-index.js';
 import { scratchDir } from '../support/scratch.js';
 
 const run = promisify(execFile);
@@ -25,11 +38,31 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** What is left out of the scratch copy of the service: VCS, local state and earlier build output. */
 const NOT_COPIED = new Set(['.git', '.serverless', '.esbuild', '.data', 'coverage', 'dist']);
 const DUMMY_AWS = { AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'x', AWS_REGION: 'us-east-1' };
+const FUNCTIONS = ['registry', 'fill', 'refresh'] as const;
+type FunctionName = (typeof FUNCTIONS)[number];
+/** The optional parameters, all set: a custom domain and an EventBridge bus for `Tag Moved` events. */
+const OPTIONS = [
+  ...['--param', 'domainName=registry.example.com', '--param', 'certificateArn=arn:aws:acm:us-east-1:123456789012:certificate/abc'],
+  ...['--param', 'eventBus=platform-events'],
+];
 
 interface CfnResource {
   Type: string;
   Properties: Record<string, any>;
+  Condition?: string;
+  DependsOn?: string | string[];
+  [attribute: string]: unknown;
 }
+interface CfnTemplate {
+  Resources: Record<string, CfnResource>;
+  Conditions?: Record<string, unknown>;
+  Outputs?: Record<string, { Value: unknown; Condition?: string; [k: string]: unknown }>;
+  [section: string]: unknown;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Zip reading
+// ---------------------------------------------------------------------------------------------------------------
 
 interface ZipEntry {
   name: string;
@@ -77,10 +110,199 @@ function readZip(zip: Buffer): ZipEntry[] {
   return entries;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Template validation against the CloudFormation resource specification
+// ---------------------------------------------------------------------------------------------------------------
+
+type SpecDatabase = Awaited<ReturnType<typeof loadAwsServiceSpec>>;
+/** What the checks read of the specification's types (@aws-cdk/service-spec-types). */
+type SpecType =
+  | { type: 'string' | 'number' | 'integer' | 'boolean' | 'json' | 'date-time' | 'null' | 'tag' }
+  | { type: 'ref'; reference: { $ref: string } }
+  | { type: 'array' | 'map'; element: SpecType }
+  | { type: 'union'; types: SpecType[] };
+type SpecProperties = Record<string, { required?: boolean; type: SpecType }>;
+interface SpecResource {
+  cloudFormationType: string;
+  properties: SpecProperties;
+  attributes: Record<string, unknown>;
+}
+
+const RESOURCE_KEYS = new Set(['Type', 'Properties', 'Condition', 'DependsOn', 'DeletionPolicy', 'UpdateReplacePolicy', 'Metadata', 'UpdatePolicy', 'CreationPolicy']);
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** `{ Ref }` or `{ Fn::… }`: a value CloudFormation computes, so its type is not checked here (its targets are). */
+const isIntrinsic = (v: unknown): boolean => {
+  if (!isObject(v)) return false;
+  const keys = Object.keys(v);
+  return keys.length === 1 && (keys[0] === 'Ref' || keys[0].startsWith('Fn::'));
+};
+
+/**
+ * Every problem CloudFormation's resource specification finds in `template`: unknown resource types, unknown or
+ * missing required properties at any depth, values of the wrong shape (intrinsic values are skipped), unknown
+ * resource attributes, and Ref / GetAtt / Sub / DependsOn / condition names that point nowhere.
+ */
+function specProblems(db: SpecDatabase, template: CfnTemplate): string[] {
+  const problems: string[] = [];
+  const resourceSpec = (type: string) => db.lookup('resource', 'cloudFormationType', 'equals', type)[0] as unknown as SpecResource | undefined;
+  const typeDefinition = (id: string) => db.get('typeDefinition', id) as unknown as { name: string; properties: SpecProperties };
+
+  function checkObject(value: Record<string, unknown>, props: SpecProperties, path: string) {
+    for (const [name, v] of Object.entries(value)) {
+      const prop = props[name];
+      if (!prop) problems.push(`${path}.${name}: no such property`);
+      else checkValue(v, prop.type, `${path}.${name}`);
+    }
+    for (const [name, prop] of Object.entries(props)) {
+      if (prop.required && !(name in value)) problems.push(`${path}.${name}: required property missing`);
+    }
+  }
+
+  /** Problems of one value against one type (collected apart, so a union can try each member). */
+  function valueProblems(value: unknown, type: SpecType, path: string): string[] {
+    const saved = problems.length;
+    checkValue(value, type, path);
+    return problems.splice(saved);
+  }
+
+  function checkValue(value: unknown, type: SpecType, path: string): void {
+    if (isIntrinsic(value)) return;
+    switch (type.type) {
+      case 'union': {
+        const tries = type.types.map((t) => valueProblems(value, t, path));
+        if (!tries.some((p) => p.length === 0)) problems.push(...tries.sort((a, b) => a.length - b.length)[0]);
+        return;
+      }
+      case 'ref': {
+        const def = typeDefinition(type.reference.$ref);
+        if (!isObject(value)) problems.push(`${path}: ${def.name} expects an object, got ${JSON.stringify(value)}`);
+        else checkObject(value, def.properties, path);
+        return;
+      }
+      case 'array':
+        if (!Array.isArray(value)) problems.push(`${path}: expects a list, got ${JSON.stringify(value)}`);
+        else value.forEach((v, i) => checkValue(v, type.element, `${path}[${i}]`));
+        return;
+      case 'map':
+        if (!isObject(value)) problems.push(`${path}: expects a map, got ${JSON.stringify(value)}`);
+        else for (const [k, v] of Object.entries(value)) checkValue(v, type.element, `${path}.${k}`);
+        return;
+      case 'tag':
+        if (!isObject(value) || !('Key' in value) || !('Value' in value)) problems.push(`${path}: expects a tag {Key, Value}`);
+        return;
+      case 'json':
+      case 'null':
+        return;
+      case 'boolean':
+        if (typeof value !== 'boolean' && value !== 'true' && value !== 'false') problems.push(`${path}: expects a boolean, got ${JSON.stringify(value)}`);
+        return;
+      case 'number':
+      case 'integer':
+        if (typeof value !== 'number' && !(typeof value === 'string' && value.trim() !== '' && Number.isFinite(Number(value)))) {
+          problems.push(`${path}: expects a number, got ${JSON.stringify(value)}`);
+        }
+        return;
+      default: // string, date-time: CloudFormation turns numbers and booleans into strings
+        if (!['string', 'number', 'boolean'].includes(typeof value)) problems.push(`${path}: expects a string, got ${JSON.stringify(value)}`);
+    }
+  }
+
+  const conditions = new Set(Object.keys(template.Conditions ?? {}));
+  const parameters = new Set(Object.keys(isObject(template.Parameters) ? template.Parameters : {}));
+  /**
+   * A Ref/GetAtt target: it exists, has the attribute, and exists whenever the referring value does (a resource
+   * with a condition may be referred to only under that same condition, e.g. in the true branch of an Fn::If).
+   */
+  const checkTarget = (logicalId: string, attribute: string | undefined, path: string, when: string | undefined) => {
+    const target = template.Resources[logicalId];
+    if (!target) {
+      if (attribute === undefined && (parameters.has(logicalId) || logicalId.startsWith('AWS::'))) return;
+      problems.push(`${path}: ${logicalId} is not a resource${attribute === undefined ? ' or parameter' : ''}`);
+      return;
+    }
+    const spec = attribute === undefined ? undefined : resourceSpec(target.Type);
+    if (spec && attribute !== undefined && !(attribute in spec.attributes)) problems.push(`${path}: ${target.Type} has no attribute ${attribute}`);
+    if (target.Condition !== undefined && target.Condition !== when) problems.push(`${path}: ${logicalId} exists only when ${target.Condition}`);
+  };
+  const checkCondition = (name: unknown, path: string) => {
+    if (typeof name !== 'string' || !conditions.has(name)) problems.push(`${path}: no condition ${JSON.stringify(name)}`);
+  };
+  /** Walks a value for Ref, GetAtt, Sub `${…}`, If and Condition names; `when` is the condition it exists under. */
+  const checkReferences = (value: unknown, path: string, when: string | undefined): void => {
+    if (Array.isArray(value)) return value.forEach((v, i) => checkReferences(v, `${path}[${i}]`, when));
+    if (!isObject(value)) return;
+    for (const [key, v] of Object.entries(value)) {
+      if (key === 'Ref' && typeof v === 'string') checkTarget(v, undefined, path, when);
+      else if (key === 'Fn::GetAtt') {
+        const [id, ...attr] = Array.isArray(v) ? v : String(v).split('.');
+        checkTarget(String(id), attr.join('.'), path, when);
+      } else if (key === 'Fn::Sub') {
+        const [text, vars] = Array.isArray(v) ? v : [v, {}];
+        for (const [, name] of String(text).matchAll(/\$\{([^!}][^}]*)\}/g)) {
+          if (isObject(vars) && name in vars) continue;
+          const [id, ...attr] = name.split('.');
+          checkTarget(id, attr.length ? attr.join('.') : undefined, path, when);
+        }
+      } else if (key === 'Fn::If' && Array.isArray(v)) {
+        checkCondition(v[0], path);
+        checkReferences(v[1], `${path}.Fn::If[1]`, String(v[0]));
+        checkReferences(v[2], `${path}.Fn::If[2]`, when);
+        continue;
+      } else if (key === 'Condition' && typeof v === 'string') checkCondition(v, path);
+      checkReferences(v, `${path}.${key}`, when);
+    }
+  };
+
+  for (const [id, resource] of Object.entries(template.Resources)) {
+    const path = `Resources.${id}`;
+    for (const key of Object.keys(resource)) if (!RESOURCE_KEYS.has(key)) problems.push(`${path}.${key}: not a resource attribute`);
+    for (const dep of [resource.DependsOn ?? []].flat()) if (!template.Resources[dep]) problems.push(`${path}.DependsOn: no resource ${dep}`);
+    if (resource.Condition !== undefined) checkCondition(resource.Condition, path);
+    const spec = resourceSpec(resource.Type);
+    if (!spec) {
+      problems.push(`${path}: no resource type ${resource.Type}`);
+      continue;
+    }
+    checkObject(resource.Properties ?? {}, spec.properties, `${path}.Properties`);
+    checkReferences(resource.Properties ?? {}, `${path}.Properties`, resource.Condition);
+  }
+  for (const [id, output] of Object.entries(template.Outputs ?? {})) {
+    if (output.Condition !== undefined) checkCondition(output.Condition, `Outputs.${id}`);
+    checkReferences(output.Value, `Outputs.${id}.Value`, output.Condition);
+  }
+  for (const [id, condition] of Object.entries(template.Conditions ?? {})) checkReferences(condition, `Conditions.${id}`, undefined);
+  return problems;
+}
+
+/** Evaluates a condition made of literals (what osls params turn into): Equals, Not, And, Or, Condition. */
+function evalCondition(template: CfnTemplate, expr: unknown): boolean {
+  if (!isObject(expr)) throw new Error(`not a condition: ${JSON.stringify(expr)}`);
+  const [[fn, args]] = Object.entries(expr) as [[string, any]];
+  switch (fn) {
+    case 'Condition':
+      return evalCondition(template, template.Conditions?.[args]);
+    case 'Fn::Not':
+      return !evalCondition(template, args[0]);
+    case 'Fn::And':
+      return args.every((a: unknown) => evalCondition(template, a));
+    case 'Fn::Or':
+      return args.some((a: unknown) => evalCondition(template, a));
+    case 'Fn::Equals':
+      if (args.some((a: unknown) => typeof a !== 'string')) throw new Error(`not a literal comparison: ${JSON.stringify(args)}`);
+      return args[0] === args[1];
+    default:
+      throw new Error(`condition function ${fn} not supported here`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Packaging
+// ---------------------------------------------------------------------------------------------------------------
+
 /** A copy of the service to package: top-level files copied, folders (node_modules, functions, shared…) linked. */
 function serviceCopy(into: string): string {
   const dir = join(into, 'service');
-  mkdirSync(dir);
+  mkdirSync(dir, { recursive: true });
   for (const name of readdirSync(ROOT)) {
     if (NOT_COPIED.has(name)) continue;
     const from = join(ROOT, name);
@@ -90,43 +312,84 @@ function serviceCopy(into: string): string {
   return dir;
 }
 
-const kb = (n: number) => `${(n / 1024).toFixed(0)} KiB`;
+interface Packaged {
+  template: CfnTemplate;
+  zips: Record<FunctionName, { bytes: number; entries: ZipEntry[] }>;
+  seconds: number;
+}
 
-let work: string;
-let outDir: string;
-let template: { Resources: Record<string, CfnResource> };
-let zip: ZipEntry[];
-let zipBytes: number;
-
-const resources = (type: string) => Object.values(template.Resources).filter((r) => r.Type === type);
-
-beforeAll(async () => {
-  work = scratchDir('sls-package-');
-  outDir = join(work, 'out');
-  const service = serviceCopy(work);
+async function oslsPackage(into: string, extraArgs: string[] = []): Promise<Packaged> {
+  const service = serviceCopy(into);
+  const out = join(into, 'out');
   const started = performance.now();
   try {
-    await run(process.execPath, [join(ROOT, 'node_modules/osls/bin/serverless.js'), 'package', '--stage', 'ci', '--package', outDir], {
+    await run(process.execPath, [join(ROOT, 'node_modules/osls/bin/serverless.js'), 'package', '--stage', 'ci', '--package', out, ...extraArgs], {
       cwd: service,
       env: { ...process.env, ...DUMMY_AWS, AWS_PROFILE: '' },
       maxBuffer: 16 * 1024 * 1024,
     });
   } catch (e) {
     const err = e as Error & { stdout?: string; stderr?: string };
-    throw new Error(`osls package failed: ${err.message}\n--- stdout\n${err.stdout}\n--- stderr\n${err.stderr}`);
+    throw new Error(`osls package ${extraArgs.join(' ')} failed: ${err.message}\n--- stdout\n${err.stdout}\n--- stderr\n${err.stderr}`);
   }
   const seconds = (performance.now() - started) / 1000;
-  template = JSON.parse(readFileSync(join(outDir, 'cloudformation-template-update-stack.json'), 'utf8'));
-  const zipFile = readFileSync(join(outDir, 'pullthrough.zip'));
-  zipBytes = zipFile.length;
-  zip = readZip(zipFile);
-  const bundle = zip.find((e) => e.name === 'functions/registry.mjs');
-  // The addon's Node ABI (NODE_MODULE_VERSION): the build machine's today; Lambda nodejs22.x loads only 127.
-  const addon = zip.find((e) => e.name.endsWith('/better_sqlite3.node'));
-  const abi = addon ? /node_register_module_v(\d+)/.exec(addon.read().toString('latin1'))?.[1] : undefined;
+  const template = JSON.parse(readFileSync(join(out, 'cloudformation-template-update-stack.json'), 'utf8')) as CfnTemplate;
+  const zips = {} as Packaged['zips'];
+  for (const fn of FUNCTIONS) {
+    const file = readFileSync(join(out, `${fn}.zip`));
+    zips[fn] = { bytes: file.length, entries: readZip(file) };
+  }
+  return { template, zips, seconds };
+}
+
+/**
+ * What a bundle loads from outside itself that is not a Node built-in: static imports, `import()` and
+ * `require()` (esbuild keeps a require it cannot resolve inside a try block).
+ */
+function bundledOut(bundle: string): string[] {
+  const found = [
+    ...bundle.matchAll(/(?:^|[;}])\s*import\s*(?:[^;"'()]*?\bfrom\s*)?["']([^"']+)["']/g),
+    ...bundle.matchAll(/\bimport\(\s*["']([^"']+)["']\s*\)/g),
+    ...bundle.matchAll(/\brequire\(\s*["']([^"']+)["']\s*\)/g),
+  ].map((m) => m[1]);
+  return [...new Set(found.filter((s) => !isBuiltin(s)))].sort();
+}
+/**
+ * The only outside modules the bundles may name: the SQLite adapter (a lazy `import()` run by the embedded
+ * backend only, which Lambda never selects) and the SDK's optional SigV4a signers (multi-region access points,
+ * not used).
+ */
+const NOT_BUNDLED = ['./store/sqlite-index.js', '@aws-sdk/signature-v4-crt', '@aws-sdk/signature-v4a'];
+
+const kb = (n: number) => `${(n / 1024).toFixed(0)} KiB`;
+
+let work: string;
+let db: SpecDatabase;
+let plain: Packaged;
+let withOptions: Packaged;
+let template: CfnTemplate;
+
+const resources = (type: string, t: CfnTemplate = template) => Object.entries(t.Resources).filter(([, r]) => r.Type === type);
+const fnLogicalId = (fn: FunctionName) => `${fn[0].toUpperCase()}${fn.slice(1)}LambdaFunction`;
+const getAtt = (id: string, attr = 'Arn') => ({ 'Fn::GetAtt': [id, attr] });
+
+beforeAll(async () => {
+  work = scratchDir('sls-package-');
+  const started = performance.now();
+  [plain, withOptions, db] = await Promise.all([
+    oslsPackage(join(work, 'plain')),
+    oslsPackage(join(work, 'options'), OPTIONS),
+    loadAwsServiceSpec(),
+  ]);
+  template = plain.template;
+  const sizes = FUNCTIONS.map((fn) => {
+    const { bytes, entries } = plain.zips[fn];
+    const size = (suffix: string) => entries.find((e) => e.name === `functions/${fn}${suffix}`)?.size ?? 0;
+    return `${fn}.zip ${kb(bytes)} (functions/${fn}.mjs ${kb(size('.mjs'))}, .map ${kb(size('.mjs.map'))})`;
+  });
   console.log(
-    `osls package: ${seconds.toFixed(1)} s; pullthrough.zip ${kb(zipBytes)}, ${zip.length} files; ` +
-      `functions/registry.mjs ${bundle ? kb(bundle.size) : 'missing'}; better_sqlite3.node NODE_MODULE_VERSION ${abi ?? '?'} (nodejs22.x needs 127)`,
+    `osls package ×2 in parallel: ${((performance.now() - started) / 1000).toFixed(1)} s ` +
+      `(${plain.seconds.toFixed(1)} s, ${withOptions.seconds.toFixed(1)} s with every option); ${sizes.join('; ')}`,
   );
 }, 240_000);
 
@@ -134,97 +397,425 @@ afterAll(() => {
   if (work) rmSync(work, { recursive: true, force: true });
 });
 
+describe('the CloudFormation template against the CloudFormation resource specification', () => {
+  it('has only known resource types, known and required properties, and references that resolve', () => {
+    expect(specProblems(db, plain.template)).toEqual([]);
+    expect(specProblems(db, withOptions.template)).toEqual([]);
+  });
+
+  it('(the validator reports misspelt, missing, misshapen, dangling and conditional-only references: an empty list means something)', () => {
+    const bad: CfnTemplate = {
+      Resources: {
+        Fn: { Type: 'AWS::Lambda::Function', Properties: { Code: { ZipFile: 'x' }, Runtime: 'nodejs22.x', MemorySize: { size: 1 } } },
+        Bucket: { Type: 'AWS::S3::Bucket', Properties: { BucketEncryption: { ServerSideEncryptionConfigurations: [] } } },
+        Role: { Type: 'AWS::IAM::Role', Properties: { AssumeRolePolicyDocument: {}, Polices: [] }, DependsOn: 'Nothing' },
+        Odd: { Type: 'AWS::No::Such', Properties: {} },
+        Rule: { Type: 'AWS::Events::Rule', Condition: 'Missing', Properties: { Targets: [{ Id: 'a', Arn: getAtt('Role', 'Nope') }] } },
+      },
+      Conditions: { Maybe: { 'Fn::Equals': ['a', 'b'] } },
+      Outputs: {
+        Out: { Value: { 'Fn::Sub': '${Ghost.Arn}' } },
+        Sometimes: { Value: { Ref: 'Rule' } },
+        Guarded: { Value: { 'Fn::If': ['Maybe', { Ref: 'Fn' }, 'none'] } },
+      },
+    };
+    bad.Resources.Fn.Condition = 'Maybe';
+    expect(specProblems(db, bad)).toEqual(
+      expect.arrayContaining([
+        'Resources.Fn.Properties.Role: required property missing',
+        expect.stringMatching(/^Resources\.Fn\.Properties\.MemorySize: expects a number/),
+        'Resources.Bucket.Properties.BucketEncryption.ServerSideEncryptionConfigurations: no such property',
+        'Resources.Bucket.Properties.BucketEncryption.ServerSideEncryptionConfiguration: required property missing',
+        'Resources.Role.Properties.Polices: no such property',
+        'Resources.Role.DependsOn: no resource Nothing',
+        'Resources.Odd: no resource type AWS::No::Such',
+        'Resources.Rule: no condition "Missing"',
+        'Resources.Rule.Properties.Targets[0].Arn: AWS::IAM::Role has no attribute Nope',
+        'Outputs.Out.Value: Ghost is not a resource',
+        'Outputs.Sometimes.Value: Rule exists only when Missing',
+      ]),
+    );
+    expect(specProblems(db, bad).filter((p) => p.startsWith('Outputs.Guarded'))).toEqual([]);
+  });
+});
+
 describe('serverless.yml packaged with osls + serverless-esbuild', () => {
-  it('declares an HTTP API with ANY /v2/{proxy+} and ANY /v2/ routes to the registry function', () => {
+  it('routes ANY /v2/{proxy+}, ANY /v2/ and GET /v2 of one HTTP API to the registry function (payload 2.0)', () => {
     expect(resources('AWS::ApiGatewayV2::Api')).toHaveLength(1);
-    const routeKeys = resources('AWS::ApiGatewayV2::Route').map((r) => r.Properties.RouteKey);
-    expect(routeKeys).toEqual(expect.arrayContaining(['ANY /v2/{proxy+}', 'ANY /v2/']));
-    const [integration] = resources('AWS::ApiGatewayV2::Integration');
-    expect(integration.Properties.PayloadFormatVersion).toBe('2.0');
-    expect(integration.Properties.IntegrationUri).toEqual({ 'Fn::GetAtt': ['RegistryLambdaFunction', 'Arn'] });
+    const integrations = resources('AWS::ApiGatewayV2::Integration');
+    expect(integrations).toHaveLength(1);
+    const [[integrationId, integration]] = integrations;
+    expect(integration.Properties).toMatchObject({ IntegrationType: 'AWS_PROXY', PayloadFormatVersion: '2.0', IntegrationUri: getAtt('RegistryLambdaFunction') });
+    const routes = resources('AWS::ApiGatewayV2::Route').map(([, r]) => r.Properties);
+    expect(routes.map((r) => r.RouteKey).sort()).toEqual(['ANY /v2/', 'ANY /v2/{proxy+}', 'GET /v2']);
+    for (const r of routes) expect(r.Target).toEqual({ 'Fn::Join': ['/', ['integrations', { Ref: integrationId }]] });
+    const invokers = resources('AWS::Lambda::Permission').map(([, p]) => p.Properties).filter((p) => p.Principal === 'apigateway.amazonaws.com');
+    expect(invokers.map((p) => p.FunctionName)).toEqual([getAtt('RegistryLambdaFunction')]);
   });
 
-  it('declares the registry function: nodejs22.x, the bundled handler, 1024 MB, 29 s, embedded store in /tmp', () => {
-    const fn = template.Resources.RegistryLambdaFunction;
-    expect(fn.Type).toBe('AWS::Lambda::Function');
-    expect(fn.Properties).toMatchObject({
-      Runtime: 'nodejs22.x',
-      Handler: 'functions/registry.handler',
-      Architectures: ['x86_64'],
-      MemorySize: 1024,
-      Timeout: 29,
-    });
-    expect(fn.Properties.Environment.Variables).toMatchObject({ PULLTHROUGH_LOG_LEVEL: 'INFO', PULLTHROUGH_DATA_DIR: '/tmp/pullthrough' });
+  it('runs the refresh function on an EventBridge schedule of rate(1 day)', () => {
+    const rules = resources('AWS::Events::Rule').map(([, r]) => r.Properties);
+    expect(rules).toHaveLength(1);
+    expect(rules[0]).toMatchObject({ ScheduleExpression: 'rate(1 day)', State: 'ENABLED' });
+    expect(rules[0].Targets.map((t: { Arn: unknown }) => t.Arn)).toEqual([getAtt('RefreshLambdaFunction')]);
+    const permissions = resources('AWS::Lambda::Permission').map(([, p]) => p.Properties).filter((p) => p.Principal === 'events.amazonaws.com');
+    expect(permissions.map((p) => p.FunctionName)).toEqual([getAtt('RefreshLambdaFunction')]);
   });
 
-  it('keeps the function logs 14 days', () => {
-    const groups = resources('AWS::Logs::LogGroup');
-    expect(groups.map((g) => g.Properties.LogGroupName)).toContain('/aws/lambda/pullthrough-ci-registry');
-    for (const g of groups) expect(g.Properties.RetentionInDays).toBe(14);
-  });
-
-  it('zips an ESM bundle with better-sqlite3 (and its native binary) beside it, and no AWS SDK', () => {
-    const names = zip.map((e) => e.name);
-    expect(names).toContain('functions/registry.mjs');
-    expect(names).toContain('functions/registry.mjs.map');
-    expect(names).toContain('node_modules/better-sqlite3/package.json');
-    expect(names).toContain('node_modules/better-sqlite3/build/Release/better_sqlite3.node');
-    expect(names.filter((n) => n.startsWith('node_modules/@aws-sdk/'))).toEqual([]);
-    // No SQLite sources or build leftovers: only what runs.
-    expect(names.filter((n) => /\.(c|cpp|h|o|a)$/.test(n))).toEqual([]);
-    const bundle = zip.find((e) => e.name === 'functions/registry.mjs')!.read().toString('utf8');
-    expect(bundle).toMatch(/from\s*["']better-sqlite3["']/);
-    expect(zipBytes).toBeLessThan(10 * 1024 * 1024);
-  });
-
-  it('loads from the unzipped artifact in plain Node and answers GET /v2/ with 200 and the API version header', async () => {
-    // The Lambda layout: the zip in the task root, the AWS SDK provided outside it by the runtime.
-    const task = join(work, 'lambda/task');
-    for (const e of zip) {
-      if (e.name.endsWith('/')) continue;
-      mkdirSync(dirname(join(task, e.name)), { recursive: true });
-      writeFileSync(join(task, e.name), e.read());
-    }
-    mkdirSync(join(work, 'lambda/node_modules'), { recursive: true });
-    symlinkSync(join(ROOT, 'node_modules/@aws-sdk'), join(work, 'lambda/node_modules/@aws-sdk'), 'dir');
-
-    const eventFile = join(work, 'event.json');
-    const resultFile = join(work, 'result.json');
-    writeFileSync(eventFile, JSON.stringify(buildHttpApiEvent({ method: 'GET', path: '/v2/', headers: { 'User-Agent': 'serverless-package-test' } })));
-    const invoke = `
-      import { readFileSync, writeFileSync } from 'node:fs';
-      const { handler } = await import(process.env.PT_BUNDLE);
-      const context = { awsRequestId: 'test', functionName: 'pullthrough-ci-registry', functionVersion: '$LATEST',
-        memoryLimitInMB: '1024', invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:pullthrough-ci-registry',
-        getRemainingTimeInMillis: () => 29000 };
-      const result = await handler(JSON.parse(readFileSync(process.env.PT_EVENT, 'utf8')), context);
-      writeFileSync(process.env.PT_RESULT, JSON.stringify(result));
-      process.exit(0);
-    `;
-    const fnEnv = template.Resources.RegistryLambdaFunction.Properties.Environment.Variables as Record<string, string>;
-    try {
-      await run(process.execPath, ['--input-type=module', '-e', invoke], {
-        cwd: task,
-        // Only what the function would see: its template environment (data dir moved to scratch) and a region.
-        env: {
-          PATH: process.env.PATH,
-          ...fnEnv,
-          ...DUMMY_AWS,
-          PULLTHROUGH_DATA_DIR: join(work, 'lambda/data'),
-          LAMBDA_TASK_ROOT: task,
-          PT_BUNDLE: pathToFileURL(join(task, 'functions/registry.mjs')).href,
-          PT_EVENT: eventFile,
-          PT_RESULT: resultFile,
-        },
-        timeout: 30_000,
+  it('declares the three functions: nodejs22.x on arm64, their handlers, timeouts, roles and environment', () => {
+    const fns = resources('AWS::Lambda::Function');
+    expect(fns.map(([id]) => id).sort()).toEqual(FUNCTIONS.map(fnLogicalId).sort());
+    for (const [, fn] of fns) expect(fn.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['arm64'] });
+    const props = (fn: FunctionName) => template.Resources[fnLogicalId(fn)].Properties;
+    expect(props('registry')).toMatchObject({ Handler: 'functions/registry.handler', MemorySize: 1024, Timeout: 29, Role: getAtt('RegistryRole') });
+    expect(props('fill')).toMatchObject({ Handler: 'functions/fill.handler', MemorySize: 1024, Timeout: 900, Role: getAtt('FillRole') });
+    expect(props('refresh')).toMatchObject({ Handler: 'functions/refresh.handler', Timeout: 900, Role: getAtt('RefreshRole') });
+    for (const fn of FUNCTIONS) {
+      expect(props(fn).Code.S3Key).toMatch(new RegExp(`/${fn}\\.zip$`));
+      expect(props(fn).Environment.Variables).toEqual({
+        PULLTHROUGH_BACKEND: 'aws',
+        PULLTHROUGH_TABLE: { Ref: 'Table' },
+        PULLTHROUGH_BUCKET: { Ref: 'Bucket' },
+        PULLTHROUGH_CONFIG: 'pullthrough.config.yml',
+        PULLTHROUGH_LOG_LEVEL: 'INFO',
+        PULLTHROUGH_URL_TTL_SECONDS: '900',
+        NODE_OPTIONS: '--enable-source-maps',
+        // Only the registry starts fills; the fill function itself fills in process.
+        ...(fn === 'registry' ? { PULLTHROUGH_FILL_FUNCTION: { Ref: 'FillLambdaFunction' } } : {}),
+        // Tags move on a pull's re-check or on the refresh; the fill moves none.
+        ...(fn !== 'fill' ? { PULLTHROUGH_EVENT_BUS: '' } : {}),
       });
-    } catch (e) {
-      const err = e as Error & { stdout?: string; stderr?: string };
-      throw new Error(`the bundled handler failed: ${err.message}\n--- stdout\n${err.stdout}\n--- stderr\n${err.stderr}`);
     }
-    const res = JSON.parse(readFileSync(resultFile, 'utf8')) as { statusCode: number; headers: Record<string, string>; body: string };
-    expect(res.statusCode).toBe(200);
-    expect(res.headers['Docker-Distribution-API-Version']).toBe('registry/2.0');
-    expect(Buffer.from(res.body, 'base64').toString()).toBe('{}');
-  }, 60_000);
+    // The fill is invoked asynchronously and not retried by Lambda (a failed fill releases its lease).
+    const invokeConfigs = resources('AWS::Lambda::EventInvokeConfig').map(([, c]) => c.Properties);
+    expect(invokeConfigs).toEqual([expect.objectContaining({ FunctionName: { Ref: 'FillLambdaFunction' }, MaximumRetryAttempts: 0 })]);
+  });
+
+  it('keeps each function log group 14 days', () => {
+    const groups = resources('AWS::Logs::LogGroup').map(([, g]) => g.Properties);
+    expect(groups.map((g) => g.LogGroupName).sort()).toEqual(FUNCTIONS.map((fn) => `/aws/lambda/pullthrough-ci-${fn}`).sort());
+    for (const g of groups) expect(g.RetentionInDays).toBe(14);
+  });
+
+  it('declares the index table as the DynamoDB adapter defines it (keys, GSIs, on-demand), TTL on its lease attribute, PITR, SSE', () => {
+    const tables = resources('AWS::DynamoDB::Table');
+    expect(tables.map(([id]) => id)).toEqual(['Table']);
+    const { GlobalSecondaryIndexes, ...keys } = tables[0][1].Properties;
+    // What shared/store creates in tests and local setups is what the stack creates.
+    const { GlobalSecondaryIndexes: adapterIndexes = [], ...adapterKeys } = TABLE_KEY_SCHEMA as typeof TABLE_KEY_SCHEMA & { GlobalSecondaryIndexes?: unknown[] };
+    expect(GlobalSecondaryIndexes ?? []).toEqual(adapterIndexes);
+    expect(keys).toEqual({
+      ...adapterKeys,
+      TimeToLiveSpecification: { AttributeName: TTL_ATTRIBUTE, Enabled: true },
+      PointInTimeRecoverySpecification: { PointInTimeRecoveryEnabled: true },
+      SSESpecification: { SSEEnabled: true },
+    });
+    expect(keys).toMatchObject({
+      BillingMode: 'PAY_PER_REQUEST',
+      KeySchema: [
+        { AttributeName: 'pk', KeyType: 'HASH' },
+        { AttributeName: 'sk', KeyType: 'RANGE' },
+      ],
+      TimeToLiveSpecification: { AttributeName: 'ttl', Enabled: true },
+    });
+  });
+
+  it('declares the bucket private and encrypted, aborting incomplete multipart uploads after a day', () => {
+    const bucket = template.Resources.Bucket;
+    expect(bucket.Type).toBe('AWS::S3::Bucket');
+    expect(bucket.Properties).toMatchObject({
+      BucketEncryption: { ServerSideEncryptionConfiguration: [{ ServerSideEncryptionByDefault: { SSEAlgorithm: 'AES256' } }] },
+      PublicAccessBlockConfiguration: { BlockPublicAcls: true, BlockPublicPolicy: true, IgnorePublicAcls: true, RestrictPublicBuckets: true },
+      OwnershipControls: { Rules: [{ ObjectOwnership: 'BucketOwnerEnforced' }] },
+    });
+    expect(bucket.Properties.LifecycleConfiguration.Rules).toEqual([
+      expect.objectContaining({ Status: 'Enabled', AbortIncompleteMultipartUpload: { DaysAfterInitiation: 1 } }),
+    ]);
+    expect(bucket.Properties).not.toHaveProperty('AccessControl');
+  });
+
+  it('denies every request to the bucket that does not use TLS', () => {
+    const policies = resources('AWS::S3::BucketPolicy').filter(([, p]) => JSON.stringify(p.Properties.Bucket) === JSON.stringify({ Ref: 'Bucket' }));
+    expect(policies).toHaveLength(1);
+    expect(policies[0][1].Properties.PolicyDocument.Statement).toEqual([
+      {
+        Sid: 'DenyInsecureTransport',
+        Effect: 'Deny',
+        Principal: '*',
+        Action: 's3:*',
+        Resource: [getAtt('Bucket'), { 'Fn::Sub': '${Bucket.Arn}/*' }],
+        Condition: { Bool: { 'aws:SecureTransport': 'false' } },
+      },
+    ]);
+  });
+
+  describe('gives each function its own least-privilege role', () => {
+    interface Statement {
+      Effect: string;
+      Action: string[];
+      Resource: unknown[];
+    }
+    /** The role's statements in effect in template `t`: an `Fn::If` statement counts only when its condition holds. */
+    const statements = (fn: FunctionName, t: CfnTemplate = template): Statement[] => {
+      const role = t.Resources[`${fn[0].toUpperCase()}${fn.slice(1)}Role`];
+      expect(role.Type).toBe('AWS::IAM::Role');
+      expect(role.Properties.AssumeRolePolicyDocument.Statement).toEqual([
+        { Effect: 'Allow', Principal: { Service: 'lambda.amazonaws.com' }, Action: 'sts:AssumeRole' },
+      ]);
+      expect(role.Properties).not.toHaveProperty('ManagedPolicyArns');
+      return role.Properties.Policies.flatMap((p: { PolicyDocument: { Statement: any[] } }) => p.PolicyDocument.Statement)
+        .map((s: any) => (s['Fn::If'] ? (evalCondition(t, { Condition: s['Fn::If'][0] }) ? s['Fn::If'][1] : s['Fn::If'][2]) : s))
+        .filter((s: any) => s.Ref !== 'AWS::NoValue')
+        .map((s: any) => ({ Effect: s.Effect, Action: [s.Action].flat(), Resource: [s.Resource].flat() }));
+    };
+    const allowed = (fn: FunctionName, service: string, t: CfnTemplate = template) =>
+      statements(fn, t)
+        .filter((s) => s.Effect === 'Allow')
+        .flatMap((s) => s.Action.filter((a) => a.startsWith(`${service}:`)).map((a) => ({ action: a, resources: s.Resource })));
+    const actions = (fn: FunctionName, service: string) => [...new Set(allowed(fn, service).map((a) => a.action))].sort();
+    const TABLE = [getAtt('Table')];
+    const BLOBS = { 'Fn::Sub': '${Bucket.Arn}/blobs/*' };
+    const MANIFESTS = { 'Fn::Sub': '${Bucket.Arn}/manifests/*' };
+
+    it('one role per function, no shared default role, only Allow statements without wildcard actions', () => {
+      expect(template.Resources).not.toHaveProperty('IamRoleLambdaExecution');
+      expect(resources('AWS::IAM::Role').map(([id]) => id).sort()).toEqual(['FillRole', 'RefreshRole', 'RegistryRole']);
+      for (const fn of FUNCTIONS) {
+        for (const s of [...statements(fn), ...statements(fn, withOptions.template)]) {
+          expect(s.Effect).toBe('Allow');
+          for (const a of s.Action) expect(a, `${fn}: ${a}`).not.toMatch(/\*/);
+          for (const r of s.Resource) expect(r, `${fn}: resource`).not.toBe('*');
+        }
+      }
+    });
+
+    it('each function writes only to its own log group', () => {
+      for (const fn of FUNCTIONS) {
+        expect(allowed(fn, 'logs')).toEqual([
+          { action: 'logs:CreateLogStream', resources: [getAtt(`${fn[0].toUpperCase()}${fn.slice(1)}LogGroup`)] },
+          { action: 'logs:PutLogEvents', resources: [getAtt(`${fn[0].toUpperCase()}${fn.slice(1)}LogGroup`)] },
+        ]);
+      }
+    });
+
+    it('registry: the table, reads of blobs (to presign), large manifests, and invoking the fill function only', () => {
+      expect(actions('registry', 'dynamodb')).toEqual([
+        'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem',
+      ]);
+      for (const a of allowed('registry', 'dynamodb')) expect(a.resources).toEqual(TABLE);
+      expect(allowed('registry', 's3')).toEqual([
+        { action: 's3:GetObject', resources: [BLOBS] },
+        { action: 's3:GetObject', resources: [MANIFESTS] },
+        { action: 's3:PutObject', resources: [MANIFESTS] },
+      ]);
+      expect(allowed('registry', 'lambda')).toEqual([{ action: 'lambda:InvokeFunction', resources: [getAtt('FillLambdaFunction')] }]);
+    });
+
+    it('fill: blob records, links and leases; writes under blobs/ only; invokes nothing', () => {
+      expect(actions('fill', 'dynamodb')).toEqual(['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem']);
+      for (const a of allowed('fill', 'dynamodb')) expect(a.resources).toEqual(TABLE);
+      expect(actions('fill', 's3')).toEqual(['s3:AbortMultipartUpload', 's3:DeleteObject', 's3:PutObject']);
+      for (const a of allowed('fill', 's3')) expect(a.resources).toEqual([BLOBS]);
+      expect(allowed('fill', 'lambda')).toEqual([]);
+    });
+
+    it('refresh: the table and its indexes, large manifests; no blobs, invokes nothing', () => {
+      expect(actions('refresh', 'dynamodb')).toEqual([
+        'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem',
+      ]);
+      for (const a of allowed('refresh', 'dynamodb')) expect(a.resources).toEqual([...TABLE, { 'Fn::Sub': '${Table.Arn}/index/*' }]);
+      expect(actions('refresh', 's3')).toEqual(['s3:GetObject', 's3:PutObject']);
+      for (const a of allowed('refresh', 's3')) expect(a.resources).toEqual([MANIFESTS]);
+      expect(allowed('refresh', 'lambda')).toEqual([]);
+    });
+
+    it('with an eventBus, registry and refresh may put events on that bus only; without one, nobody may', () => {
+      const bus = { 'Fn::Sub': 'arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/platform-events' };
+      for (const fn of FUNCTIONS) {
+        expect(allowed(fn, 'events')).toEqual([]);
+        expect(allowed(fn, 'events', withOptions.template)).toEqual(fn === 'fill' ? [] : [{ action: 'events:PutEvents', resources: [bus] }]);
+        const env = withOptions.template.Resources[fnLogicalId(fn)].Properties.Environment.Variables;
+        expect(env.PULLTHROUGH_EVENT_BUS).toBe(fn === 'fill' ? undefined : 'platform-events');
+      }
+    });
+  });
+
+  it('adds the custom domain and its API mapping only when domainName is given, and outputs its DNS target', () => {
+    const domainResources = (t: CfnTemplate) =>
+      Object.entries(t.Resources)
+        .filter(([, r]) => r.Condition === undefined || evalCondition(t, { Condition: r.Condition }))
+        .filter(([, r]) => r.Type.startsWith('AWS::ApiGatewayV2::DomainName') || r.Type === 'AWS::ApiGatewayV2::ApiMapping')
+        .map(([id]) => id);
+    expect(domainResources(plain.template)).toEqual([]);
+    expect(evalCondition(plain.template, { Condition: 'HasCustomDomain' })).toBe(false);
+
+    const t = withOptions.template;
+    expect(evalCondition(t, { Condition: 'HasCustomDomain' })).toBe(true);
+    expect(domainResources(t).sort()).toEqual(['CustomDomain', 'CustomDomainMapping']);
+    expect(t.Resources.CustomDomain.Properties).toEqual({
+      DomainName: 'registry.example.com',
+      DomainNameConfigurations: [
+        { CertificateArn: 'arn:aws:acm:us-east-1:123456789012:certificate/abc', EndpointType: 'REGIONAL', SecurityPolicy: 'TLS_1_2' },
+      ],
+    });
+    expect(t.Resources.CustomDomainMapping.Properties).toEqual({ ApiId: { Ref: 'HttpApi' }, DomainName: { Ref: 'CustomDomain' }, Stage: { Ref: 'HttpApiStage' } });
+    expect(t.Resources.HttpApiStage.Properties.StageName).toBe('$default');
+    expect(t.Outputs?.CustomDomainTarget).toMatchObject({ Condition: 'HasCustomDomain', Value: getAtt('CustomDomain', 'RegionalDomainName') });
+    expect(t.Outputs?.CustomDomainHostedZoneId).toMatchObject({ Condition: 'HasCustomDomain', Value: getAtt('CustomDomain', 'RegionalHostedZoneId') });
+    expect(t.Outputs?.RegistryEndpoint.Value).toEqual({ 'Fn::If': ['HasCustomDomain', 'https://registry.example.com', getAtt('HttpApi', 'ApiEndpoint')] });
+    // Everything else is the same stack.
+    const ids = (x: CfnTemplate) => Object.keys(x.Resources).sort();
+    expect(ids(t)).toEqual(ids(plain.template));
+  });
+
+  it('zips each function alone: its ESM bundle (AWS SDK inside), source map and pullthrough.config.yml; no node_modules, no SQLite', () => {
+    const config = readFileSync(join(ROOT, 'pullthrough.config.yml'));
+    for (const fn of FUNCTIONS) {
+      const { bytes, entries } = plain.zips[fn];
+      expect(entries.map((e) => e.name).sort()).toEqual([`functions/${fn}.mjs`, `functions/${fn}.mjs.map`, 'pullthrough.config.yml']);
+      expect(entries.find((e) => e.name === 'pullthrough.config.yml')!.read().equals(config)).toBe(true);
+      const bundle = entries.find((e) => e.name === `functions/${fn}.mjs`)!.read().toString('utf8');
+      // Nothing imported or required from outside the bundle but Node built-ins, except what never runs here.
+      expect(bundledOut(bundle), fn).toEqual(NOT_BUNDLED);
+      expect(bundle).not.toContain('better-sqlite3');
+      expect(bytes).toBeLessThan(5 * 1024 * 1024);
+    }
+    // The packaged config is valid and carries the default rules.
+    const unpacked = join(work, 'config-check.yml');
+    writeFileSync(unpacked, config);
+    const parsed = loadConfig(unpacked);
+    expect(parsed.rules.map((r) => [r.prefix, r.upstream])).toEqual([
+      ['docker-hub', 'https://registry-1.docker.io'],
+      ['ghcr', 'https://ghcr.io'],
+      ['quay', 'https://quay.io'],
+      ['ecr-public', 'https://public.ecr.aws'],
+      ['k8s', 'https://registry.k8s.io'],
+    ]);
+    expect(parsed.blobFill.waitSeconds).toBe(20);
+  });
+
+  describe('the bundles, loaded from their unzipped artifacts in plain Node (no node_modules anywhere above)', () => {
+    /**
+     * A DynamoDB stand-in on loopback for the refresh run: records each request's operation and body, and
+     * answers Query with no items (nothing is due) and any other operation with an empty result.
+     */
+    let dynamo: Server;
+    let dynamoUrl: string;
+    const dynamoCalls: { op: string; body: Record<string, unknown> }[] = [];
+    beforeAll(async () => {
+      dynamo = createServer((req, res) => {
+        const chunks: Buffer[] = [];
+        req.on('data', (c: Buffer) => chunks.push(c));
+        req.on('end', () => {
+          const op = String(req.headers['x-amz-target'] ?? '').split('.').pop() ?? '';
+          dynamoCalls.push({ op, body: JSON.parse(Buffer.concat(chunks).toString() || '{}') });
+          res.writeHead(200, { 'content-type': 'application/x-amz-json-1.0' });
+          res.end(JSON.stringify(op === 'Query' ? { Items: [], Count: 0, ScannedCount: 0 } : {}));
+        });
+      });
+      await new Promise<void>((r) => dynamo.listen(0, '127.0.0.1', r));
+      dynamoUrl = `http://127.0.0.1:${(dynamo.address() as AddressInfo).port}`;
+    });
+    afterAll(() => new Promise<void>((r) => (dynamo ? dynamo.close(() => r()) : r())));
+
+    /** Unzips `fn`'s artifact into a fresh task root and returns it. */
+    const unzip = (fn: FunctionName, name: string = fn): string => {
+      const task = join(work, 'lambda', name);
+      for (const e of plain.zips[fn].entries) {
+        if (e.name.endsWith('/')) continue;
+        mkdirSync(dirname(join(task, e.name)), { recursive: true });
+        writeFileSync(join(task, e.name), e.read());
+      }
+      for (let d = task; d !== dirname(d); d = dirname(d)) expect(existsSync(join(d, 'node_modules')), d).toBe(false);
+      return task;
+    };
+    const NAMES: Record<string, string> = { Table: 'pullthrough-ci-Table-TEST', Bucket: 'pullthrough-ci-bucket-test', FillLambdaFunction: 'pullthrough-ci-fill' };
+    /** The function's template environment with Refs replaced by the names CloudFormation would give. */
+    const environment = (fn: FunctionName): Record<string, string> => {
+      const vars = template.Resources[fnLogicalId(fn)].Properties.Environment.Variables as Record<string, unknown>;
+      return Object.fromEntries(Object.entries(vars).map(([k, v]) => [k, typeof v === 'string' ? v : NAMES[(v as { Ref: string }).Ref]]));
+    };
+    /**
+     * Imports `fn`'s bundle in a child process with the task root as cwd, as Lambda does, and invokes its handler
+     * with `event` (null: import only). Every AWS endpoint points at a closed loopback port unless `endpoints`
+     * says otherwise, so nothing can leave the machine.
+     */
+    const invoke = async (fn: FunctionName, task: string, event: unknown, endpoints: Record<string, string> = {}): Promise<any> => {
+      const eventFile = join(task, '..', `${fn}-event.json`);
+      const resultFile = join(task, '..', `${fn}-result.json`);
+      writeFileSync(eventFile, JSON.stringify(event ?? null));
+      const timeout = template.Resources[fnLogicalId(fn)].Properties.Timeout * 1000;
+      const script = `
+        import { readFileSync, writeFileSync } from 'node:fs';
+        const { handler } = await import(process.env.PT_BUNDLE);
+        const started = Date.now();
+        const context = { awsRequestId: 'test', functionName: 'pullthrough-ci-${fn}', functionVersion: '$LATEST', memoryLimitInMB: '1024',
+          invokedFunctionArn: 'arn:aws:lambda:us-east-1:000000000000:function:pullthrough-ci-${fn}',
+          getRemainingTimeInMillis: () => ${timeout} - (Date.now() - started) };
+        const event = JSON.parse(readFileSync(process.env.PT_EVENT, 'utf8'));
+        const result = event === null ? 'loaded' : await handler(event, context);
+        writeFileSync(process.env.PT_RESULT, JSON.stringify(result));
+        process.exit(0);
+      `;
+      try {
+        await run(process.execPath, ['--input-type=module', '-e', script], {
+          cwd: task,
+          // Only what the function would see: its template environment, the runtime's region and task root.
+          env: {
+            PATH: process.env.PATH,
+            ...environment(fn),
+            ...DUMMY_AWS,
+            AWS_ENDPOINT_URL: 'http://127.0.0.1:9',
+            ...endpoints,
+            LAMBDA_TASK_ROOT: task,
+            PT_BUNDLE: pathToFileURL(join(task, `functions/${fn}.mjs`)).href,
+            PT_EVENT: eventFile,
+            PT_RESULT: resultFile,
+          },
+          timeout: 30_000,
+        });
+      } catch (e) {
+        const err = e as Error & { stdout?: string; stderr?: string };
+        throw new Error(`the bundled ${fn} handler failed: ${err.message}\n--- stdout\n${err.stdout}\n--- stderr\n${err.stderr}`);
+      }
+      return JSON.parse(readFileSync(resultFile, 'utf8'));
+    };
+
+    it('registry answers GET /v2/ with 200 and the API version header (no storage touched)', async () => {
+      const event = buildHttpApiEvent({ method: 'GET', path: '/v2/', headers: { 'User-Agent': 'serverless-package-test' } });
+      const res = await invoke('registry', unzip('registry'), event);
+      expect(res.statusCode).toBe(200);
+      expect(res.headers['Docker-Distribution-API-Version']).toBe('registry/2.0');
+      expect(Buffer.from(res.body, 'base64').toString()).toBe('{}');
+    }, 30_000);
+
+    it('registry reads the pullthrough.config.yml in its task root (a broken one stops it at start-up)', async () => {
+      const task = unzip('registry', 'registry-bad-config');
+      writeFileSync(join(task, 'pullthrough.config.yml'), 'rules: []\n');
+      await expect(invoke('registry', task, null)).rejects.toThrow(/invalid pullthrough config/);
+    }, 30_000);
+
+    it('refresh runs a scheduled pass against its table, querying only indexes the table has; fill loads', async () => {
+      const scheduled = {
+        version: '0', id: 'test', 'detail-type': 'Scheduled Event', source: 'aws.events', account: '000000000000',
+        time: new Date().toISOString(), region: 'us-east-1', resources: [], detail: {},
+      };
+      const [report, fillLoaded] = await Promise.all([
+        invoke('refresh', unzip('refresh'), scheduled, { AWS_ENDPOINT_URL_DYNAMODB: dynamoUrl }),
+        invoke('fill', unzip('fill'), null),
+      ]);
+      expect(report).toMatchObject({ checked: 0, moved: 0, errors: 0, stoppedEarly: false });
+      expect(dynamoCalls.length).toBeGreaterThan(0);
+      const indexes = (template.Resources.Table.Properties.GlobalSecondaryIndexes ?? []).map((i: { IndexName: string }) => i.IndexName);
+      for (const call of dynamoCalls) {
+        expect(call.body.TableName).toBe(NAMES.Table);
+        if (call.body.IndexName !== undefined) expect(indexes).toContain(call.body.IndexName);
+      }
+      // Each operation the refresh made is one its role allows.
+      const refreshActions = new Set(
+        template.Resources.RefreshRole.Properties.Policies[0].PolicyDocument.Statement.flatMap((st: any) => (st.Action ? [st.Action].flat() : [])),
+      );
+      for (const call of dynamoCalls) expect(refreshActions).toContain(`dynamodb:${call.op}`);
+    }, 30_000);
+  });
 });
