@@ -1,10 +1,12 @@
 /**
  * The registry application: routes a {@link RegistryRequest} to the cache services and writes the response.
  * Read-only: every push or delete answers 405 `UNSUPPORTED`. Runtime-independent: the Lambda handler and the
- * local server both reach it through the same API Gateway v2 event.
+ * local server both reach it through the same API Gateway v2 event. With client auth on (`auth.mode` token or
+ * iam), `/token` issues bearer tokens and every `/v2/…` request passes the guard first (shared/auth/).
  */
+import type { ClientAuth, GuardedResource } from '../auth/client-auth.js';
 import { errorResponse } from '../http/error-response.js';
-import { parseRoute } from '../http/router.js';
+import { parseRoute, type Route } from '../http/router.js';
 import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from '../http/types.js';
 import { OCI_INDEX } from '../oci/media-types.js';
 import { RegistryError } from '../oci/errors.js';
@@ -24,8 +26,18 @@ export function createRegistryApp(deps: RegistryDeps): RegistryApp {
   return createRegistry(deps).app;
 }
 
+/** Options of {@link createRegistry}. */
+export interface RegistryOptions {
+  /** Client auth (the guard and `/token`); absent = mode `none`, anyone may pull. */
+  auth?: ClientAuth;
+}
+
 /** Builds the app and the services behind it (the fill function calls `blobs.fill`). */
-export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: BlobService; manifests: ManifestService } {
+export function createRegistry(
+  deps: RegistryDeps,
+  options: RegistryOptions = {},
+): { app: RegistryApp; blobs: BlobService; manifests: ManifestService } {
+  const { auth } = options;
   const manifests = createManifestService(deps);
   const blobs = createBlobService(deps);
 
@@ -38,10 +50,16 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
     };
   }
 
-  /** The request's own path with its query, some parameters replaced (`ns` is kept for mirror clients). */
+  /**
+   * The request's own path with the query parameters the cache understands (`n`, `last`, `ns`, `pt-hop`),
+   * some replaced; anything else the client sent is dropped (so a URL we hand out stays small).
+   */
   function selfUrl(req: RegistryRequest, set: Record<string, string>): string {
-    const q = new URLSearchParams(req.query);
-    for (const [k, v] of Object.entries(set)) q.set(k, v);
+    const q = new URLSearchParams();
+    for (const k of ['n', 'last', 'ns', HOP_PARAM]) {
+      const v = set[k] ?? req.query.get(k);
+      if (v !== null && v !== undefined) q.set(k, v);
+    }
     return `${req.path}?${q}`;
   }
 
@@ -63,8 +81,29 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
     return ns === null ? deps.mirrorName(name) : deps.mirrorName(name, ns);
   }
 
+  /** What the guard checks for a route: `pull` on the name (read routes), the catalog scope, or any token. */
+  function guarded(route: Route, req: RegistryRequest): GuardedResource {
+    if (!READ_METHODS.has(req.method)) return { kind: 'any' };
+    switch (route.kind) {
+      case 'catalog':
+        return { kind: 'catalog' };
+      case 'manifest':
+      case 'blob':
+      case 'tags':
+      case 'referrers':
+        return { kind: 'repository', name: route.name, canonical: () => deps.resolve(cacheName(route.name, req)).name };
+      default:
+        return { kind: 'any' };
+    }
+  }
+
   async function route(req: RegistryRequest): Promise<RegistryResponse> {
     const route = parseRoute(req.path);
+    if (route.kind === 'token') {
+      if (!auth) throw new RegistryError('NAME_UNKNOWN', 'client authentication is off: no token endpoint', { status: 404 });
+      return auth.token(req);
+    }
+    if (auth) await auth.guard(req, guarded(route, req));
     if (route.kind === 'unknown') throw new RegistryError('NAME_UNKNOWN', 'unknown registry route', { status: 404 });
     if (route.kind === 'upload' || !READ_METHODS.has(req.method)) {
       throw new RegistryError('UNSUPPORTED', 'this registry is a read-only pull-through cache', { headers: { Allow: 'GET, HEAD' } });
@@ -104,8 +143,9 @@ export function createRegistry(deps: RegistryDeps): { app: RegistryApp; blobs: B
             headers: { ...API_VERSION_HEADER, 'Content-Type': 'application/octet-stream', 'Content-Length': String(b.size), 'Docker-Content-Digest': b.digest },
           };
         }
-        const hop = Number(req.query.get(HOP_PARAM) ?? 0);
-        const b = await blobs.locate(cacheName(route.name, req), route.digest, Number.isInteger(hop) && hop >= 0 ? hop : 0);
+        const hopParam = req.query.get(HOP_PARAM) ?? '';
+        const hop = /^\d{1,2}$/.test(hopParam) ? Number(hopParam) : 0;
+        const b = await blobs.locate(cacheName(route.name, req), route.digest, hop);
         return {
           status: 307,
           headers: {

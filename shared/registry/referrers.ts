@@ -1,6 +1,6 @@
 /**
  * The referrers API through the cache (OCI distribution spec, "Listing Referrers"): the upstream's index,
- * kept for offline use, filtered here by `artifactType` (so the filter works offline too, and
+ * kept for offline use (for subjects cached in that repository, when non-empty), filtered here by `artifactType` (so the filter works offline too, and
  * `OCI-Filters-Applied: artifactType` is always true when a filter was asked for). An upstream without the
  * referrers API answers 404, which is passed on so clients fall back to the `sha256-<hex>` tag schema.
  */
@@ -27,7 +27,12 @@ export async function getReferrers(deps: RegistryDeps, name: string, rawDigest: 
   let manifests: unknown[];
   try {
     ({ manifests } = await deps.upstreamFor(resolved.rule).getReferrers(resolved.upstreamRepository, digest, deps.maxManifestBytes));
-    await deps.stores.listings.putListing(resolved.name, key, JSON.stringify(manifests));
+    // Kept only for subjects this repository has cached, and only when there is something to keep: requests
+    // for arbitrary digests must not grow the store.
+    const body = JSON.stringify(manifests);
+    if (manifests.length > 0 && (await deps.stores.manifests.getManifest(resolved.name, digest))) {
+      if ((await deps.stores.listings.getListing(resolved.name, key))?.body !== body) await deps.stores.listings.putListing(resolved.name, key, body);
+    }
   } catch (err) {
     const kept = err instanceof UpstreamError && err.failure !== 'not-found' ? await deps.stores.listings.getListing(resolved.name, key) : undefined;
     if (!kept) throw toRegistryError(err, 'MANIFEST_UNKNOWN');

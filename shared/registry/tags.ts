@@ -25,35 +25,46 @@ export function parsePageSize(n: string | null): number | undefined {
   return Number(n);
 }
 
+/** Listing key of the one tag list kept per repository: the unpaginated list (`GET .../tags/list`). */
+const FULL_LIST_KEY = 'tags';
+
+/** Applies `n`/`last` to a sorted tag list. */
+function paginate(all: string[], opts: { n?: number; last?: string }): Page {
+  const after = opts.last === undefined ? all : all.filter((t) => t > opts.last!);
+  const n = Math.min(opts.n ?? MAX_PAGE, MAX_PAGE);
+  const items = after.slice(0, n);
+  return { items, next: after.length > n ? items[items.length - 1] : undefined };
+}
+
 /**
- * Lists tags of `name`: the upstream's page when reachable (kept for offline use); when it is not, the last
- * page seen for the same query, else the cached tags.
+ * Lists tags of `name`: the upstream's page when reachable. When it is not, the last full list seen (kept only
+ * from unpaginated requests, one per repository, so clients cannot grow the store with query variants),
+ * paginated here; else the tags cached in the index. An upstream "no such repository" is `NAME_UNKNOWN`.
  */
 export async function listTags(deps: RegistryDeps, name: string, opts: { n?: number; last?: string }): Promise<Page> {
   const resolved = deps.resolve(name);
   if (opts.n === 0) return { items: [] };
   if (opts.last !== undefined && opts.last.length > 256) throw new RegistryError('UNSUPPORTED', 'last is too long', { status: 400 });
-  const key = `tags?${new URLSearchParams({ n: String(opts.n ?? ''), last: opts.last ?? '' })}`;
   try {
     const page = await deps.upstreamFor(resolved.rule).listTags(resolved.upstreamRepository, opts);
-    const result: Page = { items: page.tags, next: page.next?.last };
-    await deps.stores.listings.putListing(resolved.name, key, JSON.stringify(result));
-    return result;
+    if (opts.n === undefined && opts.last === undefined && page.next === undefined) {
+      const body = JSON.stringify([...page.tags].sort());
+      const kept = await deps.stores.listings.getListing(resolved.name, FULL_LIST_KEY);
+      if (kept?.body !== body) await deps.stores.listings.putListing(resolved.name, FULL_LIST_KEY, body);
+    }
+    return { items: page.tags, next: page.next?.last };
   } catch (err) {
     if (!(err instanceof UpstreamError)) throw err;
-    if (err.failure !== 'not-found') {
-      const seen = await deps.stores.listings.getListing(resolved.name, key);
-      if (seen) {
-        deps.log.warn('serving the last tag list seen', { name: resolved.name, reason: err.message });
-        return JSON.parse(seen.body) as Page;
-      }
+    if (err.failure === 'not-found' || err.failure === 'denied') throw toRegistryError(err, 'NAME_UNKNOWN');
+    const seen = await deps.stores.listings.getListing(resolved.name, FULL_LIST_KEY);
+    if (seen) {
+      deps.log.warn('serving the last tag list seen', { name: resolved.name, reason: err.message });
+      return paginate(JSON.parse(seen.body) as string[], opts);
     }
-    const n = Math.min(opts.n ?? MAX_PAGE, MAX_PAGE);
-    const cached = await deps.stores.tags.listTags(resolved.name, { last: opts.last, n: n + 1 });
-    if (cached.length === 0 && !opts.last) throw toRegistryError(err, 'NAME_UNKNOWN');
+    const cached = await deps.stores.tags.listTags(resolved.name, { n: 100_000 });
+    if (cached.length === 0) throw toRegistryError(err, 'NAME_UNKNOWN');
     deps.log.warn('serving cached tag list', { name: resolved.name, reason: err.message });
-    const items = cached.slice(0, n);
-    return { items, next: cached.length > n ? items[items.length - 1] : undefined };
+    return paginate(cached, opts);
   }
 }
 

@@ -31,12 +31,14 @@ function pushArtifact(repo: string, subject: { digest: string; size: number }, a
 }
 
 describe('tags/list', () => {
-  it('serves the last page seen for the same query when the upstream goes down', async () => {
+  it('serves the last full list seen, paginated, when the upstream goes down', async () => {
     up = await startFakeUpstream();
     h = await createHarness([{ prefix: 'p', upstream: up.url }]);
     for (const t of ['a', 'b', 'c']) seedImage(up, 'app', t, [Buffer.from(t)]);
-    const online = await h.request('GET', '/v2/p/app/tags/list?n=2');
-    expect(h.jsonOf(online).tags).toEqual(['a', 'b']);
+    const online = await h.request('GET', '/v2/p/app/tags/list');
+    expect(h.jsonOf(online).tags).toEqual(['a', 'b', 'c']);
+    // Paginated requests are answered but not kept (one kept list per repository).
+    expect(h.jsonOf(await h.request('GET', '/v2/p/app/tags/list?n=1&last=a')).tags).toEqual(['b']);
     up.faults.down = true;
     const offline = await h.request('GET', '/v2/p/app/tags/list?n=2');
     expect(offline.status).toBe(200);
@@ -55,6 +57,8 @@ describe('referrers', () => {
     const img = seedImage(up, 'app', 'v1', [Buffer.from('image')]);
     const sig = pushArtifact('app', { digest: img.digest, size: img.body.length }, 'application/vnd.dev.cosign.artifact.sig.v1+json', 'sig');
     const sbom = pushArtifact('app', { digest: img.digest, size: img.body.length }, 'application/spdx+json', '{"spdx":1}');
+    // Referrers are kept for subjects the repository has cached.
+    expect((await h.request('GET', '/v2/p/app/manifests/v1')).status).toBe(200);
 
     const all = await h.request('GET', `/v2/p/app/referrers/${img.digest}`);
     expect(all.status).toBe(200);
