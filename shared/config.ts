@@ -11,10 +11,21 @@
  * - `PULLTHROUGH_FILL_FUNCTION`: name of the fill Lambda to invoke asynchronously on a blob miss (AWS);
  *   unset → fills run in the process that took the lease
  * - `PULLTHROUGH_EVENT_BUS`: EventBridge bus that receives a `Tag Moved` event per digest change (optional)
+ * - `PULLTHROUGH_REQUIRE_AUTH`: `true` → refuse to start with `auth.mode: none` (the AWS deploy sets it unless
+ *   anonymous clients are allowed explicitly)
+ * - `PULLTHROUGH_TOKEN_KEY`: where the token signing key set lives: `ssm:<parameter name>` or
+ *   `secretsmanager:<secret id>` (a JWK or a JSON array of JWKs); unset → `<data dir>/token-key.json`, created
+ *   on first use. Required on Lambda when client auth is on (each container would otherwise sign with its own key).
+ * - `PULLTHROUGH_STS_ENDPOINT`: auth mode `iam` only, tests only: the STS stand-in (`http://127.0.0.1:PORT`) whose
+ *   presigned URLs are accepted instead of `https://sts.<region>.amazonaws.com`
+ * - `AWS_REGION` / `AWS_DEFAULT_REGION`: default STS region of `login-password`
+ * - a rule's `accessTokenEnv` names a variable holding its upstream access token (read by {@link parseConfig});
+ *   `credentialsSecret` is read from Secrets Manager (endpoint override: the SDK's `AWS_ENDPOINT_URL_SECRETS_MANAGER`)
  */
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { parsePasswordHash } from './auth/passwords.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
 
@@ -41,6 +52,13 @@ const ruleSchema = z
     /** Upstream credentials (the same keys an ECR pull-through cache secret uses). */
     username: z.string().optional(),
     accessToken: z.string().optional(),
+    /** Name of an environment variable holding `accessToken` (with `username`), to keep the token out of the file. */
+    accessTokenEnv: z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/, 'an environment variable name').optional(),
+    /**
+     * Secrets Manager secret (name or ARN) holding `{"username": "...", "accessToken": "..."}`, the format of an
+     * ECR pull-through cache secret. Read on first use, kept 10 minutes per container (shared/upstream/credentials.ts).
+     */
+    credentialsSecret: z.string().min(1).max(2048).optional(),
     /** Seconds to wait for upstream response headers on manifest/tag requests (default 10). */
     upstreamTimeoutSeconds: z.number().positive().default(10),
     /**
@@ -75,7 +93,9 @@ const ruleSchema = z
     negativeCacheSeconds: z.number().nonnegative().default(60),
   })
   .strict()
-  .refine((r) => (r.username === undefined) === (r.accessToken === undefined), { message: 'username and accessToken go together' });
+  .refine((r) => r.accessToken === undefined || r.accessTokenEnv === undefined, { message: 'accessToken and accessTokenEnv exclude each other' })
+  .refine((r) => (r.username === undefined) === (r.accessToken === undefined && r.accessTokenEnv === undefined), { message: 'username and accessToken (or accessTokenEnv) go together' })
+  .refine((r) => r.credentialsSecret === undefined || r.username === undefined, { message: 'credentialsSecret replaces username/accessToken' });
 
 const authSchema = z
   .object({
@@ -86,15 +106,28 @@ const authSchema = z
      */
     mode: z.enum(['none', 'token', 'iam']).default('none'),
     /** Token audience and the `service` of the challenge (default: the request's Host). */
-    service: z.string().min(1).max(253).optional(),
+    service: z.string().min(1).max(253).regex(/^[\x21-\x7e]+$/, 'service must be printable ASCII without spaces').optional(),
     /** Token endpoint URL in the challenge (default: `<scheme>://<Host>/token`). */
     realm: z.url().optional(),
     /** Token lifetime, seconds (default 300, like Docker Hub). */
     tokenTtlSeconds: z.number().int().min(60).max(3600).default(300),
     /** Users and robot accounts (mode `token`). `passwordHash` from `npm run hash-password`; never plain text. */
     users: z
-      .array(z.object({ username: z.string().min(1).max(128), passwordHash: z.string().startsWith('scrypt$'), prefixes: z.array(z.string()).min(1) }).strict())
-      .default([]),
+      .array(
+        z
+          .object({
+            username: z.string().min(1).max(128).regex(/^[^:\s]+$/, 'username must not contain ":" or spaces'),
+            passwordHash: z
+              .string()
+              .startsWith('scrypt$')
+              .refine((h) => parsePasswordHash(h) !== undefined, 'passwordHash is not a valid scrypt hash (make one with npm run hash-password)'),
+            /** Rule prefixes this user may pull; `*` = every rule. */
+            prefixes: z.array(z.string()).min(1),
+          })
+          .strict(),
+      )
+      .default([])
+      .refine((users) => new Set(users.map((u) => u.username)).size === users.length, { message: 'usernames must be unique' }),
     /** Mode `iam`: which callers (ARN patterns, `*` wildcards) may pull which prefixes. */
     iam: z
       .object({
@@ -108,6 +141,8 @@ const authSchema = z
     failedLogins: z.object({ max: z.number().int().positive().default(10), windowSeconds: z.number().int().positive().default(300) }).strict().prefault({}),
   })
   .strict()
+  // A realm on another host would issue tokens for its own Host as audience, which the registry's Host refuses.
+  .refine((a) => a.realm === undefined || a.service !== undefined, { message: 'auth.realm needs auth.service (the token audience both sides agree on)' })
   .prefault({});
 
 const configSchema = z
@@ -151,7 +186,16 @@ const configSchema = z
   })
   .strict()
   .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' })
-  .refine((c) => c.defaultRule === undefined || c.rules.some((r) => r.prefix === c.defaultRule), { message: 'defaultRule must be the prefix of a rule' });
+  .refine((c) => c.defaultRule === undefined || c.rules.some((r) => r.prefix === c.defaultRule), { message: 'defaultRule must be the prefix of a rule' })
+  .superRefine((c, ctx) => {
+    // A user's prefix that no rule has is a typo that would silently grant nothing.
+    const prefixes = new Set(['*', ...c.rules.map((r) => r.prefix)]);
+    c.auth.users.forEach((u, i) => {
+      for (const p of u.prefixes) {
+        if (!prefixes.has(p)) ctx.addIssue({ code: 'custom', path: ['auth', 'users', i, 'prefixes'], message: `${JSON.stringify(p)} is not a rule prefix (nor *)` });
+      }
+    });
+  });
 
 /** Client authentication settings. */
 export type AuthConfig = z.output<typeof authSchema>;
@@ -173,9 +217,18 @@ export const DEFAULT_RULES = [
  * Validates a config object (e.g. parsed YAML).
  * @throws Error with every problem listed, so a bad config fails at start-up, not on the first pull.
  */
-export function parseConfig(input: unknown): RegistryConfig {
+export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): RegistryConfig {
   const result = configSchema.safeParse(input);
   if (!result.success) throw new Error(`invalid pullthrough config:\n${z.prettifyError(result.error)}`);
+  // A rule's `accessTokenEnv` becomes its `accessToken` here, so the rest of the code sees one shape.
+  const missing: string[] = [];
+  for (const rule of result.data.rules) {
+    if (rule.accessTokenEnv === undefined) continue;
+    const token = env[rule.accessTokenEnv];
+    if (token) rule.accessToken = token;
+    else missing.push(`rule ${rule.prefix}: accessTokenEnv ${rule.accessTokenEnv} is not set in the environment`);
+  }
+  if (missing.length) throw new Error(`invalid pullthrough config:\n${missing.join('\n')}`);
   return result.data;
 }
 
@@ -183,6 +236,20 @@ export function parseConfig(input: unknown): RegistryConfig {
 export function loadConfig(path: string | undefined): RegistryConfig {
   if (!path) return parseConfig({ rules: DEFAULT_RULES });
   return parseConfig(parseYaml(readFileSync(path, 'utf8')));
+}
+
+/** Where the token signing key set is read from on AWS (`PULLTHROUGH_TOKEN_KEY`). */
+export interface TokenKeySource {
+  kind: 'ssm' | 'secretsmanager';
+  /** The SSM parameter name or the Secrets Manager secret id/ARN. */
+  id: string;
+}
+
+/** Parses `PULLTHROUGH_TOKEN_KEY`: `ssm:<parameter name>` or `secretsmanager:<secret id>`. */
+export function parseTokenKeySource(value: string): TokenKeySource {
+  const m = /^(ssm|secretsmanager):(.+)$/.exec(value);
+  if (!m) throw new Error('PULLTHROUGH_TOKEN_KEY must be ssm:<parameter name> or secretsmanager:<secret id>');
+  return { kind: m[1] as TokenKeySource['kind'], id: m[2] };
 }
 
 /** Settings of the process, read from the environment once. */
@@ -200,6 +267,16 @@ export interface Environment {
   urlTtlSeconds: number;
   fillFunction?: string;
   eventBus?: string;
+  /** Refuse to start with `auth.mode: none` (`PULLTHROUGH_REQUIRE_AUTH=true`). */
+  requireAuth: boolean;
+  /** Token signing keys from SSM / Secrets Manager; unset → the local key file in the data dir. */
+  tokenKey?: TokenKeySource;
+  /** Running as a Lambda function (`AWS_LAMBDA_FUNCTION_NAME` is set): no per-process key file then. */
+  inLambda: boolean;
+  /** STS stand-in origin for auth mode `iam` (tests only). */
+  stsEndpoint?: string;
+  /** The AWS region of the environment (`login-password`'s default STS region). */
+  awsRegion?: string;
 }
 
 /** Reads the process environment (the only place that does). */
@@ -211,10 +288,15 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
   if (backend === 'aws' && (!env.PULLTHROUGH_TABLE || !env.PULLTHROUGH_BUCKET)) {
     throw new Error('PULLTHROUGH_BACKEND=aws needs PULLTHROUGH_TABLE and PULLTHROUGH_BUCKET');
   }
+  if (env.PULLTHROUGH_STS_ENDPOINT && !/^https?:\/\/[^/?#@]+\/?$/.test(env.PULLTHROUGH_STS_ENDPOINT)) {
+    throw new Error('PULLTHROUGH_STS_ENDPOINT must be an origin such as http://127.0.0.1:4566');
+  }
   const urlTtlSeconds = Number(env.PULLTHROUGH_URL_TTL_SECONDS ?? 900);
   if (!Number.isInteger(urlTtlSeconds) || urlTtlSeconds < 1 || urlTtlSeconds > 7 * 24 * 3600) {
     throw new Error('PULLTHROUGH_URL_TTL_SECONDS must be 1..604800 (the S3 presigned URL maximum)');
   }
+  const requireAuth = env.PULLTHROUGH_REQUIRE_AUTH ?? '';
+  if (!['', 'true', 'false'].includes(requireAuth)) throw new Error(`PULLTHROUGH_REQUIRE_AUTH must be true or false, got ${requireAuth}`);
   return {
     configPath: env.PULLTHROUGH_CONFIG || undefined,
     dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
@@ -227,5 +309,10 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     urlTtlSeconds,
     fillFunction: env.PULLTHROUGH_FILL_FUNCTION || undefined,
     eventBus: env.PULLTHROUGH_EVENT_BUS || undefined,
+    requireAuth: requireAuth === 'true',
+    tokenKey: env.PULLTHROUGH_TOKEN_KEY ? parseTokenKeySource(env.PULLTHROUGH_TOKEN_KEY) : undefined,
+    inLambda: Boolean(env.AWS_LAMBDA_FUNCTION_NAME),
+    stsEndpoint: env.PULLTHROUGH_STS_ENDPOINT || undefined,
+    awsRegion: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,
   };
 }

@@ -4,6 +4,8 @@
  * - `embedded` (default): SQLite `<data dir>/index.db` + the filesystem `<data dir>/blobs`;
  * - `aws`: DynamoDB (`PULLTHROUGH_TABLE`) + S3 (`PULLTHROUGH_BUCKET`); endpoints from the SDK's standard
  *   `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_S3`, so the same build runs against real AWS or stand-ins.
+ * Client auth (`auth.mode` token | iam): shared/auth/setup.ts builds the guard and `/token`, and refuses mode
+ * `none` when `PULLTHROUGH_REQUIRE_AUTH=true`.
  * AWS SDK imports stay here and in the AWS adapters.
  */
 import { mkdirSync } from 'node:fs';
@@ -13,7 +15,9 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { S3Client } from '@aws-sdk/client-s3';
 import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
+import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
+import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
 import { loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { createLogger } from './logger.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
@@ -26,6 +30,7 @@ import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
 import type { Stores } from './store/ports.js';
 import { createS3BlobStore } from './store/s3-blob-store.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
+import { credentialsForRule, type SecretReader } from './upstream/credentials.js';
 
 /** Everything a process entry point needs. */
 export interface Runtime {
@@ -89,14 +94,31 @@ function eventBridgePublisher(bus: string): (change: TagChange) => Promise<void>
   };
 }
 
+/**
+ * Reads a rule's `credentialsSecret` (`GetSecretValue`); the client is made on first use, in the secret's region
+ * when the id is an ARN. Endpoint override: the SDK's `AWS_ENDPOINT_URL_SECRETS_MANAGER`.
+ */
+function secretsManagerReader(): SecretReader {
+  const clients = new Map<string, SecretsManagerClient>();
+  return async (secretId) => {
+    const region = /^arn:[^:]+:secretsmanager:([^:]+):/.exec(secretId)?.[1] ?? '';
+    let client = clients.get(region);
+    if (!client) clients.set(region, (client = new SecretsManagerClient(region ? { region } : {})));
+    return (await client.send(new GetSecretValueCommand({ SecretId: secretId }))).SecretString;
+  };
+}
+
 /** Builds a runtime from explicit settings (tests use this with their own data dir and rules). */
 export async function buildRuntime(env: Environment, config: RegistryConfig = loadConfig(env.configPath)): Promise<Runtime> {
+  // Refuses auth.mode none where auth is required (PULLTHROUGH_REQUIRE_AUTH), before anything is opened.
+  assertAuthAllowed(env, config);
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
   const clients = new Map<string, UpstreamClient>();
+  const readSecret = secretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
     let c = clients.get(rule.prefix);
-    if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule)));
+    if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule, { credentials: credentialsForRule(rule, readSecret) })));
     return c;
   };
   const metrics = new Metrics({ namespace: 'pullthrough', serviceName: 'pullthrough' });
@@ -116,7 +138,9 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
       await publish?.(change);
     },
   };
-  const { app, blobs, manifests } = createRegistry(deps);
+  const names = { prefixes: config.rules.map((r) => r.prefix), mirrorName: deps.mirrorName, resolve: deps.resolve };
+  const auth = await buildClientAuth({ env, config, names, log: logger, now: Date.now });
+  const { app, blobs, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
   return { env, config, app, blobs, refresher, logger, metrics, blobStore, close };
 }

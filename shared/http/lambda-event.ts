@@ -17,6 +17,7 @@ export function fromHttpApiEvent(event: APIGatewayProxyEventV2): RegistryRequest
     query: new URLSearchParams(event.rawQueryString ?? ''),
     headers,
     sourceIp: event.requestContext.http.sourceIp,
+    ...(event.body ? { body: Buffer.from(event.body, event.isBase64Encoded ? 'base64' : 'utf8') } : {}),
   };
 }
 

@@ -1,7 +1,8 @@
 /**
  * Parses `/v2/...` paths into routes. Names contain slashes, so the path is read from the right: the last
  * segment is the reference, the one before it the kind (`manifests`, `blobs`, `referrers`, or `tags/list`).
- * Push endpoints (`blobs/uploads/...`) are recognised so they can be refused with `UNSUPPORTED`.
+ * Push endpoints (`blobs/uploads/...`) are recognised so they can be refused with `UNSUPPORTED`. `/token` is
+ * the token endpoint of client auth (Docker token authentication), outside `/v2/`.
  */
 
 /** A recognised registry route. `name` is still unvalidated. */
@@ -13,11 +14,13 @@ export type Route =
   | { kind: 'tags'; name: string }
   | { kind: 'referrers'; name: string; digest: string }
   | { kind: 'upload'; name: string }
+  | { kind: 'token' }
   | { kind: 'unknown' };
 
 /** Parses a raw path (e.g. `/v2/docker-hub/library/nginx/manifests/1.27`) into a {@link Route}. */
 export function parseRoute(path: string): Route {
   if (path === '/v2' || path === '/v2/') return { kind: 'base' };
+  if (path === '/token') return { kind: 'token' };
   if (!path.startsWith('/v2/')) return { kind: 'unknown' };
   const rest = path.slice('/v2/'.length);
   if (rest === '_catalog') return { kind: 'catalog' };

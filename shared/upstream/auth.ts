@@ -1,16 +1,22 @@
 /**
  * Upstream authentication (Docker token auth spec; distribution `registry/client/auth`):
  * anonymous, Basic, and Bearer tokens fetched from the challenge's realm, cached by realm+service+scope until
- * their expiry. Credentials go only to the rule's upstream origin and its token realm.
+ * their expiry. Credentials go only to the rule's upstream origin and its token realm (which may be another
+ * host: Docker Hub's is auth.docker.io); a token endpoint's redirect to another origin drops them (fetch's
+ * cross-origin redirect rule). Credentials are asked for only when the upstream challenges, so a lazy provider
+ * (a Secrets Manager secret) is never read for an anonymous upstream.
  */
 import type { Challenge } from './challenge.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
 
-/** Static upstream credentials of a rule. */
+/** Upstream credentials of a rule. */
 export interface Credentials {
   username: string;
   password: string;
 }
+
+/** Gives a rule's credentials when needed (e.g. read from Secrets Manager and cached); `undefined`: anonymous. */
+export type CredentialsProvider = () => Promise<Credentials | undefined>;
 
 /** Seconds a token lives when the token endpoint gives no `expires_in` (Docker token spec default: 60). */
 const DEFAULT_TOKEN_SECONDS = 60;
@@ -30,7 +36,7 @@ export interface TokenAuth {
  * `fetchImpl` is injectable for tests; defaults to global fetch. Timeouts are in milliseconds.
  */
 export function createTokenAuth(opts: {
-  credentials?: Credentials;
+  credentials?: Credentials | CredentialsProvider;
   timeoutMs: number;
   now?: () => number;
   fetchImpl?: typeof fetch;
@@ -40,7 +46,10 @@ export function createTokenAuth(opts: {
   const tokens = new Map<string, { header: string; expiresAt: number }>();
   const inflight = new Map<string, Promise<string>>();
   let lastChallenge: Challenge | undefined;
-  const basic = opts.credentials && `Basic ${Buffer.from(`${opts.credentials.username}:${opts.credentials.password}`).toString('base64')}`;
+  const basicHeader = async () => {
+    const c = typeof opts.credentials === 'function' ? await opts.credentials() : opts.credentials;
+    return c && `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
+  };
 
   const keyOf = (ch: Challenge, scope: string) => `${ch.params.realm}\n${ch.params.service ?? ''}\n${scope}`;
 
@@ -50,6 +59,7 @@ export function createTokenAuth(opts: {
     const url = new URL(realm);
     if (ch.params.service) url.searchParams.set('service', ch.params.service);
     if (scope) url.searchParams.set('scope', scope);
+    const basic = await basicHeader();
     let res: Response;
     try {
       res = await doFetch(url, {
@@ -93,7 +103,7 @@ export function createTokenAuth(opts: {
   return {
     async headerFor(scope) {
       if (lastChallenge?.scheme === 'bearer') return bearer(lastChallenge, scope);
-      if (lastChallenge?.scheme === 'basic') return basic;
+      if (lastChallenge?.scheme === 'basic') return basicHeader();
       return undefined;
     },
     async answer(ch, scope) {
@@ -102,7 +112,8 @@ export function createTokenAuth(opts: {
         tokens.delete(keyOf(ch, scope)); // a 401 with a cached token means the token is no good any more
         return bearer(ch, scope);
       }
-      if (ch.scheme === 'basic' && basic) {
+      const basic = ch.scheme === 'basic' ? await basicHeader() : undefined;
+      if (basic) {
         lastChallenge = ch;
         return basic;
       }

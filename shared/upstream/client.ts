@@ -9,7 +9,7 @@ import type { ReadableStream as WebReadableStream } from 'node:stream/web';
 import type { PullThroughCacheRule } from '../config.js';
 import type { Digest } from '../oci/digest.js';
 import { MANIFEST_ACCEPT } from '../oci/media-types.js';
-import { createTokenAuth, type TokenAuth } from './auth.js';
+import { createTokenAuth, type CredentialsProvider, type TokenAuth } from './auth.js';
 import { parseChallenge } from './challenge.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
 
@@ -58,15 +58,25 @@ const MAX_REDIRECTS = 10;
 /** Milliseconds a blob body may stall before the transfer is abandoned. */
 const BLOB_IDLE_MS = 60_000;
 
-/** Builds the client for a rule. `fetchImpl` is injectable for tests (defaults to global fetch). */
-export function createUpstreamClient(rule: PullThroughCacheRule, opts: { fetchImpl?: typeof fetch; auth?: TokenAuth } = {}): UpstreamClient {
+/**
+ * Builds the client for a rule. `fetchImpl` is injectable for tests (defaults to global fetch). `credentials`
+ * replaces the rule's static `username`/`accessToken` (shared/upstream/credentials.ts builds it; a rule with
+ * `credentialsSecret` needs one).
+ */
+export function createUpstreamClient(
+  rule: PullThroughCacheRule,
+  opts: { fetchImpl?: typeof fetch; auth?: TokenAuth; credentials?: CredentialsProvider } = {},
+): UpstreamClient {
   const doFetch = opts.fetchImpl ?? fetch;
   const base = new URL(rule.upstream);
   const timeoutMs = rule.upstreamTimeoutSeconds * 1000;
+  if (rule.credentialsSecret !== undefined && !opts.credentials && !opts.auth) {
+    throw new Error(`rule ${rule.prefix}: credentialsSecret needs a credentials provider`);
+  }
   const auth =
     opts.auth ??
     createTokenAuth({
-      credentials: rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined,
+      credentials: opts.credentials ?? (rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined),
       timeoutMs,
       fetchImpl: doFetch,
     });

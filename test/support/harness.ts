@@ -1,11 +1,13 @@
 /**
  * Builds the registry app on the embedded stores (SQLite in `<dir>/index.db`, blobs under the same temp
  * directory, as the local server lays out its data dir) with a controllable clock, for unit tests of the
- * cache logic. `dbPath` lets a test read every row (e.g. to prove a store unchanged).
+ * cache logic. `dbPath` lets a test read every row (e.g. to prove a store unchanged). `extra.auth` turns client
+ * auth on (the `auth` config section; the token key file lives in the temp dir, tokens follow the clock).
  */
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { buildClientAuth } from '../../shared/auth/setup.js';
 import { parseConfig, type PullThroughCacheRule } from '../../shared/config.js';
 import { createRegistry } from '../../shared/registry/app.js';
 import { createRefresher } from '../../shared/registry/refresh.js';
@@ -30,6 +32,8 @@ export async function createHarness(
     blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number };
     defaultRule?: string;
     refresh?: { batchSize?: number; maxRunSeconds?: number; rateLimitRetries?: number; maxRetryAfterSeconds?: number };
+    /** The `auth` config section (e.g. `{ mode: 'token', users: [...] }`). */
+    auth?: unknown;
   } = {},
 ) {
   const config = parseConfig({ rules, ...extra });
@@ -56,12 +60,25 @@ export async function createHarness(
       changes.push(change);
     },
   };
-  const { app, manifests } = createRegistry(deps);
+  const auth = await buildClientAuth({
+    env: { dataDir: dir, requireAuth: false, inLambda: false },
+    config,
+    names: { prefixes: config.rules.map((r) => r.prefix), mirrorName: deps.mirrorName, resolve: deps.resolve },
+    log: silentLog,
+    now: () => clock.now,
+  });
+  const { app, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
 
-  async function request(method: string, pathWithQuery: string, headers: Record<string, string> = {}): Promise<RegistryResponse> {
+  async function request(
+    method: string,
+    pathWithQuery: string,
+    headers: Record<string, string> = {},
+    opts: { body?: string; sourceIp?: string } = {},
+  ): Promise<RegistryResponse> {
     const [path, query = ''] = pathWithQuery.split('?');
-    return app({ method, path, query: new URLSearchParams(query), headers });
+    const body = opts.body === undefined ? undefined : Buffer.from(opts.body);
+    return app({ method, path, query: new URLSearchParams(query), headers, ...(body ? { body } : {}), ...(opts.sourceIp ? { sourceIp: opts.sourceIp } : {}) });
   }
 
   /** Follows a blob 307 to the signed local URL and reads the bytes from the store. */

@@ -45,7 +45,8 @@ export async function startLocalServer(config: unknown, opts: { dataDir?: string
   const deadline = Date.now() + 20_000;
   for (;;) {
     if (child.exitCode !== null) throw new Error(`pullthrough exited with ${child.exitCode}; see ${logPath}`);
-    const ok = await fetch(`${url}/v2/`).then((r) => r.status === 200, () => false);
+    // 401: the server is up with client auth on (the challenge of an anonymous /v2/).
+    const ok = await fetch(`${url}/v2/`).then((r) => r.status === 200 || r.status === 401, () => false);
     if (ok) break;
     if (Date.now() > deadline) {
       child.kill('SIGKILL');

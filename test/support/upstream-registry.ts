@@ -48,6 +48,11 @@ export interface UpstreamRegistryOptions {
    * (bcrypt lines `user:$2y$...`), e.g. {@link TEST_HTPASSWD}.
    */
   htpasswd?: string;
+  /**
+   * Enables `auth.token` (Docker token auth) with this realm, service, issuer and `rootcertbundle` (a PEM file
+   * path): see ./token-server.ts, whose `realm`, `service`, `issuer` and `certPath` fit here as they are.
+   */
+  tokenAuth?: { realm: string; service: string; issuer: string; certPath: string };
   /** Readiness timeout in ms (default 10 000). */
   startTimeoutMs?: number;
 }
@@ -113,7 +118,7 @@ function probe(url: string, timeoutMs = 1000): Promise<number> {
   });
 }
 
-function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string }): string {
+function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string; tokenAuth?: UpstreamRegistryOptions['tokenAuth'] }): string {
   // YAML written by hand: values are paths/ports we control (quoted).
   const lines = [
     'version: 0.1',
@@ -141,6 +146,10 @@ function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string 
   ];
   if (o.htpasswdPath) {
     lines.push('auth:', '  htpasswd:', '    realm: "pullthrough-test"', `    path: ${JSON.stringify(o.htpasswdPath)}`);
+  } else if (o.tokenAuth) {
+    const t = o.tokenAuth;
+    lines.push('auth:', '  token:', `    realm: ${JSON.stringify(t.realm)}`, `    service: ${JSON.stringify(t.service)}`);
+    lines.push(`    issuer: ${JSON.stringify(t.issuer)}`, `    rootcertbundle: ${JSON.stringify(t.certPath)}`);
   }
   return lines.join('\n') + '\n';
 }
@@ -180,7 +189,7 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
     }
   }
   const configPath = join(workDir, 'config.yml');
-  writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath }));
+  writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath, tokenAuth: opts.tokenAuth }));
   const logPath = join(workDir, 'registry.log');
   const logFd = openSync(logPath, 'a');
   // setpriv --pdeathsig KILL: the registry dies with the thread that spawned
@@ -211,7 +220,7 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
   });
 
   const url = `http://127.0.0.1:${port}`;
-  const ok = opts.htpasswd !== undefined ? [401, 200] : [200];
+  const ok = opts.htpasswd !== undefined || opts.tokenAuth ? [401, 200] : [200];
   const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
   let ready = false;
   while (Date.now() < deadline && !exited) {
