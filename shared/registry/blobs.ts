@@ -7,6 +7,16 @@
  * `fill.waitSeconds`. Filled in time → 307 to the stored blob. Not yet → 307 back to the same URL with a hop
  * counter (`?pt-hop=N`, the URL built by the app), so the client comes back and waits again. Past `fill.maxHops`, the rule's
  * `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream download in total.
+ *
+ * Stream while filling (embedded backend, fill in this process, `stores.blobs.streamsWhileFilling`): a blob GET
+ * does not wait for the commit. Its answer (307 to the store's location) goes out as soon as the upstream
+ * answered the blob GET with 2xx and the store started writing, and the location serves the bytes while they
+ * arrive (see fs-blob-store.ts for why that is safe: bytes verified before the client's body completes, a
+ * mismatch cuts the connection, only verified bytes are committed). An upstream 404 still answers BLOB_UNKNOWN
+ * at once, and a 401/5xx an error, since they come before any byte. Everything else is as above: one lease,
+ * one download, hops while the upstream has not answered yet, polling a fill held by another process, and
+ * HEAD (`stat`) still waits for the committed size unless the upstream HEAD gave one. The fill links the blob
+ * to the repository when it commits; the upstream's 2xx to this repository's blob GET is the confirmation.
  */
 import { randomUUID } from 'node:crypto';
 import { assertDigest, type Digest } from '../oci/digest.js';
@@ -21,9 +31,12 @@ export const HOP_PARAM = 'pt-hop';
 /** Milliseconds between checks for a fill finished by another process. */
 const POLL_MS = 200;
 
-/** What a blob GET answers: the blob's location, or "come back" (same URL, next hop). Sizes in bytes. */
+/**
+ * What a blob GET answers: the blob's location, or "come back" (same URL, next hop). Sizes in bytes; `size` is
+ * undefined only for a blob streamed while filling whose upstream sent no `Content-Length` (`filling` set).
+ */
 export type BlobAnswer =
-  | { kind: 'blob'; digest: Digest; size: number; location: BlobLocation }
+  | { kind: 'blob'; digest: Digest; size?: number; location: BlobLocation; filling?: true }
   | { kind: 'retry'; digest: Digest; hop: number }
   | { kind: 'upstream'; digest: Digest; location: string };
 
@@ -47,16 +60,25 @@ export interface BlobService {
 /** Creates the blob service. */
 export function createBlobService(deps: RegistryDeps): BlobService {
   const { stores, log } = deps;
-  const inflight = new Map<Digest, Promise<number>>();
+  /**
+   * Fills running in this process: `done` resolves with the committed size; `streaming` resolves (with the
+   * upstream's announced size, if any) once the upstream answered 2xx and the store started writing, and rejects
+   * only when the fill fails before that.
+   */
+  const inflight = new Map<Digest, { done: Promise<number>; streaming: Promise<number | undefined> }>();
   const leaseKey = (digest: Digest) => `blob:${digest}`;
+  const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
 
-  async function fillNow(resolved: ResolvedName, digest: Digest): Promise<number> {
+  /** `onWriting` is called once the store's write has begun (the bytes can be served from then on, see above). */
+  async function fillNow(resolved: ResolvedName, digest: Digest, onWriting?: (expectedSize?: number) => void): Promise<number> {
     const upstream = deps.upstreamFor(resolved.rule);
     const started = deps.now();
     const blob = await upstream.getBlob(resolved.upstreamRepository, digest);
     let size: number;
     try {
-      ({ size } = await stores.blobs.write(digest, blob.stream, blob.size));
+      const writing = stores.blobs.write(digest, blob.stream, blob.size);
+      onWriting?.(blob.size !== undefined && Number.isSafeInteger(blob.size) ? blob.size : undefined);
+      ({ size } = await writing);
     } catch (err) {
       if (err instanceof RegistryError || err instanceof UpstreamError) throw err;
       // The body broke mid-transfer (connection reset, truncation): nothing was committed.
@@ -69,14 +91,24 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   }
 
   /** Runs a fill in this process under a lease already taken by `owner`; released when it ends. */
-  function fillInBackground(resolved: ResolvedName, digest: Digest, owner: string): Promise<number> {
-    const p = fillNow(resolved, digest).finally(async () => {
+  function fillInBackground(resolved: ResolvedName, digest: Digest, owner: string) {
+    let markStreaming!: (size?: number) => void;
+    let failStreaming!: (err: unknown) => void;
+    const streaming = new Promise<number | undefined>((resolve, reject) => {
+      markStreaming = resolve;
+      failStreaming = reject;
+    });
+    const done = fillNow(resolved, digest, markStreaming).finally(async () => {
       inflight.delete(digest);
       await stores.leases.releaseLease(leaseKey(digest), owner).catch(() => undefined);
     });
-    inflight.set(digest, p);
-    p.catch(() => undefined); // a background fill nobody awaits must not become an unhandled rejection
-    return p;
+    done.catch(failStreaming); // no-op once streaming resolved
+    const running = { done, streaming };
+    inflight.set(digest, running);
+    // A background fill nobody awaits must not become an unhandled rejection.
+    done.catch(() => undefined);
+    streaming.catch(() => undefined);
+    return running;
   }
 
   /** Makes sure `name` may be served a stored blob: linked, or confirmed by an upstream HEAD and then linked. */
@@ -88,12 +120,19 @@ export function createBlobService(deps: RegistryDeps): BlobService {
 
   /**
    * Waits until the blob is stored or `deadline` (wall-clock ms) passes, starting a fill when nobody holds the lease.
-   * Returns the size, or undefined at the deadline. A fill started by this request that fails rejects.
+   * Returns the size, or undefined at the deadline. A fill running in this process that fails rejects.
+   * `untilStreaming`: a fill running in this process is waited for only until it started writing (then
+   * `{ streaming: true, size: the announced size }`); a fill held by another process is still polled to its commit.
    */
-  async function awaitFill(resolved: ResolvedName, digest: Digest, deadline: number): Promise<number | undefined> {
+  async function awaitFill(
+    resolved: ResolvedName,
+    digest: Digest,
+    deadline: number,
+    untilStreaming = false,
+  ): Promise<{ size: number; streaming?: undefined } | { size?: number; streaming: true } | undefined> {
     for (let i = 0; ; i++) {
       const stored = await stores.blobs.stat(digest);
-      if (stored) return stored.size;
+      if (stored) return { size: stored.size };
       let running = inflight.get(digest);
       if (!running) {
         const owner = randomUUID();
@@ -109,13 +148,19 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       if (remaining <= 0) return undefined;
       if (running) {
         let timer: ReturnType<typeof setTimeout> | undefined;
-        const timeout = new Promise<undefined>((r) => {
-          timer = setTimeout(() => r(undefined), remaining);
+        const timeout = new Promise<'timeout'>((r) => {
+          timer = setTimeout(() => r('timeout'), remaining);
         });
         try {
-          const size = await Promise.race([running, timeout]);
-          if (size !== undefined) return size;
-          return (await stores.blobs.stat(digest))?.size;
+          if (untilStreaming) {
+            const size = await Promise.race([running.streaming, timeout]);
+            if (size !== 'timeout') return { size, streaming: true };
+          } else {
+            const size = await Promise.race([running.done, timeout]);
+            if (size !== 'timeout') return { size };
+          }
+          const stored = await stores.blobs.stat(digest);
+          return stored ? { size: stored.size } : undefined;
         } finally {
           clearTimeout(timer);
         }
@@ -147,9 +192,9 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
         if (head.size !== undefined && Number.isSafeInteger(head.size)) return { digest, size: head.size };
         const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000);
-        if (filled === undefined) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
+        if (filled === undefined || filled.streaming) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
         await ensureLinked(resolved, digest);
-        return { digest, size: filled };
+        return { digest, size: filled.size };
       } catch (err) {
         throw toRegistryError(err, 'BLOB_UNKNOWN');
       }
@@ -159,10 +204,14 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       try {
         const { resolved, digest, size } = await prepare(name, rawDigest);
         if (size !== undefined) return { kind: 'blob', digest, size, location: await stores.blobs.locate(digest) };
-        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000);
+        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere());
+        if (filled?.streaming) {
+          // Served while the fill runs; the fill links the blob when it commits (the upstream's 2xx confirmed it).
+          return { kind: 'blob', digest, size: filled.size, location: await stores.blobs.locate(digest), filling: true };
+        }
         if (filled !== undefined) {
           await ensureLinked(resolved, digest);
-          return { kind: 'blob', digest, size: filled, location: await stores.blobs.locate(digest) };
+          return { kind: 'blob', digest, size: filled.size, location: await stores.blobs.locate(digest) };
         }
         if (hop < deps.fill.maxHops) {
           return { kind: 'retry', digest, hop: hop + 1 };
