@@ -142,7 +142,10 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
       await stores.tags.putTag(tagRecord(resolved, tag, fresh, now, { at: now, result }));
       if (result === 'moved') await announceMove(resolved, tag, current, fresh.digest);
       return { result, record: fresh, oldDigest: current, newDigest: fresh.digest };
-    } catch (err) {
+    } catch (caught) {
+      // A moved manifest the upstream serves wrong (digest mismatch, not a manifest) is an upstream fault too:
+      // recorded, and the cached manifest keeps being served.
+      const err = caught instanceof RegistryError ? new UpstreamError('unavailable', caught.message) : caught;
       if (!(err instanceof UpstreamError)) throw err;
       if (err.failure === 'not-found') {
         if (resolved.rule.onUpstreamDelete === 'stop') {

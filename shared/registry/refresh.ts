@@ -8,7 +8,7 @@
  * stops half-way leaves exactly the unchecked tags due, and the next run (or the next batch) picks them up.
  */
 import pLimit, { type LimitFunction } from 'p-limit';
-import pRetry, { AbortError } from 'p-retry';
+import pRetry from 'p-retry';
 import type { RegistryConfig } from '../config.js';
 import type { TagRecord } from '../store/ports.js';
 import type { RegistryDeps } from './deps.js';
@@ -58,35 +58,57 @@ export function createRefresher(deps: RegistryDeps, manifests: ManifestService, 
     return l;
   };
 
-  /** One tag's re-check under its rule's concurrency cap, retrying 429s after their Retry-After. */
+  /**
+   * One tag's re-check under its rule's concurrency cap, retrying 429s after their Retry-After. Never throws:
+   * anything that is not a rate limit is recorded on the tag as an error (and the tag moves out of the due
+   * range), so one bad tag cannot fail or stall every run.
+   */
   async function checkOne(entry: TagRecord, deadline: number): Promise<TagCheck | undefined> {
-    const resolved = deps.resolve(entry.name);
-    return limitFor(resolved.rule.prefix, resolved.rule.refreshConcurrency)(async () => {
+    let resolved;
+    try {
+      resolved = deps.resolve(entry.name);
+    } catch {
+      // The tag's rule is gone from the config: it can no longer be re-checked; stop scheduling it.
+      const now = deps.now();
+      await deps.stores.tags.recordCheck(entry.name, entry.tag, { checkedAt: now, lastCheck: { at: now, result: 'error', error: 'no rule serves this name any more' } });
+      return { result: 'error', oldDigest: entry.digest };
+    }
+    const rule = resolved.rule;
+    return limitFor(rule.prefix, rule.refreshConcurrency)(async () => {
       if (Date.now() >= deadline) return undefined;
-      return pRetry(
-        async () => {
-          const check = await manifests.checkTag(entry);
-          if (check.result === 'error' && check.error?.failure === 'rate-limited') throw check.error;
-          return check;
-        },
-        {
-          retries: settings.rateLimitRetries,
-          minTimeout: 0,
-          maxTimeout: 0,
-          randomize: false,
-          onFailedAttempt: async ({ error, retriesLeft }) => {
-            if (retriesLeft <= 0) return;
-            const wait = Math.min(retryAfterMs((error as { retryAfter?: string }).retryAfter) ?? 1000, settings.maxRetryAfterSeconds * 1000);
-            if (Date.now() + wait >= deadline) throw new AbortError(error as Error);
-            deps.log.info('upstream rate limit: waiting Retry-After', { rule: resolved.rule.prefix, ms: wait });
-            await new Promise((r) => setTimeout(r, wait));
+      try {
+        return await pRetry(
+          async () => {
+            const check = await manifests.checkTag(entry);
+            if (check.result === 'error' && check.error?.failure === 'rate-limited') throw check.error;
+            return check;
           },
-        },
-      ).catch((err: unknown) => {
-        // Retries exhausted (or no time left): the last check already recorded the 429 on the tag.
+          {
+            retries: settings.rateLimitRetries,
+            minTimeout: 0,
+            maxTimeout: 0,
+            randomize: false,
+            shouldRetry: ({ error }) => (error as { failure?: string }).failure === 'rate-limited',
+            onFailedAttempt: async ({ error, retriesLeft }) => {
+              if (retriesLeft <= 0 || (error as { failure?: string }).failure !== 'rate-limited') return;
+              const wait = Math.min(retryAfterMs((error as { retryAfter?: string }).retryAfter) ?? 1000, settings.maxRetryAfterSeconds * 1000);
+              if (Date.now() + wait >= deadline) throw error; // no time left to wait: give up on this tag
+              deps.log.info('upstream rate limit: waiting Retry-After', { rule: rule.prefix, ms: wait });
+              await new Promise((r) => setTimeout(r, wait));
+            },
+          },
+        );
+      } catch (err) {
+        // Rate limit outlasting the retries or the run: the last check already recorded the 429 on the tag.
         if ((err as { failure?: string }).failure === 'rate-limited') return { result: 'error', oldDigest: entry.digest } satisfies TagCheck;
-        throw err;
-      });
+        deps.log.error('refresh of a tag failed', { name: entry.name, tag: entry.tag, reason: (err as Error).message });
+        const now = deps.now();
+        const dueAt = now + Math.max(rule.ttlSeconds, 3600) * 1000;
+        await deps.stores.tags
+          .recordCheck(entry.name, entry.tag, { checkedAt: now, dueAt, lastCheck: { at: now, result: 'error', error: (err as Error).message.slice(0, 200) } })
+          .catch(() => undefined);
+        return { result: 'error', oldDigest: entry.digest } satisfies TagCheck;
+      }
     });
   }
 
@@ -107,20 +129,25 @@ export function createRefresher(deps: RegistryDeps, manifests: ManifestService, 
 
   const emptyReport = (): RefreshReport => ({ checked: 0, unchanged: 0, moved: 0, gone: 0, errors: 0, stoppedEarly: false, ms: 0 });
 
-  return {
+  const refresher: Refresher = {
     async refreshDue(opts = {}) {
       const started = Date.now();
       const deadline = opts.deadline ?? started + settings.maxRunSeconds * 1000;
       const maxTags = opts.maxTags ?? Number.POSITIVE_INFINITY;
       const report = emptyReport();
-      // Each batch moves every tag it checks out of the due range, so the loop ends; the bound guards a bug.
+      // Due as of the start of the run: a tag checked in this run gets dueAt ≥ cutoff (even with a TTL of 0), so
+      // it is not listed again; `seen` also covers an index that lags (DynamoDB GSI reads are eventual).
+      const cutoff = deps.now() - 1;
+      const seen = new Set<string>();
       for (let batch = 0; batch < 1_000_000; batch++) {
         if (Date.now() >= deadline || report.checked >= maxTags) {
-          report.stoppedEarly = (await deps.stores.tags.listDueTags(deps.now(), 1)).length > 0;
+          report.stoppedEarly = (await deps.stores.tags.listDueTags(cutoff, 1)).length > 0;
           break;
         }
-        const due = await deps.stores.tags.listDueTags(deps.now(), Math.min(settings.batchSize, maxTags - report.checked));
-        if (due.length === 0) break;
+        const listed = await deps.stores.tags.listDueTags(cutoff, Math.min(settings.batchSize, maxTags - report.checked));
+        const due = listed.filter((e) => !seen.has(`${e.name}\n${e.tag}`));
+        if (due.length === 0) break; // nothing due, or only tags this run checked and the index still lists
+        for (const e of due) seen.add(`${e.name}\n${e.tag}`);
         const before = report.checked;
         await run(due, report, deadline);
         if (report.checked === before) break; // nothing could run (deadline): stop instead of spinning
@@ -134,7 +161,7 @@ export function createRefresher(deps: RegistryDeps, manifests: ManifestService, 
       const started = Date.now();
       const deadline = opts.deadline ?? started + settings.maxRunSeconds * 1000;
       const report = emptyReport();
-      if (!target.name) return this.refreshDue({ deadline });
+      if (!target.name) return refresher.refreshDue({ deadline });
       const entries: TagRecord[] = [];
       const addRepository = async (name: string) => {
         let last: string | undefined;
@@ -177,4 +204,5 @@ export function createRefresher(deps: RegistryDeps, manifests: ManifestService, 
       return report;
     },
   };
+  return refresher;
 }

@@ -126,6 +126,48 @@ describe('scheduled refresh', () => {
   });
 });
 
+describe('a refresh run that meets bad tags', () => {
+  it('checks a tag with a TTL of 0 once per run, not in a loop', async () => {
+    await setup({ ttlSeconds: 0 });
+    seedImage(up, 'app', 'latest', [Buffer.from('x')]);
+    await pullAll('app', ['latest']);
+    h.clock.now += 1000;
+    up.reset();
+    const report = await h.refresher.refreshDue({ deadline: Date.now() + 2000 });
+    expect(report.checked).toBe(1);
+    expect(up.count({ method: 'HEAD' })).toBe(1);
+  });
+
+  it('records a moved manifest served with wrong bytes as an error, keeps serving the cached one, and finishes the run', async () => {
+    await setup();
+    const good = seedImage(up, 'app', 'a', [Buffer.from('a')]);
+    seedImage(up, 'app', 'b', [Buffer.from('b')]);
+    await pullAll('app', ['a', 'b']);
+    seedImage(up, 'app', 'a', [Buffer.from('a2')]);
+    h.clock.now += HOUR + 1;
+    up.faults.wrongBytes = true;
+    const report = await h.refresher.refreshDue();
+    expect(report).toMatchObject({ checked: 2, errors: 1, unchanged: 1 });
+    expect((await h.index.getTag('p/app', 'a'))?.lastCheck).toMatchObject({ result: 'error', error: expect.stringContaining('digest') });
+    expect((await h.refresher.refreshDue()).checked).toBe(0); // moved out of the due range
+    up.faults.wrongBytes = false;
+    expect((await h.request('GET', '/v2/p/app/manifests/a')).headers['Docker-Content-Digest']).toBe(good.digest);
+  });
+
+  it('gives up on a 429 whose Retry-After outlasts the run, without failing the run', async () => {
+    await setup();
+    seedImage(up, 'app', 'a', [Buffer.from('a')]);
+    await pullAll('app', ['a']);
+    h.clock.now += HOUR + 1;
+    up.faults.status = { kind: 'manifest', method: 'HEAD', code: 429, retryAfter: '30' };
+    const started = Date.now();
+    const report = await h.refresher.refreshDue({ deadline: Date.now() + 2000 });
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(report).toMatchObject({ checked: 1, errors: 1 });
+    expect((await h.index.getTag('p/app', 'a'))?.lastCheck?.error).toContain('429');
+  });
+});
+
 describe('per-rule freshness policy', () => {
   it('pinned tags are never re-checked once cached, on pull or by the schedule', async () => {
     await setup({ pinnedTags: '^v\\d+\\.\\d+\\.\\d+$' });
