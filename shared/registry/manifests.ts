@@ -99,6 +99,10 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
   /** Fetches a tag and points the index at what came back. */
   async function fillTag(resolved: ResolvedName, tag: string, lastCheck?: Omit<LastCheck, 'at'>): Promise<ManifestRecord> {
     return flights.run(`${resolved.name}:${tag}`, async () => {
+      // A request that missed the index just before another request's fill committed must not fetch again.
+      const entry = lastCheck ? undefined : await stores.tags.getTag(resolved.name, tag);
+      const committed = entry && isFresh(resolved.rule, tag, entry.checkedAt, deps.now()) && (await stores.manifests.getManifest(resolved.name, entry.digest));
+      if (committed) return committed;
       const record = await fetchAndStore(resolved, tag);
       const now = deps.now();
       await stores.tags.putTag(tagRecord(resolved, tag, record, now, lastCheck && { ...lastCheck, at: now }));

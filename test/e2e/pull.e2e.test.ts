@@ -194,6 +194,8 @@ describe('streaming a blob to the client while the cache fills it (real server, 
     expect(got.committedAtFirst).toBe(false);
     expect(got.endAt - got.firstAt!).toBeGreaterThan(300);
     expect(sha256(got.bytes)).toBe(digest);
+    // The response ends once the bytes are verified, just before the store's fsync + rename: wait (bounded).
+    for (let i = 0; i < 50 && !existsSync(blobFile(digest)); i++) await new Promise((r) => setTimeout(r, 50));
     expect(existsSync(blobFile(digest))).toBe(true);
     expect(fake.count({ method: 'GET', kind: 'blob' })).toBe(1);
   });

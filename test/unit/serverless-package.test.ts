@@ -4,14 +4,18 @@
  *   (@aws-cdk/aws-service-spec: types, property names at every depth, required properties, Ref/GetAtt/Sub
  *   targets and attribute names, conditions), then what matters asserted: routes, schedule, the table (as the
  *   DynamoDB adapter defines it), bucket and bucket policy, one least-privilege role per function, runtime and
- *   architecture, log retention; packaged a second time with every optional parameter set (custom domain,
- *   EventBridge bus) for what those add;
+ *   architecture, log retention, client auth (the /token routes, PULLTHROUGH_REQUIRE_AUTH, the token key and
+ *   upstream credential secrets each role may read); packaged a second time with every optional parameter set
+ *   (custom domain, EventBridge bus, anonymous clients allowed, a token key in SSM with its KMS key, another
+ *   upstream secrets prefix) and a third time as a production deploy would be (a token key in Secrets Manager);
  * - the zips (one per function): an ESM bundle with the AWS SDK inside, its source map and
  *   pullthrough.config.yml, no node_modules and no better-sqlite3;
  * - the bundles, unzipped each into a task root with no node_modules above it and run in a plain Node process,
- *   the way the Lambda runtime loads them: registry answers `GET /v2/` with 200 and reads the packaged config,
+ *   the way the Lambda runtime loads them: with the default params all three refuse the shipped config (auth mode
+ *   none); with anonymous clients allowed, registry answers `GET /v2/` with 200 and reads the packaged config,
  *   refresh runs a scheduled pass against a loopback DynamoDB stand-in (only indexes the table has, only
- *   operations its role allows), fill loads.
+ *   operations its role allows), fill loads; in token mode with the key in a loopback Secrets Manager stand-in,
+ *   registry issues tokens on GET and POST /token and accepts them, fill and refresh start without reading it.
  *
  * Offline: dummy AWS credentials, every AWS endpoint on loopback, no npm install (nothing is external). Each
  * packaging runs in a scratch copy of the service (top-level files copied, folders symlinked), so it writes
@@ -19,6 +23,7 @@
  */
 import { loadAwsServiceSpec } from '@aws-cdk/aws-service-spec';
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isBuiltin } from 'node:module';
@@ -30,6 +35,8 @@ import { inflateRawSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHttpApiEvent } from '../../shared/http/lambda-event.js';
 import { loadConfig } from '../../shared/config.js';
+import { generateSigningJwk } from '../../shared/auth/keys.js';
+import { hashPassword } from '../../shared/auth/passwords.js';
 import { TABLE_KEY_SCHEMA, TTL_ATTRIBUTE } from '../../shared/store/dynamodb-index.js';
 import { scratchDir } from '../support/scratch.js';
 
@@ -40,11 +47,20 @@ const NOT_COPIED = new Set(['.git', '.serverless', '.esbuild', '.data', 'coverag
 const DUMMY_AWS = { AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'x', AWS_REGION: 'us-east-1' };
 const FUNCTIONS = ['registry', 'fill', 'refresh'] as const;
 type FunctionName = (typeof FUNCTIONS)[number];
-/** The optional parameters, all set: a custom domain and an EventBridge bus for `Tag Moved` events. */
+/**
+ * The optional parameters, all set: a custom domain, an EventBridge bus for `Tag Moved` events, anonymous clients
+ * allowed, a token key in SSM encrypted with a customer managed KMS key, another upstream secrets prefix.
+ */
+const TOKEN_KEY_KMS_KEY = 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 const OPTIONS = [
   ...['--param', 'domainName=registry.example.com', '--param', 'certificateArn=arn:aws:acm:us-east-1:123456789012:certificate/abc'],
   ...['--param', 'eventBus=platform-events'],
+  ...['--param', 'allowAnonymousClients=true'],
+  ...['--param', 'tokenKey=ssm:/pullthrough/token-key', '--param', `tokenKeyKmsKeyArn=${TOKEN_KEY_KMS_KEY}`],
+  ...['--param', 'upstreamSecretsPrefix=registry/upstreams/'],
 ];
+/** A production deploy: client auth required (the default), the token key in Secrets Manager (by name). */
+const SECURED = ['--param', 'tokenKey=secretsmanager:pullthrough-token-key'];
 
 interface CfnResource {
   Type: string;
@@ -274,7 +290,45 @@ function specProblems(db: SpecDatabase, template: CfnTemplate): string[] {
   return problems;
 }
 
-/** Evaluates a condition made of literals (what osls params turn into): Equals, Not, And, Or, Condition. */
+/**
+ * Evaluates what CloudFormation computes from literals (osls params become literals): Fn::Select, Fn::Split,
+ * Fn::Join, Fn::If (by its condition) and Fn::Sub with a variable map (its variables substituted, pseudo
+ * parameters and resource attributes left as they are: `{ 'Fn::Sub': text }`). Anything else is returned as is.
+ */
+function evalValue(template: CfnTemplate, value: unknown): unknown {
+  if (Array.isArray(value)) return value.map((v) => evalValue(template, v));
+  if (!isIntrinsic(value)) return value;
+  const [[fn, args]] = Object.entries(value as Record<string, any>);
+  const str = (v: unknown): string => {
+    const r = evalValue(template, v);
+    if (typeof r !== 'string') throw new Error(`not a literal string: ${JSON.stringify(r)}`);
+    return r;
+  };
+  switch (fn) {
+    case 'Fn::Select': {
+      const list = evalValue(template, args[1]) as unknown[];
+      const i = Number(args[0]);
+      // CloudFormation fails the stack on an index out of range: so does this.
+      if (!Array.isArray(list) || !(i >= 0 && i < list.length)) throw new Error(`Fn::Select ${i} out of range of ${JSON.stringify(list)}`);
+      return list[i];
+    }
+    case 'Fn::Split':
+      return str(args[1]).split(args[0]);
+    case 'Fn::Join':
+      return (evalValue(template, args[1]) as unknown[]).map(str).join(args[0]);
+    case 'Fn::If':
+      return evalValue(template, evalCondition(template, { Condition: args[0] }) ? args[1] : args[2]);
+    case 'Fn::Sub': {
+      if (!Array.isArray(args)) return value;
+      const vars = Object.fromEntries(Object.entries(args[1] as Record<string, unknown>).map(([k, v]) => [k, str(v)]));
+      return { 'Fn::Sub': String(args[0]).replace(/\$\{([^!}][^}]*)\}/g, (m, name: string) => (name in vars ? vars[name] : m)) };
+    }
+    default:
+      return value;
+  }
+}
+
+/** Evaluates a condition made of literals (what osls params turn into): Equals (of literals, Fn::Select, Fn::Split), Not, And, Or, Condition. */
 function evalCondition(template: CfnTemplate, expr: unknown): boolean {
   if (!isObject(expr)) throw new Error(`not a condition: ${JSON.stringify(expr)}`);
   const [[fn, args]] = Object.entries(expr) as [[string, any]];
@@ -287,9 +341,11 @@ function evalCondition(template: CfnTemplate, expr: unknown): boolean {
       return args.every((a: unknown) => evalCondition(template, a));
     case 'Fn::Or':
       return args.some((a: unknown) => evalCondition(template, a));
-    case 'Fn::Equals':
-      if (args.some((a: unknown) => typeof a !== 'string')) throw new Error(`not a literal comparison: ${JSON.stringify(args)}`);
-      return args[0] === args[1];
+    case 'Fn::Equals': {
+      const [a, b] = args.map((v: unknown) => evalValue(template, v));
+      if (typeof a !== 'string' || typeof b !== 'string') throw new Error(`not a literal comparison: ${JSON.stringify(args)}`);
+      return a === b;
+    }
     default:
       throw new Error(`condition function ${fn} not supported here`);
   }
@@ -367,6 +423,7 @@ let work: string;
 let db: SpecDatabase;
 let plain: Packaged;
 let withOptions: Packaged;
+let secured: Packaged;
 let template: CfnTemplate;
 
 const resources = (type: string, t: CfnTemplate = template) => Object.entries(t.Resources).filter(([, r]) => r.Type === type);
@@ -376,9 +433,10 @@ const getAtt = (id: string, attr = 'Arn') => ({ 'Fn::GetAtt': [id, attr] });
 beforeAll(async () => {
   work = scratchDir('sls-package-');
   const started = performance.now();
-  [plain, withOptions, db] = await Promise.all([
+  [plain, withOptions, secured, db] = await Promise.all([
     oslsPackage(join(work, 'plain')),
     oslsPackage(join(work, 'options'), OPTIONS),
+    oslsPackage(join(work, 'secured'), SECURED),
     loadAwsServiceSpec(),
   ]);
   template = plain.template;
@@ -388,8 +446,8 @@ beforeAll(async () => {
     return `${fn}.zip ${kb(bytes)} (functions/${fn}.mjs ${kb(size('.mjs'))}, .map ${kb(size('.mjs.map'))})`;
   });
   console.log(
-    `osls package ×2 in parallel: ${((performance.now() - started) / 1000).toFixed(1)} s ` +
-      `(${plain.seconds.toFixed(1)} s, ${withOptions.seconds.toFixed(1)} s with every option); ${sizes.join('; ')}`,
+    `osls package ×3 in parallel: ${((performance.now() - started) / 1000).toFixed(1)} s ` +
+      `(${plain.seconds.toFixed(1)} s, ${withOptions.seconds.toFixed(1)} s with every option, ${secured.seconds.toFixed(1)} s secured); ${sizes.join('; ')}`,
   );
 }, 240_000);
 
@@ -401,6 +459,7 @@ describe('the CloudFormation template against the CloudFormation resource specif
   it('has only known resource types, known and required properties, and references that resolve', () => {
     expect(specProblems(db, plain.template)).toEqual([]);
     expect(specProblems(db, withOptions.template)).toEqual([]);
+    expect(specProblems(db, secured.template)).toEqual([]);
   });
 
   it('(the validator reports misspelt, missing, misshapen, dangling and conditional-only references: an empty list means something)', () => {
@@ -440,14 +499,14 @@ describe('the CloudFormation template against the CloudFormation resource specif
 });
 
 describe('serverless.yml packaged with osls + serverless-esbuild', () => {
-  it('routes ANY /v2/{proxy+}, ANY /v2/ and GET /v2 of one HTTP API to the registry function (payload 2.0)', () => {
+  it('routes ANY /v2/{proxy+}, ANY /v2/, GET /v2 and GET + POST /token of one HTTP API to the registry function (payload 2.0)', () => {
     expect(resources('AWS::ApiGatewayV2::Api')).toHaveLength(1);
     const integrations = resources('AWS::ApiGatewayV2::Integration');
     expect(integrations).toHaveLength(1);
     const [[integrationId, integration]] = integrations;
     expect(integration.Properties).toMatchObject({ IntegrationType: 'AWS_PROXY', PayloadFormatVersion: '2.0', IntegrationUri: getAtt('RegistryLambdaFunction') });
     const routes = resources('AWS::ApiGatewayV2::Route').map(([, r]) => r.Properties);
-    expect(routes.map((r) => r.RouteKey).sort()).toEqual(['ANY /v2/', 'ANY /v2/{proxy+}', 'GET /v2']);
+    expect(routes.map((r) => r.RouteKey).sort()).toEqual(['ANY /v2/', 'ANY /v2/{proxy+}', 'GET /token', 'GET /v2', 'POST /token']);
     for (const r of routes) expect(r.Target).toEqual({ 'Fn::Join': ['/', ['integrations', { Ref: integrationId }]] });
     const invokers = resources('AWS::Lambda::Permission').map(([, p]) => p.Properties).filter((p) => p.Principal === 'apigateway.amazonaws.com');
     expect(invokers.map((p) => p.FunctionName)).toEqual([getAtt('RegistryLambdaFunction')]);
@@ -479,6 +538,9 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         PULLTHROUGH_CONFIG: 'pullthrough.config.yml',
         PULLTHROUGH_LOG_LEVEL: 'INFO',
         PULLTHROUGH_URL_TTL_SECONDS: '900',
+        // Client auth required (allowAnonymousClients defaults to false), no token key.
+        PULLTHROUGH_REQUIRE_AUTH: 'true',
+        PULLTHROUGH_TOKEN_KEY: '',
         NODE_OPTIONS: '--enable-source-maps',
         // Only the registry starts fills; the fill function itself fills in process.
         ...(fn === 'registry' ? { PULLTHROUGH_FILL_FUNCTION: { Ref: 'FillLambdaFunction' } } : {}),
@@ -489,6 +551,20 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
     // The fill is invoked asynchronously and not retried by Lambda (a failed fill releases its lease).
     const invokeConfigs = resources('AWS::Lambda::EventInvokeConfig').map(([, c]) => c.Properties);
     expect(invokeConfigs).toEqual([expect.objectContaining({ FunctionName: { Ref: 'FillLambdaFunction' }, MaximumRetryAttempts: 0 })]);
+  });
+
+  it('sets PULLTHROUGH_REQUIRE_AUTH (unless allowAnonymousClients) and PULLTHROUGH_TOKEN_KEY (tokenKey) in every function', () => {
+    const env = (t: CfnTemplate) =>
+      FUNCTIONS.map((fn) => {
+        const vars = t.Resources[fnLogicalId(fn)].Properties.Environment.Variables;
+        return [fn, vars.PULLTHROUGH_REQUIRE_AUTH, vars.PULLTHROUGH_TOKEN_KEY];
+      });
+    // The default deploy refuses auth.mode none (the shipped pullthrough.config.yml) at start-up.
+    expect(env(plain.template)).toEqual(FUNCTIONS.map((fn) => [fn, 'true', '']));
+    // allowAnonymousClients=true lifts it; the token key goes to fill and refresh too (the runtime wants it set
+    // wherever auth is on, on Lambda), though only the registry may read it (below).
+    expect(env(withOptions.template)).toEqual(FUNCTIONS.map((fn) => [fn, 'false', 'ssm:/pullthrough/token-key']));
+    expect(env(secured.template)).toEqual(FUNCTIONS.map((fn) => [fn, 'true', 'secretsmanager:pullthrough-token-key']));
   });
 
   it('keeps each function log group 14 days', () => {
@@ -568,20 +644,26 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         .filter((s: any) => s.Ref !== 'AWS::NoValue')
         .map((s: any) => ({ Effect: s.Effect, Action: [s.Action].flat(), Resource: [s.Resource].flat() }));
     };
+    /** The actions of `service` the role allows, each with its resources (CloudFormation functions of literals evaluated). */
     const allowed = (fn: FunctionName, service: string, t: CfnTemplate = template) =>
       statements(fn, t)
         .filter((s) => s.Effect === 'Allow')
-        .flatMap((s) => s.Action.filter((a) => a.startsWith(`${service}:`)).map((a) => ({ action: a, resources: s.Resource })));
+        .flatMap((s) => s.Action.filter((a) => a.startsWith(`${service}:`)).map((a) => ({ action: a, resources: s.Resource.map((r) => evalValue(t, r)) })));
     const actions = (fn: FunctionName, service: string) => [...new Set(allowed(fn, service).map((a) => a.action))].sort();
     const TABLE = [getAtt('Table')];
     const BLOBS = { 'Fn::Sub': '${Bucket.Arn}/blobs/*' };
     const MANIFESTS = { 'Fn::Sub': '${Bucket.Arn}/manifests/*' };
+    const ARN = 'arn:${AWS::Partition}';
+    const HERE = '${AWS::Region}:${AWS::AccountId}';
+    /** The upstream credential secrets every role may read. */
+    const upstreamSecrets = (prefix: string) => [{ action: 'secretsmanager:GetSecretValue', resources: [{ 'Fn::Sub': `${ARN}:secretsmanager:${HERE}:secret:${prefix}*` }] }];
+    const TEMPLATES = () => [plain.template, withOptions.template, secured.template];
 
     it('one role per function, no shared default role, only Allow statements without wildcard actions', () => {
       expect(template.Resources).not.toHaveProperty('IamRoleLambdaExecution');
       expect(resources('AWS::IAM::Role').map(([id]) => id).sort()).toEqual(['FillRole', 'RefreshRole', 'RegistryRole']);
       for (const fn of FUNCTIONS) {
-        for (const s of [...statements(fn), ...statements(fn, withOptions.template)]) {
+        for (const s of TEMPLATES().flatMap((t) => statements(fn, t))) {
           expect(s.Effect).toBe('Allow');
           for (const a of s.Action) expect(a, `${fn}: ${a}`).not.toMatch(/\*/);
           for (const r of s.Resource) expect(r, `${fn}: resource`).not.toBe('*');
@@ -609,6 +691,10 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         { action: 's3:PutObject', resources: [MANIFESTS] },
       ]);
       expect(allowed('registry', 'lambda')).toEqual([{ action: 'lambda:InvokeFunction', resources: [getAtt('FillLambdaFunction')] }]);
+      // Upstream credentials; no token key without tokenKey.
+      expect(allowed('registry', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
+      expect(allowed('registry', 'ssm')).toEqual([]);
+      expect(allowed('registry', 'kms')).toEqual([]);
     });
 
     it('fill: blob records, links and leases; writes under blobs/ only; invokes nothing', () => {
@@ -617,6 +703,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(actions('fill', 's3')).toEqual(['s3:AbortMultipartUpload', 's3:DeleteObject', 's3:PutObject']);
       for (const a of allowed('fill', 's3')) expect(a.resources).toEqual([BLOBS]);
       expect(allowed('fill', 'lambda')).toEqual([]);
+      expect(allowed('fill', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
     });
 
     it('refresh: the table and its indexes, large manifests; no blobs, invokes nothing', () => {
@@ -627,6 +714,76 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(actions('refresh', 's3')).toEqual(['s3:GetObject', 's3:PutObject']);
       for (const a of allowed('refresh', 's3')) expect(a.resources).toEqual([MANIFESTS]);
       expect(allowed('refresh', 'lambda')).toEqual([]);
+      expect(allowed('refresh', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
+    });
+
+    it('every role may read the upstream credential secrets under upstreamSecretsPrefix (empty: none), and no other service', () => {
+      const services = (fn: FunctionName, t: CfnTemplate) => [...new Set(statements(fn, t).flatMap((s) => s.Action.map((a) => a.split(':')[0])))].sort();
+      for (const fn of FUNCTIONS) {
+        expect(allowed(fn, 'secretsmanager', withOptions.template).filter((a) => fn !== 'registry' || !JSON.stringify(a).includes('token-key'))).toEqual(
+          upstreamSecrets('registry/upstreams/'),
+        );
+        expect(services(fn, plain.template)).toEqual(
+          fn === 'registry' ? ['dynamodb', 'lambda', 'logs', 's3', 'secretsmanager'] : ['dynamodb', 'logs', 's3', 'secretsmanager'],
+        );
+      }
+      expect(plain.template.Conditions?.HasUpstreamSecretsPrefix).toEqual({ 'Fn::Not': [{ 'Fn::Equals': ['pullthrough/', ''] }] });
+      const noPrefix = { ...plain.template, Conditions: { ...plain.template.Conditions, HasUpstreamSecretsPrefix: { 'Fn::Not': [{ 'Fn::Equals': ['', ''] }] } } };
+      for (const fn of FUNCTIONS) expect(allowed(fn, 'secretsmanager', noPrefix)).toEqual([]);
+    });
+
+    it('only the registry may read the token key: ssm:GetParameter on its parameter (kms:Decrypt with tokenKeyKmsKeyArn only), or secretsmanager:GetSecretValue on its secret', () => {
+      // SSM, a name with a leading slash, a customer managed KMS key given.
+      expect(allowed('registry', 'ssm', withOptions.template)).toEqual([
+        { action: 'ssm:GetParameter', resources: [{ 'Fn::Sub': `${ARN}:ssm:${HERE}:parameter/pullthrough/token-key` }] },
+      ]);
+      expect(allowed('registry', 'kms', withOptions.template)).toEqual([{ action: 'kms:Decrypt', resources: [TOKEN_KEY_KMS_KEY] }]);
+      const decrypt = withOptions.template.Resources.RegistryRole.Properties.Policies[0].PolicyDocument.Statement.map((st: any) => evalValue(withOptions.template, st))
+        .find((st: any) => st.Sid === 'TokenKeyDecrypt');
+      // Through SSM or Secrets Manager only, not a direct Decrypt of anything else the key encrypts.
+      expect(decrypt.Condition).toEqual({ StringLike: { 'kms:ViaService': ['ssm.*.amazonaws.com', 'secretsmanager.*.amazonaws.com'] } });
+      expect(allowed('registry', 'secretsmanager', withOptions.template)).toEqual(upstreamSecrets('registry/upstreams/'));
+      // Secrets Manager by name: any ARN of that secret (the 6-character suffix Secrets Manager adds).
+      expect(allowed('registry', 'secretsmanager', secured.template)).toEqual([
+        ...upstreamSecrets('pullthrough/'),
+        { action: 'secretsmanager:GetSecretValue', resources: [{ 'Fn::Sub': `${ARN}:secretsmanager:${HERE}:secret:pullthrough-token-key-??????` }] },
+      ]);
+      expect(allowed('registry', 'ssm', secured.template)).toEqual([]);
+      expect(allowed('registry', 'kms', secured.template)).toEqual([]);
+      for (const t of TEMPLATES()) {
+        for (const fn of ['fill', 'refresh'] as const) {
+          expect(allowed(fn, 'ssm', t)).toEqual([]);
+          expect(allowed(fn, 'kms', t)).toEqual([]);
+          expect(JSON.stringify(allowed(fn, 'secretsmanager', t))).not.toContain('token-key');
+        }
+      }
+
+      // The other forms of tokenKey. osls puts the param's value into the template as a literal, so the template
+      // of another value is this one with the literal replaced (checked first against the SSM package).
+      const tokenKeyed = (value: string) =>
+        JSON.parse(JSON.stringify(secured.template).replaceAll('secretsmanager:pullthrough-token-key', value)) as CfnTemplate;
+      const tokenKeyParts = (t: CfnTemplate) => [
+        Object.entries(t.Conditions ?? {}).filter(([id]) => id.startsWith('TokenKey')),
+        t.Resources.RegistryRole.Properties.Policies[0].PolicyDocument.Statement.filter((st: any) => JSON.stringify(st).includes('TokenKey')),
+      ];
+      const kmsFree = (t: CfnTemplate) => tokenKeyParts(t).map((part) => part.filter((x: any) => !JSON.stringify(x).includes('TokenKeyDecrypt')));
+      expect(kmsFree(tokenKeyed('ssm:/pullthrough/token-key'))).toEqual(kmsFree(withOptions.template));
+      const grants = (value: string) => {
+        const t = tokenKeyed(value);
+        return [...allowed('registry', 'ssm', t), ...allowed('registry', 'secretsmanager', t).filter((a) => !JSON.stringify(a).includes('secret:pullthrough/*'))];
+      };
+      expect(grants('ssm:token-key')).toEqual([{ action: 'ssm:GetParameter', resources: [{ 'Fn::Sub': `${ARN}:ssm:${HERE}:parameter/token-key` }] }]);
+      // A version selector is not part of the parameter's ARN.
+      expect(grants('ssm:/pt/key:3')).toEqual([{ action: 'ssm:GetParameter', resources: [{ 'Fn::Sub': `${ARN}:ssm:${HERE}:parameter/pt/key` }] }]);
+      expect(grants('ssm:arn:aws:ssm:eu-west-1:111122223333:parameter/pt/key')).toEqual([
+        { action: 'ssm:GetParameter', resources: ['arn:aws:ssm:eu-west-1:111122223333:parameter/pt/key'] },
+      ]);
+      expect(grants('secretsmanager:arn:aws:secretsmanager:eu-west-1:111122223333:secret:pt/key-AbCdEf')).toEqual([
+        { action: 'secretsmanager:GetSecretValue', resources: ['arn:aws:secretsmanager:eu-west-1:111122223333:secret:pt/key-AbCdEf'] },
+      ]);
+      expect(grants('')).toEqual([]);
+      // A value of another kind is refused by the functions at start-up (PULLTHROUGH_TOKEN_KEY): no grant either.
+      expect(grants('vault:pt/key')).toEqual([]);
     });
 
     it('with an eventBus, registry and refresh may put events on that bus only; without one, nobody may', () => {
@@ -679,6 +836,11 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(bundledOut(bundle), fn).toEqual(NOT_BUNDLED);
       expect(bundle).not.toContain('better-sqlite3');
       expect(bytes).toBeLessThan(5 * 1024 * 1024);
+      // The params change the template only: every variant packages the same files (the bundle tests below run
+      // these zips with each variant's environment).
+      const contents = (p: Packaged) => p.zips[fn].entries.map((e) => [e.name, createHash('sha256').update(e.read()).digest('hex')]);
+      expect(contents(withOptions)).toEqual(contents(plain));
+      expect(contents(secured)).toEqual(contents(plain));
     }
     // The packaged config is valid and carries the default rules.
     const unpacked = join(work, 'config-check.yml');
@@ -730,21 +892,29 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       return task;
     };
     const NAMES: Record<string, string> = { Table: 'pullthrough-ci-Table-TEST', Bucket: 'pullthrough-ci-bucket-test', FillLambdaFunction: 'pullthrough-ci-fill' };
-    /** The function's template environment with Refs replaced by the names CloudFormation would give. */
-    const environment = (fn: FunctionName): Record<string, string> => {
-      const vars = template.Resources[fnLogicalId(fn)].Properties.Environment.Variables as Record<string, unknown>;
+    /** The function's environment in template `t`, with Refs replaced by the names CloudFormation would give. */
+    const environment = (fn: FunctionName, t: CfnTemplate): Record<string, string> => {
+      const vars = t.Resources[fnLogicalId(fn)].Properties.Environment.Variables as Record<string, unknown>;
       return Object.fromEntries(Object.entries(vars).map(([k, v]) => [k, typeof v === 'string' ? v : NAMES[(v as { Ref: string }).Ref]]));
     };
     /**
      * Imports `fn`'s bundle in a child process with the task root as cwd, as Lambda does, and invokes its handler
-     * with `event` (null: import only). Every AWS endpoint points at a closed loopback port unless `endpoints`
-     * says otherwise, so nothing can leave the machine.
+     * with `event` (null: import only), with the function's environment of `opts.template` (default: the stack
+     * deployed with every option, anonymous clients allowed among them). Every AWS endpoint points at a closed
+     * loopback port unless `opts.endpoints` says otherwise, so nothing can leave the machine.
      */
-    const invoke = async (fn: FunctionName, task: string, event: unknown, endpoints: Record<string, string> = {}): Promise<any> => {
-      const eventFile = join(task, '..', `${fn}-event.json`);
-      const resultFile = join(task, '..', `${fn}-result.json`);
+    const invoke = async (
+      fn: FunctionName,
+      task: string,
+      event: unknown,
+      opts: { template?: CfnTemplate; endpoints?: Record<string, string> } = {},
+    ): Promise<any> => {
+      const t = opts.template ?? withOptions.template;
+      const tag = `${fn}-${Math.random().toString(36).slice(2)}`;
+      const eventFile = join(task, '..', `${tag}-event.json`);
+      const resultFile = join(task, '..', `${tag}-result.json`);
       writeFileSync(eventFile, JSON.stringify(event ?? null));
-      const timeout = template.Resources[fnLogicalId(fn)].Properties.Timeout * 1000;
+      const timeout = t.Resources[fnLogicalId(fn)].Properties.Timeout * 1000;
       const script = `
         import { readFileSync, writeFileSync } from 'node:fs';
         const { handler } = await import(process.env.PT_BUNDLE);
@@ -760,13 +930,15 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       try {
         await run(process.execPath, ['--input-type=module', '-e', script], {
           cwd: task,
-          // Only what the function would see: its template environment, the runtime's region and task root.
+          // Only what the function would see: its template environment, the runtime's function name, region and
+          // task root.
           env: {
             PATH: process.env.PATH,
-            ...environment(fn),
+            ...environment(fn, t),
             ...DUMMY_AWS,
+            AWS_LAMBDA_FUNCTION_NAME: `pullthrough-ci-${fn}`,
             AWS_ENDPOINT_URL: 'http://127.0.0.1:9',
-            ...endpoints,
+            ...opts.endpoints,
             LAMBDA_TASK_ROOT: task,
             PT_BUNDLE: pathToFileURL(join(task, `functions/${fn}.mjs`)).href,
             PT_EVENT: eventFile,
@@ -780,13 +952,21 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       }
       return JSON.parse(readFileSync(resultFile, 'utf8'));
     };
+    const body = (res: { body: string; isBase64Encoded?: boolean }) => (res.isBase64Encoded === false ? res.body : Buffer.from(res.body, 'base64').toString());
 
-    it('registry answers GET /v2/ with 200 and the API version header (no storage touched)', async () => {
+    it('with the default params, all three refuse the shipped pullthrough.config.yml (auth.mode none) at start-up', async () => {
+      const refusals = FUNCTIONS.map((fn) => expect(invoke(fn, unzip(fn, `${fn}-default-params`), null, { template: plain.template })).rejects.toThrow(
+        /client auth is required here \(PULLTHROUGH_REQUIRE_AUTH=true\) but the config has auth\.mode: none/,
+      ));
+      await Promise.all(refusals);
+    }, 30_000);
+
+    it('with allowAnonymousClients=true, registry answers GET /v2/ with 200 and the API version header (no storage touched)', async () => {
       const event = buildHttpApiEvent({ method: 'GET', path: '/v2/', headers: { 'User-Agent': 'serverless-package-test' } });
       const res = await invoke('registry', unzip('registry'), event);
       expect(res.statusCode).toBe(200);
       expect(res.headers['Docker-Distribution-API-Version']).toBe('registry/2.0');
-      expect(Buffer.from(res.body, 'base64').toString()).toBe('{}');
+      expect(body(res)).toBe('{}');
     }, 30_000);
 
     it('registry reads the pullthrough.config.yml in its task root (a broken one stops it at start-up)', async () => {
@@ -801,9 +981,10 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         time: new Date().toISOString(), region: 'us-east-1', resources: [], detail: {},
       };
       const [report, fillLoaded] = await Promise.all([
-        invoke('refresh', unzip('refresh'), scheduled, { AWS_ENDPOINT_URL_DYNAMODB: dynamoUrl }),
+        invoke('refresh', unzip('refresh'), scheduled, { endpoints: { AWS_ENDPOINT_URL_DYNAMODB: dynamoUrl } }),
         invoke('fill', unzip('fill'), null),
       ]);
+      expect(fillLoaded).toBe('loaded');
       expect(report).toMatchObject({ checked: 0, moved: 0, errors: 0, stoppedEarly: false });
       expect(dynamoCalls.length).toBeGreaterThan(0);
       const indexes = (template.Resources.Table.Properties.GlobalSecondaryIndexes ?? []).map((i: { IndexName: string }) => i.IndexName);
@@ -817,5 +998,89 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       );
       for (const call of dynamoCalls) expect(refreshActions).toContain(`dynamodb:${call.op}`);
     }, 30_000);
+
+    describe('in token mode with the signing key in Secrets Manager (the production deploy: client auth required)', () => {
+      /** A Secrets Manager stand-in holding the token key set under the name the secured deploy gives. */
+      let secrets: Server;
+      let secretsUrl: string;
+      const secretReads: string[] = [];
+      const HOST = 'registry.example.com';
+      const USER = { username: 'ci-bot', password: 'correct horse battery staple' };
+      /** The task roots of the three functions, with a token-mode pullthrough.config.yml. */
+      const tasks = {} as Record<FunctionName, string>;
+      beforeAll(async () => {
+        const keySet = JSON.stringify([await generateSigningJwk()]);
+        secrets = createServer((req, res) => {
+          const chunks: Buffer[] = [];
+          req.on('data', (c: Buffer) => chunks.push(c));
+          req.on('end', () => {
+            const op = String(req.headers['x-amz-target'] ?? '');
+            const { SecretId } = JSON.parse(Buffer.concat(chunks).toString() || '{}');
+            secretReads.push(`${op} ${SecretId}`);
+            const known = op === 'secretsmanager.GetSecretValue' && SecretId === 'pullthrough-token-key';
+            res.writeHead(known ? 200 : 400, { 'content-type': 'application/x-amz-json-1.1' });
+            res.end(
+              JSON.stringify(
+                known
+                  ? { ARN: 'arn:aws:secretsmanager:us-east-1:000000000000:secret:pullthrough-token-key-AbCdEf', Name: SecretId, SecretString: keySet, VersionId: 'v1' }
+                  : { __type: 'ResourceNotFoundException', message: 'no such secret' },
+              ),
+            );
+          });
+        });
+        await new Promise<void>((r) => secrets.listen(0, '127.0.0.1', r));
+        secretsUrl = `http://127.0.0.1:${(secrets.address() as AddressInfo).port}`;
+        // The shipped config with the example auth block of its comments filled in (a user of every rule).
+        const config = `${readFileSync(join(ROOT, 'pullthrough.config.yml'), 'utf8')}
+auth:
+  mode: token
+  users:
+    - username: ${USER.username}
+      passwordHash: ${await hashPassword(USER.password)}
+      prefixes: ['*']
+`;
+        for (const fn of FUNCTIONS) {
+          tasks[fn] = unzip(fn, `${fn}-token-mode`);
+          writeFileSync(join(tasks[fn], 'pullthrough.config.yml'), config);
+        }
+      });
+      afterAll(() => new Promise<void>((r) => (secrets ? secrets.close(() => r()) : r())));
+      const inSecured = (fn: FunctionName, event: unknown) =>
+        invoke(fn, tasks[fn], event, { template: secured.template, endpoints: { AWS_ENDPOINT_URL_SECRETS_MANAGER: secretsUrl } });
+      const request = (method: string, path: string, headers: Record<string, string> = {}, init: { rawQueryString?: string; body?: Buffer } = {}) =>
+        buildHttpApiEvent({ method, path, headers: { Host: HOST, 'X-Forwarded-Proto': 'https', ...headers }, ...init });
+      const basic = `Basic ${Buffer.from(`${USER.username}:${USER.password}`).toString('base64')}`;
+
+      it('registry challenges, issues tokens on GET and POST /token (key read from the secret), and accepts them', async () => {
+        const challenged = await inSecured('registry', request('GET', '/v2/'));
+        expect(challenged.statusCode).toBe(401);
+        expect(challenged.headers['WWW-Authenticate']).toBe(`Bearer realm="https://${HOST}/token",service="${HOST}"`);
+        expect(secretReads).toEqual([]);
+
+        const scope = `service=${HOST}&scope=repository:docker-hub/library/nginx:pull`;
+        const [got, posted] = await Promise.all([
+          inSecured('registry', request('GET', '/token', { Authorization: basic }, { rawQueryString: scope })),
+          inSecured('registry', request('POST', '/token', { 'Content-Type': 'application/x-www-form-urlencoded' }, {
+            body: Buffer.from(
+              new URLSearchParams({ grant_type: 'password', username: USER.username, password: USER.password, service: HOST, scope: 'repository:ghcr/owner/image:pull', client_id: 'test' }).toString(),
+            ),
+          })),
+        ]);
+        for (const res of [got, posted]) expect(res.statusCode, body(res)).toBe(200);
+        expect(secretReads).toEqual(['secretsmanager.GetSecretValue pullthrough-token-key', 'secretsmanager.GetSecretValue pullthrough-token-key']);
+        const token = JSON.parse(body(got)).token as string;
+        expect(JSON.parse(body(posted)).access_token).toMatch(/^ey/);
+
+        const ok = await inSecured('registry', request('GET', '/v2/', { Authorization: `Bearer ${token}` }));
+        expect(ok.statusCode).toBe(200);
+        expect(secretReads).toHaveLength(3);
+      }, 30_000);
+
+      it('fill and refresh start in token mode without reading the key (their roles may not)', async () => {
+        const before = secretReads.length;
+        await expect(Promise.all([inSecured('fill', null), inSecured('refresh', null)])).resolves.toEqual(['loaded', 'loaded']);
+        expect(secretReads).toHaveLength(before);
+      }, 30_000);
+    });
   });
 });
