@@ -22,7 +22,6 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Context } from 'aws-lambda';
 import parseRange from 'range-parser';
-import { handler } from '../functions/registry.js';
 import { buildHttpApiEvent } from '../shared/http/lambda-event.js';
 import { errorResponse } from '../shared/http/error-response.js';
 import { RegistryError } from '../shared/oci/errors.js';
@@ -30,7 +29,13 @@ import { BLOB_READ_CHUNK, LOCAL_BLOB_ROUTE, openFsBlobStore, type InProgressBlob
 import { sha256Digest, type Digest } from '../shared/oci/digest.js';
 import { getRuntime } from '../shared/runtime.js';
 
-const runtime = await getRuntime();
+const runtime = await getRuntime().catch((err: unknown) => {
+  // A bad config or environment: say what is wrong, without a stack trace, and stop.
+  process.stderr.write(`pullthrough: cannot start: ${(err as Error).message}\n`);
+  process.exit(1);
+});
+// Imported after the runtime built: the handler module builds the same (memoised) runtime at load.
+const { handler } = await import('../functions/registry.js');
 const { logger, blobStore } = runtime;
 // This server's blob route tails writes in progress: blob misses may be answered before the fill commits.
 blobStore?.enableStreamWhileFilling();
@@ -189,8 +194,8 @@ async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<voi
   res.end(req.method === 'HEAD' ? undefined : payload);
 }
 
-/** Starts the server on `port` (0 picks a free one); resolves once listening. */
-export function startServer(port: number, host = '0.0.0.0'): Promise<Server> {
+/** Starts the server on `host`:`port` (port 0 picks a free one); resolves once listening. */
+export function startServer(port: number, host = '127.0.0.1'): Promise<Server> {
   const server = createServer((req, res) => {
     onRequest(req, res).catch((err: unknown) => {
       logger.error('local server error', { path: req.url, error: err as Error });
@@ -199,6 +204,18 @@ export function startServer(port: number, host = '0.0.0.0'): Promise<Server> {
     });
   });
   server.keepAliveTimeout = 65_000;
+  // Requests Node's HTTP parser rejects (bad method token, oversized headers, malformed framing) still get an
+  // OCI error body instead of an empty 400.
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (!socket.writable) return socket.destroy();
+    const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : 400;
+    const body = JSON.stringify({ errors: [{ code: 'UNSUPPORTED', message: 'malformed HTTP request' }] });
+    socket.end(
+      `HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n${body}`,
+    );
+    logger.info('request', { status, error: err.code ?? 'client error' });
+  });
   return new Promise((resolveListen, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => resolveListen(server));
@@ -271,7 +288,7 @@ const warmUpStarted = performance.now();
 await warmUp();
 logger.debug('warmed up', { ms: Math.round(performance.now() - warmUpStarted) });
 
-const server = await startServer(runtime.env.port);
+const server = await startServer(runtime.env.port, runtime.env.host);
 const address = server.address();
 logger.info('pullthrough listening', {
   port: typeof address === 'object' && address ? address.port : runtime.env.port,

@@ -11,6 +11,17 @@ import { getRuntime } from '../shared/runtime.js';
 
 const runtime = await getRuntime();
 
+/** Query parameters whose values never reach a log line. */
+const SECRET_PARAM = /pass|token|secret|key|sig|cred|auth/i;
+
+/** The raw query string with secret-looking values replaced by `***`; undefined when empty. */
+function redactQuery(raw: string | undefined): string | undefined {
+  if (!raw) return undefined;
+  const q = new URLSearchParams(raw);
+  for (const k of new Set(q.keys())) if (SECRET_PARAM.test(k)) q.set(k, '***');
+  return q.toString().slice(0, 500);
+}
+
 /** Logs one structured line per request: method, path, status, duration in ms. */
 const accessLog = (): middy.MiddlewareObj<APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2> => {
   const started = new WeakMap<object, number>();
@@ -23,7 +34,7 @@ const accessLog = (): middy.MiddlewareObj<APIGatewayProxyEventV2, APIGatewayProx
       runtime.logger.info('request', {
         method: e.method,
         path: req.event.rawPath,
-        query: req.event.rawQueryString || undefined,
+        query: redactQuery(req.event.rawQueryString),
         status: req.response?.statusCode,
         ms: Math.round((performance.now() - (started.get(req.event) ?? performance.now())) * 10) / 10,
         sourceIp: e.sourceIp,

@@ -3,6 +3,7 @@
  * - `PULLTHROUGH_CONFIG`: path of a YAML config file (optional; built-in rules otherwise)
  * - `PULLTHROUGH_DATA_DIR`: embedded storage directory (default `./.data`)
  * - `PULLTHROUGH_PORT`: local server port (default 5000)
+ * - `PULLTHROUGH_HOST`: local server address (default 127.0.0.1; `0.0.0.0` to serve other machines)
  * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR (default INFO)
  * - `PULLTHROUGH_BACKEND`: `embedded` (SQLite + filesystem, default) or `aws` (DynamoDB + S3)
  * - `PULLTHROUGH_TABLE`, `PULLTHROUGH_BUCKET`: the DynamoDB table and S3 bucket (backend `aws`); endpoints come
@@ -235,7 +236,19 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
 /** Loads the YAML config file at `path`, or the built-in rules when `path` is undefined. */
 export function loadConfig(path: string | undefined): RegistryConfig {
   if (!path) return parseConfig({ rules: DEFAULT_RULES });
-  return parseConfig(parseYaml(readFileSync(path, 'utf8')));
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new Error(`cannot read the config file ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = parseYaml(text);
+  } catch (err) {
+    throw new Error(`the config file ${path} is not valid YAML: ${(err as Error).message}`);
+  }
+  return parseConfig(parsed);
 }
 
 /** Where the token signing key set is read from on AWS (`PULLTHROUGH_TOKEN_KEY`). */
@@ -257,6 +270,8 @@ export interface Environment {
   configPath?: string;
   dataDir: string;
   port: number;
+  /** Address the local server listens on. */
+  host: string;
   logLevel: string;
   backend: 'embedded' | 'aws';
   table?: string;
@@ -301,6 +316,7 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     configPath: env.PULLTHROUGH_CONFIG || undefined,
     dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
     port,
+    host: env.PULLTHROUGH_HOST || '127.0.0.1',
     logLevel: env.PULLTHROUGH_LOG_LEVEL || 'INFO',
     backend,
     table: env.PULLTHROUGH_TABLE || undefined,

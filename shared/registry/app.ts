@@ -180,6 +180,11 @@ export function createRegistry(
     } catch (err) {
       const res = errorResponse(err, req.method);
       if (res.unexpected) deps.log.error('unexpected error', { method: req.method, path: req.path, error: err as Error });
+      else if (res.status >= 500 || res.status === 429) {
+        // The client sees only the code; the operator sees why (the upstream failure behind it, never a body).
+        const cause = (err as { cause?: unknown }).cause;
+        deps.log.warn('upstream trouble', { method: req.method, path: req.path, status: res.status, reason: cause instanceof Error ? cause.message : (err as Error).message });
+      }
       const { unexpected: _unexpected, ...rest } = res;
       return rest;
     }

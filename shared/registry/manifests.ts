@@ -16,6 +16,9 @@ import { dueAtFor, isFresh } from './freshness.js';
 import type { ResolvedName } from './rules.js';
 import { createSingleFlight } from './single-flight.js';
 
+/** Milliseconds after a failed re-check before the scheduled refresh tries the tag again (15 min). */
+export const RETRY_AFTER_ERROR_MS = 15 * 60 * 1000;
+
 /** What one re-check of a cached tag found. */
 export interface TagCheck {
   result: LastCheck['result'];
@@ -125,7 +128,10 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     const { tag, digest: current } = entry;
     const record = async (result: LastCheck['result'], error?: string) => {
       const now = deps.now();
-      await stores.tags.recordCheck(resolved.name, tag, { checkedAt: now, dueAt: dueAtFor(resolved.rule, tag, now), lastCheck: { at: now, result, ...(error ? { error } : {}) } });
+      // After a failed check the schedule tries again sooner (at most RETRY_AFTER_ERROR_MS), not a whole TTL later.
+      const due = dueAtFor(resolved.rule, tag, now);
+      const dueAt = result === 'error' && due !== undefined ? Math.min(due, now + RETRY_AFTER_ERROR_MS) : due;
+      await stores.tags.recordCheck(resolved.name, tag, { checkedAt: now, dueAt, lastCheck: { at: now, result, ...(error ? { error } : {}) } });
     };
     try {
       const head = await deps.upstreamFor(resolved.rule).headManifest(resolved.upstreamRepository, tag, opts);
