@@ -19,6 +19,7 @@
  * to the repository when it commits; the upstream's 2xx to this repository's blob GET is the confirmation.
  */
 import { randomUUID } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobLocation } from '../store/ports.js';
@@ -66,6 +67,23 @@ export function createBlobService(deps: RegistryDeps): BlobService {
    * only when the fill fails before that.
    */
   const inflight = new Map<Digest, { done: Promise<number>; streaming: Promise<number | undefined> }>();
+  // "The upstream has no such blob for this repository", remembered for the rule's negativeCacheSeconds so
+  // repeated misses (clients retry) do not hammer the upstream.
+  const missing = new LRUCache<string, true>({ max: 10_000 });
+  const rememberMiss = (name: string, digest: string, err: unknown) => {
+    const resolved = (() => {
+      try {
+        return deps.resolve(name);
+      } catch {
+        return undefined;
+      }
+    })();
+    const ttl = (resolved?.rule.negativeCacheSeconds ?? 0) * 1000;
+    if (resolved && ttl > 0 && err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied')) {
+      missing.set(`${resolved.name}\n${digest}`, true, { ttl });
+    }
+  };
+  const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.get(`${resolved.name}\n${digest}`) === true;
   const leaseKey = (digest: Digest) => `blob:${digest}`;
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
 
@@ -189,6 +207,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       try {
         const { resolved, digest, size } = await prepare(name, rawDigest);
         if (size !== undefined) return { digest, size };
+        if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
         const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
         if (head.size !== undefined && Number.isSafeInteger(head.size)) return { digest, size: head.size };
         const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000);
@@ -196,6 +215,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         await ensureLinked(resolved, digest);
         return { digest, size: filled.size };
       } catch (err) {
+        rememberMiss(name, rawDigest, err);
         throw toRegistryError(err, 'BLOB_UNKNOWN');
       }
     },
@@ -204,6 +224,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       try {
         const { resolved, digest, size } = await prepare(name, rawDigest);
         if (size !== undefined) return { kind: 'blob', digest, size, location: await stores.blobs.locate(digest) };
+        if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
         const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere());
         if (filled?.streaming) {
           // Served while the fill runs; the fill links the blob when it commits (the upstream's 2xx confirmed it).
@@ -222,6 +243,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         }
         throw new RegistryError('UNAVAILABLE', 'blob is still being fetched from the upstream; retry later', { headers: { 'Retry-After': '30' } });
       } catch (err) {
+        rememberMiss(name, rawDigest, err);
         throw toRegistryError(err, 'BLOB_UNKNOWN');
       }
     },

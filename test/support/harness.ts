@@ -11,7 +11,7 @@ import { buildClientAuth } from '../../shared/auth/setup.js';
 import { parseConfig, type PullThroughCacheRule } from '../../shared/config.js';
 import { createRegistry } from '../../shared/registry/app.js';
 import { createRefresher } from '../../shared/registry/refresh.js';
-import type { Log, RegistryDeps, TagChange } from '../../shared/registry/deps.js';
+import type { FillJob, Log, RegistryDeps, TagChange } from '../../shared/registry/deps.js';
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
 import type { RegistryResponse } from '../../shared/http/types.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
@@ -34,9 +34,15 @@ export async function createHarness(
     refresh?: { batchSize?: number; maxRunSeconds?: number; rateLimitRetries?: number; maxRetryAfterSeconds?: number };
     /** The `auth` config section (e.g. `{ mode: 'token', users: [...] }`). */
     auth?: unknown;
+    /**
+     * Simulate AWS's asynchronous fill function: blob misses are dispatched (recorded in `fillJobs`) and run
+     * `delayMs` later by the same `blobs.fill` code functions/fill.ts runs, instead of in the request.
+     */
+    dispatchFill?: { delayMs: number };
   } = {},
 ) {
-  const config = parseConfig({ rules, ...extra });
+  const { dispatchFill: _dispatchFill, ...configExtra } = extra;
+  const config = parseConfig({ rules, ...configExtra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
   const dbPath = join(dir, 'index.db');
   const index = openSqliteIndex(dbPath);
@@ -44,6 +50,8 @@ export async function createHarness(
   const clock = { now: Date.now() };
   const clients = new Map<string, UpstreamClient>();
   const changes: TagChange[] = [];
+  const fillJobs: FillJob[] = [];
+  let fillFunction: ((job: FillJob) => Promise<unknown>) | undefined;
   const deps: RegistryDeps = {
     stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index },
     resolve: createRuleResolver(config.rules),
@@ -59,6 +67,14 @@ export async function createHarness(
     onTagMoved: (change) => {
       changes.push(change);
     },
+    ...(extra.dispatchFill
+      ? {
+          dispatchFill: async (job: FillJob) => {
+            fillJobs.push(job);
+            setTimeout(() => void fillFunction?.(job).catch(() => undefined), extra.dispatchFill!.delayMs);
+          },
+        }
+      : {}),
   };
   const auth = await buildClientAuth({
     env: { dataDir: dir, requireAuth: false, inLambda: false },
@@ -67,7 +83,8 @@ export async function createHarness(
     log: silentLog,
     now: () => clock.now,
   });
-  const { app, manifests } = createRegistry(deps, { auth });
+  const { app, manifests, blobs: blobService } = createRegistry(deps, { auth });
+  fillFunction = (job) => blobService.fill(job.name, job.digest, job.leaseOwner);
   const refresher = createRefresher(deps, manifests, config.refresh);
 
   async function request(
@@ -90,7 +107,7 @@ export async function createHarness(
   }
 
   return {
-    app, refresher, changes, index, blobs, clock, dir, dbPath, request, readLocation,
+    app, refresher, changes, fillJobs, index, blobs, clock, dir, dbPath, request, readLocation,
     bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
     jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
     close() {

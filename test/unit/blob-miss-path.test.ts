@@ -114,3 +114,42 @@ describe('blob miss path', () => {
     expect(await h.index.acquireLease(`blob:sha256:${'2'.repeat(64)}`, 'someone', 60)).toBe(true);
   });
 });
+
+describe('blob miss path with the fill function (AWS)', () => {
+  it('dispatches the fill instead of running it, waits for the commit, and answers 307 once it landed', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }], { blobFill: { waitSeconds: 5 }, dispatchFill: { delayMs: 100 } });
+    const layer = Buffer.from('filled by the fill function');
+    const img = seedImage(up, 'app', 'v1', [layer]);
+    const [a, b] = await Promise.all([
+      h.request('GET', `/v2/p/app/blobs/${img.layerDigests[0]}`),
+      h.request('GET', `/v2/p/app/blobs/${img.layerDigests[0]}`),
+    ]);
+    expect([a.status, b.status]).toEqual([307, 307]);
+    expect(h.readLocation(a.headers.Location).equals(layer)).toBe(true);
+    // One dispatch for two concurrent misses (the lease), one upstream download, and the lease released.
+    expect(h.fillJobs).toEqual([{ name: 'p/app', digest: img.layerDigests[0], leaseOwner: expect.any(String) }]);
+    expect(up.count({ method: 'GET', kind: 'blob' })).toBe(1);
+    expect(await h.index.acquireLease(`blob:${img.layerDigests[0]}`, 'next', 60)).toBe(true);
+  });
+
+  it('hops while the fill function is still running', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }], { blobFill: { waitSeconds: 0.1, maxHops: 3 }, dispatchFill: { delayMs: 600 } });
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('slow fill')]);
+    const res = await h.request('GET', `/v2/p/app/blobs/${img.layerDigests[0]}`);
+    expect(res.status).toBe(307);
+    expect(res.headers.Location).toBe(`/v2/p/app/blobs/${img.layerDigests[0]}?pt-hop=1`);
+    await sleep(900);
+    const after = await h.request('GET', `/v2/p/app/blobs/${img.layerDigests[0]}?pt-hop=1`);
+    expect(after.headers.Location).toMatch(/^\/_blobs\/sha256\//);
+    expect(h.fillJobs).toHaveLength(1);
+  });
+
+  it('remembers a blob the upstream does not have, briefly', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url, negativeCacheSeconds: 60 }]);
+    for (let i = 0; i < 4; i++) expect((await h.request('GET', `/v2/p/app/blobs/sha256:${'3'.repeat(64)}`)).status).toBe(404);
+    expect(up.count({ kind: 'blob' })).toBe(1);
+  });
+});
