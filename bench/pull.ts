@@ -17,9 +17,8 @@
  * Output: a table on stdout and the same figures as JSON in `bench/results/pull-<ISO time>.json`.
  * Exit code 0 when every pull succeeded (targets met or not), 1 on any failure.
  */
-import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, createReadStream, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, createReadStream, fstatSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { pushLargeImage, type PushedImage } from '../test/support/images.js';
@@ -27,9 +26,7 @@ import { startLocalServer, type LocalServer } from '../test/support/local-server
 import { scratchDir } from '../test/support/scratch.js';
 import { imageRef, runSkopeo, skopeoCopy, skopeoInspect, SKOPEO_BIN } from '../test/support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../test/support/upstream-registry.js';
-
-const ROOT = resolve(import.meta.dirname, '..');
-const RESULTS_DIR = join(ROOT, 'bench', 'results');
+import { bounded, cleanupOnSignals, describeSources, fileStamp, gitState, intEnv, median, RESULTS_DIR, ROOT, writeResults } from './support.js';
 
 const ROUNDS = intEnv('BENCH_ROUNDS', 5, 1);
 const TOTAL_TIMEOUT_MS = intEnv('BENCH_TIMEOUT_MS', 900_000, 10_000);
@@ -75,46 +72,7 @@ interface Sample {
   server?: ServerBreakdown;
 }
 
-function intEnv(name: string, dflt: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return dflt;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-/** Rejects after `ms` with a message naming `what`. */
-async function bounded<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-/** The commit measured, and whether the server's sources (bin, functions, shared) differ from it. */
-function gitState(): { commit?: string; serverSourcesDirty?: boolean } {
-  try {
-    const git = (...args: string[]) => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', timeout: 10_000 }).trim();
-    return { commit: git('rev-parse', 'HEAD'), serverSourcesDirty: git('status', '--porcelain', '--', 'bin', 'functions', 'shared') !== '' };
-  } catch {
-    return {};
-  }
-}
-
 const mib = (bytes: number) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 async function sha256File(path: string): Promise<string> {
   const h = createHash('sha256');
@@ -235,14 +193,7 @@ function cleanup(): Promise<void> {
   return cleaning;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    void bounded('cleanup', 30_000, cleanup())
-      .catch((e: unknown) => console.error(String(e)))
-      .finally(() => process.exit(130));
-  });
-}
+cleanupOnSignals(cleanup);
 
 async function startCache(upstreamUrl: string): Promise<LocalServer> {
   const dataDir = scratchDir('bench-data-');
@@ -322,12 +273,12 @@ async function skopeoOverhead(upstreamUrl: string, n: number): Promise<number[]>
 
 async function main(): Promise<void> {
   const startedAt = new Date();
-  const stamp = startedAt.toISOString().replace(/\.\d{3}Z$/, 'Z').replace(/:/g, '-');
+  const stamp = fileStamp(startedAt);
   const skopeoVersion = (await runSkopeo(['--version'], 10_000)).stdout.trim();
   const git = gitState();
 
   console.log(`pullthrough pull benchmark: ${ROUNDS} rounds (BENCH_ROUNDS), ${SKOPEO_BIN} (${skopeoVersion}), node ${process.version}`);
-  console.log(`server sources: ${git.commit?.slice(0, 12) ?? 'unknown commit'}${git.serverSourcesDirty ? ' + uncommitted changes in bin/functions/shared' : ''}`);
+  console.log(describeSources(git));
   upstream = await startUpstreamRegistry();
   console.log(`upstream: docker-registry ${upstream.url} (pid ${upstream.pid})`);
 
@@ -458,10 +409,7 @@ async function main(): Promise<void> {
     samples,
     ...(keptLogs.length ? { logs: keptLogs.map((p) => p.slice(ROOT.length + 1)) } : {}),
   };
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const out = join(RESULTS_DIR, `pull-${stamp}.json`);
-  writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-  console.log(`\nresults: ${out.slice(ROOT.length + 1)}`);
+  writeResults('pull', stamp, result);
 }
 
 let failed = false;

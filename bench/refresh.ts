@@ -33,21 +33,15 @@
  * Output: a table on stdout and the figures as JSON in `bench/results/refresh-<ISO time>.json`. Exit code 0
  * when every pass did what it should (counts, cap), whatever the timings; 1 otherwise.
  */
-import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
-import { join, resolve } from 'node:path';
 import pLimit from 'p-limit';
 import { parseConfig } from '../shared/config.js';
-import type { Digest } from '../shared/oci/digest.js';
-import { MANIFEST_ACCEPT, OCI_MANIFEST, referencedBlobs } from '../shared/oci/media-types.js';
+import { MANIFEST_ACCEPT, OCI_MANIFEST } from '../shared/oci/media-types.js';
 import type { RefreshReport } from '../shared/registry/refresh.js';
 import { startFakeUpstream, type FakeUpstream } from '../test/support/fake-upstream.js';
 import { createHarness } from '../test/support/harness.js';
-
-const ROOT = resolve(import.meta.dirname, '..');
-const RESULTS_DIR = join(ROOT, 'bench', 'results');
+import { HOUR, manifestBody, seedTagIndex, synthesizeTags } from '../test/support/refresh-synth.js';
+import { bounded, cleanupOnSignals, describeSources, fileStamp, gitState, intEnv, median, writeResults } from './support.js';
 
 const ROUNDS = intEnv('BENCH_ROUNDS', 3, 1);
 const TAGS = intEnv('BENCH_TAGS', 10_000, 500);
@@ -58,96 +52,15 @@ const TOTAL_TIMEOUT_MS = intEnv('BENCH_TIMEOUT_MS', 900_000, 10_000);
 if (TAGS % 500 !== 0) throw new Error(`BENCH_TAGS must be a multiple of 500, got ${TAGS}`);
 const REPOS = 100;
 const MOVED = 50;
-const HOUR = 3600 * 1000;
 const SAMPLE_MS = 50;
 const MB = 1024 * 1024;
-
-function intEnv(name: string, dflt: number, min: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return dflt;
-  const n = Number(raw);
-  if (!Number.isInteger(n) || n < min) throw new Error(`${name} must be an integer >= ${min}, got ${JSON.stringify(raw)}`);
-  return n;
-}
-
-/** Rejects after `ms` with a message naming `what`. */
-async function bounded<T>(what: string, ms: number, p: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-function gitState(): { commit?: string; serverSourcesDirty?: boolean } {
-  try {
-    const git = (...args: string[]) => execFileSync('git', args, { cwd: ROOT, encoding: 'utf8', timeout: 10_000 }).trim();
-    return { commit: git('rev-parse', 'HEAD'), serverSourcesDirty: git('status', '--porcelain', '--', 'bin', 'functions', 'shared') !== '' };
-  } catch {
-    return {};
-  }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
 
 const round1 = (x: number) => Math.round(x * 10) / 10;
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
-// ---------------------------------------------------------------------------------------------------------
-// The synthetic cache (the same shape as test/unit/refresh-scale.test.ts): tag i lives in repository
-// i % 100; every 10th tag is not due (due in 30+ days); 50 due tags (every TAGS/50-th) move upstream.
-
-interface SynthTag {
-  repo: string;
-  /** Cache-side name `p/<repo>`. */
-  name: string;
-  tag: string;
-  due: boolean;
-  moved: boolean;
-  index: number;
-  dueAt: number;
-}
-
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
-const fakeBlobDigest = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
-
-/** Manifest `revision` of tag `i` (revision 0 is the one cached; a moved tag gets 1, 2, … upstream). */
-function manifestBody(i: number, revision: number): Buffer {
-  return Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: OCI_MANIFEST,
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: fakeBlobDigest(i * 1000 + revision), size: 100 + i },
-      layers: [],
-      annotations: { 'org.example.revision': String(revision) },
-    }),
-  );
-}
-
-function synthesize(now: number): SynthTag[] {
-  const out: SynthTag[] = [];
-  const stride = Math.floor(TAGS / MOVED); // a multiple of 10 (TAGS a multiple of 500), so moved tags are due
-  for (let i = 0; i < TAGS; i++) {
-    const repo = `team-${String(i % REPOS).padStart(3, '0')}/app`;
-    const due = i % 10 !== 9;
-    const isMoved = due && i % stride === 0;
-    out.push({
-      repo, name: `p/${repo}`, tag: `t${String(Math.floor(i / REPOS)).padStart(3, '0')}`, due, moved: isMoved, index: i,
-      dueAt: due ? now - 1 - ((i * 7919) % TAGS) * 1000 : now + 30 * 24 * HOUR + i * 1000,
-    });
-  }
-  return out;
-}
+// The synthetic cache (test/support/refresh-synth.ts, as test/unit/refresh-scale.test.ts builds it): tag i lives
+// in repository i % 100; every 10th tag is not due (due in 30+ days); 50 due tags (every TAGS/50-th) move upstream.
+const SYNTH = { tags: TAGS, repos: REPOS, moved: MOVED, notDueInMs: 30 * 24 * HOUR };
 
 // ---------------------------------------------------------------------------------------------------------
 // Measuring.
@@ -234,46 +147,33 @@ async function cleanup(): Promise<void> {
   up = undefined;
 }
 
-for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: cleaning up`);
-    void bounded('cleanup', 30_000, cleanup())
-      .catch((e: unknown) => console.error(String(e)))
-      .finally(() => process.exit(130));
-  });
-}
+cleanupOnSignals(cleanup);
 
 async function main(): Promise<boolean> {
   const startedAt = new Date();
-  const stamp = startedAt.toISOString().replace(/\.\d{3}Z$/, 'Z').replace(/:/g, '-');
+  const stamp = fileStamp(startedAt);
   const git = gitState();
   const load: { start: number[]; end?: number[] } = { start: loadavg().map(round1) };
   console.log(
     `pullthrough refresh benchmark: ${TAGS} tags, ${ROUNDS} rounds, concurrency ${CONCURRENCY}, upstream delay ${DELAY_MS} ms; ` +
       `node ${process.version}, ${cpus().length} CPUs, load ${load.start.join(' ')}`,
   );
-  console.log(`server sources: ${git.commit?.slice(0, 12) ?? 'unknown commit'}${git.serverSourcesDirty ? ' + uncommitted changes in bin/functions/shared' : ''}`);
+  console.log(describeSources(git));
 
   up = await startFakeUpstream();
   harness = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, refreshConcurrency: CONCURRENCY }]);
   const h = harness;
   const fake = up;
   const T0 = h.clock.now;
-  const synth = synthesize(T0);
+  const synth = synthesizeTags(T0, SYNTH);
   const due = synth.filter((t) => t.due);
   const moved = synth.filter((t) => t.moved);
   if (moved.length !== MOVED) throw new Error(`only ${moved.length} tags can move with BENCH_TAGS=${TAGS}`);
 
   // Seed: the fake gets each tag's manifest (revision 1 for the moved ones), the index revision 0 of all.
   const tSeed = performance.now();
-  for (const t of synth) {
-    const body = manifestBody(t.index, 0);
-    const digest = sha256(body);
-    await h.index.putManifest({ name: t.name, digest, mediaType: OCI_MANIFEST, size: body.length, body }, referencedBlobs(OCI_MANIFEST, body));
-    const checkedAt = t.dueAt - HOUR;
-    await h.index.putTag({ name: t.name, tag: t.tag, digest, mediaType: OCI_MANIFEST, size: body.length, fetchedAt: checkedAt, checkedAt, dueAt: t.dueAt });
-    fake.putManifest(t.repo, t.tag, { body: t.moved ? manifestBody(t.index, 1) : body, contentType: OCI_MANIFEST });
-  }
+  await seedTagIndex(h.index, synth);
+  for (const t of synth) fake.putManifest(t.repo, t.tag, { body: t.upstream.body, contentType: OCI_MANIFEST });
   const seedMs = performance.now() - tSeed;
   console.log(`seeded ${TAGS} tags (${due.length} due, ${moved.length} moved) in ${Math.round(seedMs)} ms; index ${h.dbPath}`);
   fake.faults.delayMs = DELAY_MS || undefined;
@@ -419,10 +319,7 @@ async function main(): Promise<boolean> {
     problems,
     passes,
   };
-  mkdirSync(RESULTS_DIR, { recursive: true });
-  const out = join(RESULTS_DIR, `refresh-${stamp}.json`);
-  writeFileSync(out, JSON.stringify(result, null, 2) + '\n');
-  console.log(`\nresults: ${out.slice(ROOT.length + 1)}`);
+  writeResults('refresh', stamp, result);
   return problems.length === 0;
 }
 

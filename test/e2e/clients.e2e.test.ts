@@ -201,19 +201,24 @@ describe('containerd ctr through a hosts.toml mirror (unprefixed name, ?ns=<regi
     });
   }
 
+  /** Empties containerd, then pulls `team/multi:<which>` for linux/<arch> through the mirror (proxy reset first) and checks the mirror served it. */
+  async function pullThroughMirror(which: keyof typeof images, arch: string) {
+    const image = images[which];
+    const child = childOf(image, arch);
+    const ref = `${upstreamHost}/team/multi:${which}`;
+    await emptyContainerd();
+    proxy.reset();
+    const since = logSize(cache);
+    await pull(ref, `linux/${arch}`);
+    await expectServedByMirror(since, image, child);
+    return { image, child, ref };
+  }
+
   for (const [which, arch] of [['oci', 'arm64'], ['docker', 'amd64']] as const) {
     const label = which === 'oci' ? 'OCI image index' : 'Docker manifest list';
 
     it(`${label}, linux/${arch}: the mirror serves the pull; the image target is the index; content holds the ${arch} manifest and its blobs`, async () => {
-      const image = images[which];
-      const child = childOf(image, arch);
-      const ref = `${upstreamHost}/team/multi:${which}`;
-
-      await emptyContainerd();
-      proxy.reset();
-      const since = logSize(cache);
-      await pull(ref, `linux/${arch}`);
-      await expectServedByMirror(since, image, child);
+      const { image, child, ref } = await pullThroughMirror(which, arch);
       // The cache filled from the upstream once (without ns: the cache never forwards it).
       expect(proxy.requests.length).toBeGreaterThan(0);
       expectOneFetchPerBlob(proxy.requests);
@@ -228,16 +233,7 @@ describe('containerd ctr through a hosts.toml mirror (unprefixed name, ?ns=<regi
     });
 
     it(`${label}, linux/${arch}: pulled again after removing image and content, every byte comes from the cache (zero upstream requests)`, async () => {
-      const image = images[which];
-      const child = childOf(image, arch);
-      const ref = `${upstreamHost}/team/multi:${which}`;
-
-      await emptyContainerd();
-
-      proxy.reset();
-      const since = logSize(cache);
-      await pull(ref, `linux/${arch}`);
-      await expectServedByMirror(since, image, child);
+      const { image, ref } = await pullThroughMirror(which, arch);
       expect(proxy.requests).toEqual([]);
       const listed = parseImagesList(assertCtrOk(await containerd.ctr(['images', 'ls'])).stdout);
       expect(listed.find((i) => i.ref === ref)?.digest).toBe(image.digest);

@@ -3,9 +3,6 @@
  * DynamoDB Local (AWS's own jar) and s3rver, Debian's docker-registry as the upstream behind a counting proxy,
  * and skopeo as the client. Blobs must arrive through 307s to presigned s3rver URLs.
  */
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTable } from '../../shared/store/dynamodb-index.js';
@@ -14,11 +11,10 @@ import { startDynamoDbLocal, type DynamoDbLocal } from '../support/dynamodb-loca
 import { pushMultiArchImage, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
 import { createBucket, s3ClientFor, startS3rver, S3RVER_CREDENTIALS, type S3rverInstance } from '../support/s3rver.js';
-import { scratchDir } from '../support/scratch.js';
-import { assertSkopeoOk, imageRef, skopeoCopy } from '../support/skopeo.js';
+import { pullImage, sha256 } from '../support/pull.js';
+import { imageRef } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const TABLE = 'pullthrough-e2e';
 const BUCKET = 'pullthrough-e2e';
 
@@ -30,15 +26,7 @@ let cache: LocalServer;
 let multi: PushedImage;
 let crowd: PushedImage;
 
-async function pull(ref: string, arch?: string) {
-  const dir = scratchDir('pull-aws-');
-  assertSkopeoOk(await skopeoCopy(ref, dir, { arch }));
-  const manifest = readFileSync(join(dir, 'manifest.json'));
-  const blobs = readdirSync(dir)
-    .filter((f) => /^[a-f0-9]{64}$/.test(f))
-    .map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
-  return { manifest, blobs };
-}
+const pull = (ref: string, arch?: string) => pullImage(ref, { arch, dirPrefix: 'pull-aws-' });
 
 beforeAll(async () => {
   [dynamo, s3, upstream] = await Promise.all([startDynamoDbLocal(), startS3rver(), startUpstreamRegistry()]);

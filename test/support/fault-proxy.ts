@@ -17,8 +17,8 @@
  * the order they were added wins. Every request is recorded with the fault applied (if any).
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { Transform } from 'node:stream';
+import { forwardableHeaders, listenOnLoopback, outgoingHeaders, requestLog, stopper, type RequestLog } from './reverse-proxy.js';
 
 /** Which requests a fault applies to. `path` is tested against the path with its query string. */
 export interface FaultMatch {
@@ -58,12 +58,9 @@ export interface FaultedRequest {
 }
 
 /** A running fault proxy. */
-export interface FaultProxy {
+export interface FaultProxy extends RequestLog<FaultedRequest> {
   /** `http://127.0.0.1:PORT` */
   url: string;
-  requests: FaultedRequest[];
-  count(filter?: (r: FaultedRequest) => boolean): number;
-  reset(): void;
   /** Switches a fault on. */
   add(spec: FaultSpec): FaultHandle;
   /** Switches every fault off. */
@@ -72,25 +69,6 @@ export interface FaultProxy {
   readonly hanging: number;
   /** Closes the listener and every connection (hung ones included). Idempotent. */
   stop(): Promise<void>;
-}
-
-const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade']);
-
-function forwardable(raw: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) if (!HOP_BY_HOP.has(raw[i].toLowerCase())) out.push(raw[i], raw[i + 1]);
-  return out;
-}
-
-function requestHeaders(raw: string[]): Record<string, string | string[]> {
-  const h: Record<string, string | string[]> = {};
-  const flat = forwardable(raw);
-  for (let i = 0; i < flat.length; i += 2) {
-    const k = flat[i].toLowerCase();
-    const prev = h[k];
-    h[k] = prev === undefined ? flat[i + 1] : Array.isArray(prev) ? [...prev, flat[i + 1]] : [prev, flat[i + 1]];
-  }
-  return h;
 }
 
 const ERROR_CODE: Record<number, string> = { 429: 'TOOMANYREQUESTS', 401: 'UNAUTHORIZED', 403: 'DENIED', 404: 'MANIFEST_UNKNOWN' };
@@ -181,7 +159,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
         port: t.port || 80,
         method,
         path,
-        headers: requestHeaders(req.rawHeaders),
+        headers: outgoingHeaders(req.rawHeaders),
         agent,
         setHost: false,
       },
@@ -189,7 +167,7 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
         const status = upRes.statusCode ?? 502;
         entry.status = status;
         entry.bodyBytes = 0;
-        res.writeHead(status, upRes.statusMessage, forwardable(upRes.rawHeaders));
+        res.writeHead(status, upRes.statusMessage, forwardableHeaders(upRes.rawHeaders));
         upRes.on('error', () => res.destroy());
         upRes.on('aborted', () => res.destroy());
         if (fault?.kind === 'truncate') {
@@ -264,22 +242,9 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
       if (!res.writableFinished) upstreamReq.destroy();
     });
   });
-  server.keepAliveTimeout = 5000;
-
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const port = (server.address() as AddressInfo).port;
-  let stopped: Promise<void> | undefined;
-
   return {
-    url: `http://127.0.0.1:${port}`,
-    requests,
-    count: (filter) => (filter ? requests.filter(filter).length : requests.length),
-    reset: () => {
-      requests.length = 0;
-    },
+    url: await listenOnLoopback(server),
+    ...requestLog(requests),
     add(spec) {
       const f = { spec, hits: 0, removed: false };
       faults.push(f);
@@ -300,15 +265,9 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
     get hanging() {
       return hung.size;
     },
-    stop() {
-      stopped ??= new Promise<void>((resolve) => {
-        for (const r of hung) r.destroy();
-        hung.clear();
-        server.close(() => resolve());
-        server.closeAllConnections();
-        agent.destroy();
-      });
-      return stopped;
-    },
+    stop: stopper(server, agent, () => {
+      for (const r of hung) r.destroy();
+      hung.clear();
+    }),
   };
 }

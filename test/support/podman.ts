@@ -14,23 +14,19 @@
  * /var/lib/containers/cache/blob-info-cache-v1.boltdb (skopeo uses it too; podman 4.3 has no option to move it).
  * It only records which digests were seen where, and a fresh storage root never reuses a layer through it.
  */
-import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { scratchDir } from './scratch.js';
+import { assertCommandOk, runCommand, type CommandResult } from './child-processes.js';
+import { scratchDir, subdir } from './scratch.js';
 
 /** Path of the podman binary. */
 export const PODMAN_BIN = '/usr/bin/podman';
 
-/** Result of one podman run. `code` is null when killed by the timeout (then `timedOut` is true). */
-export interface PodmanResult {
-  stdout: string;
-  stderr: string;
-  code: number | null;
-  timedOut: boolean;
-  /** the argv after `podman` (global flags included), for error messages */
-  args: string[];
-}
+/**
+ * Result of one podman run (`args`: the argv after `podman`, global flags included). `code` is null when killed
+ * by the timeout (then `timedOut` is true).
+ */
+export type PodmanResult = CommandResult;
 
 /** Options of {@link PodmanSandbox.pull}. */
 export interface PodmanPullOptions {
@@ -81,44 +77,13 @@ const DEFAULT_TIMEOUT_MS = 120_000;
 
 /** Throws with podman's stderr unless the run succeeded; returns it otherwise. */
 export function assertPodmanOk(r: PodmanResult): PodmanResult {
-  if (r.code !== 0) {
-    throw new Error(`podman ${r.args.join(' ')} failed (code ${r.code}${r.timedOut ? ', timed out' : ''}):\n${r.stderr}`);
-  }
-  return r;
-}
-
-/** Runs `podman args` with `env`, killing it (SIGKILL) after `timeoutMs`. */
-function runPodman(args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<PodmanResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(PODMAN_BIN, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8'), code, timedOut, args });
-    });
-  });
+  return assertCommandOk('podman', r);
 }
 
 /** Creates a new sandbox under the scratch dir. Nothing is started: podman runs only during each call. */
 export function createPodmanSandbox(): PodmanSandbox {
   const dir = scratchDir('podman-');
-  const d = (name: string) => {
-    const p = join(dir, name);
-    mkdirSync(p, { recursive: true });
-    return p;
-  };
+  const d = (name: string) => subdir(dir, name);
   const root = d('root');
   const runroot = d('runroot');
   const tmpdir = d('libpod-tmp');
@@ -174,7 +139,7 @@ export function createPodmanSandbox(): PodmanSandbox {
     '--events-backend', 'none',
   ];
 
-  const run = (args: string[], timeoutMs = DEFAULT_TIMEOUT_MS) => runPodman([...globalArgs, ...args], env, timeoutMs);
+  const run = (args: string[], timeoutMs = DEFAULT_TIMEOUT_MS) => runCommand(PODMAN_BIN, [...globalArgs, ...args], { env, timeoutMs });
 
   return {
     dir,

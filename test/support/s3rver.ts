@@ -9,15 +9,14 @@
  * `If-None-Match: *`, and has no AbortMultipartUpload (DELETE `?uploadId=` answers 405): abandoned parts stay
  * under its directory.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import http from 'node:http';
 import { join, resolve } from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { logTail, spawnTracked } from './child-processes.js';
 import { scratchDir } from './scratch.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const SETPRIV_BIN = '/usr/bin/setpriv';
 /** s3rver's fixed credentials (its default account). */
 export const S3RVER_CREDENTIALS = { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } as const;
 
@@ -44,22 +43,6 @@ export interface S3rverInstance {
   stop(): Promise<void>;
 }
 
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const c of live) {
-      try {
-        if (c.pid) process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
-}
-
 /** GET / with a short timeout; resolves true on any HTTP answer. */
 function answers(url: string, timeoutMs = 1000): Promise<boolean> {
   return new Promise((done) => {
@@ -77,43 +60,20 @@ function answers(url: string, timeoutMs = 1000): Promise<boolean> {
  * `port` defaults to a free one chosen by the kernel; `directory` to a new scratch dir.
  */
 export async function startS3rver(opts: { port?: number; directory?: string; startTimeoutMs?: number } = {}): Promise<S3rverInstance> {
-  installExitHook();
   const directory = opts.directory ?? scratchDir('s3rver-');
   const logPath = join(scratchDir('s3rver-run-'), 's3rver.log');
   const logFd = openSync(logPath, 'a');
   const nodeArgs = ['--openssl-legacy-provider', '-e', CHILD_SCRIPT, String(opts.port ?? 0), directory];
-  const [cmd, args] = existsSync(SETPRIV_BIN)
-    ? [SETPRIV_BIN, ['--pdeathsig', 'KILL', '--', process.execPath, ...nodeArgs]]
-    : [process.execPath, nodeArgs];
-  const child = spawn(cmd, args, { cwd: ROOT, stdio: ['ignore', 'pipe', logFd], env: { ...process.env, NODE_OPTIONS: '' } });
+  const proc = spawnTracked(process.execPath, nodeArgs, { cwd: ROOT, stdio: ['ignore', 'pipe', logFd], env: { ...process.env, NODE_OPTIONS: '' } });
   closeSync(logFd);
-  live.add(child);
-  const exited = new Promise<void>((r) =>
-    child.once('exit', () => {
-      live.delete(child);
-      r();
-    }),
-  );
-  child.once('error', () => {
-    /* reported through exit / readiness timeout */
-  });
+  const { child } = proc;
 
   const stop = async (): Promise<void> => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exited;
-    clearTimeout(timer);
+    await proc.stop(5000);
   };
   const fail = async (why: string): Promise<never> => {
     await stop();
-    let log = '';
-    try {
-      log = readFileSync(logPath, 'utf8').slice(-2000);
-    } catch {
-      /* no log */
-    }
-    throw new Error(`s3rver ${why}; log tail:\n${log}`);
+    throw new Error(`s3rver ${why}; log tail:\n${logTail(logPath)}`);
   };
 
   const deadline = Date.now() + (opts.startTimeoutMs ?? 15_000);

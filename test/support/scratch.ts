@@ -47,6 +47,13 @@ export function processScratchDir(): string {
   return dir;
 }
 
+/** Creates `<dir>/<name>` (and any missing parents); returns its path. */
+export function subdir(dir: string, name: string): string {
+  const p = join(dir, name);
+  mkdirSync(p, { recursive: true });
+  return p;
+}
+
 /** A new unique directory `<processScratchDir>/<prefix>XXXXXX`. */
 export function scratchDir(prefix: string): string {
   return mkdtempSync(join(processScratchDir(), prefix));

@@ -9,23 +9,16 @@
  * /etc/containers/policy.json. TLS verification is off, so plain-HTTP
  * registries on 127.0.0.1 work (skopeo tries https first, then falls back to http).
  */
-import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { assertCommandOk, runCommand, type CommandResult } from './child-processes.js';
 import { scratchDir } from './scratch.js';
 
 /** Path of the skopeo binary. */
 export const SKOPEO_BIN = '/usr/bin/skopeo';
 
-/** Result of one skopeo run. `code` is null when killed by the timeout (then `timedOut` is true). */
-export interface SkopeoResult {
-  stdout: string;
-  stderr: string;
-  code: number | null;
-  timedOut: boolean;
-  /** the argv after `skopeo`, for error messages */
-  args: string[];
-}
+/** Result of one skopeo run (`args`: the argv after `skopeo`). `code` is null when killed by the timeout (then `timedOut` is true). */
+export type SkopeoResult = CommandResult;
 
 /** Common options. `creds` is `user:password`; `timeoutMs` defaults to 120 000. */
 export interface SkopeoCommonOptions {
@@ -92,32 +85,7 @@ export function imageRef(registryUrl: string, name: string, tagOrDigest: string)
 
 /** Runs `skopeo <args>` with the sandboxed env, killing it (SIGKILL) after timeoutMs. */
 export function runSkopeo(args: string[], timeoutMs = 120_000): Promise<SkopeoResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(SKOPEO_BIN, args, { env: env(), stdio: ['ignore', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      child.kill('SIGKILL');
-    }, timeoutMs);
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
-        code,
-        timedOut,
-        args,
-      });
-    });
-  });
+  return runCommand(SKOPEO_BIN, args, { env: env(), timeoutMs });
 }
 
 /** Options for {@link skopeoCopy}. */
@@ -180,10 +148,5 @@ export async function skopeoListTags(
 
 /** Throws with skopeo's stderr unless the run succeeded; returns it otherwise. */
 export function assertSkopeoOk(r: SkopeoResult): SkopeoResult {
-  if (r.code !== 0) {
-    throw new Error(
-      `skopeo ${r.args.join(' ')} failed (code ${r.code}${r.timedOut ? ', timed out' : ''}):\n${r.stderr}`,
-    );
-  }
-  return r;
+  return assertCommandOk('skopeo', r);
 }

@@ -3,17 +3,15 @@
  * CNCF distribution 2.8 (`/usr/bin/docker-registry`), filesystem storage,
  * plain HTTP on 127.0.0.1.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, openSync, closeSync, writeFileSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import http from 'node:http';
+import { logTail, spawnTracked, startWithRetries } from './child-processes.js';
 import { scratchDir } from './scratch.js';
 
 /** Path of the distribution binary (Debian package `docker-registry`). */
 export const REGISTRY_BIN = '/usr/bin/docker-registry';
-/** util-linux setpriv, used for --pdeathsig when present. */
-const SETPRIV_BIN = '/usr/bin/setpriv';
 
 /**
  * A ready-made htpasswd line for tests that need an authenticated upstream:
@@ -73,23 +71,6 @@ export interface UpstreamRegistry {
   logPath: string;
   /** SIGTERM, wait up to 5 s for exit, then SIGKILL. Idempotent. Never removes dataDir. */
   stop(): Promise<void>;
-}
-
-/** Live children, killed synchronously if the test process exits without calling stop(). */
-const live = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function installExitHook(): void {
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.on('exit', () => {
-    for (const c of live) {
-      try {
-        if (c.pid) process.kill(c.pid, 'SIGKILL');
-      } catch {
-        /* already gone */
-      }
-    }
-  });
 }
 
 /** Returns a currently free TCP port on 127.0.0.1 (bind :0, read, close). */
@@ -162,20 +143,10 @@ function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string;
  */
 export async function startUpstreamRegistry(opts: UpstreamRegistryOptions = {}): Promise<UpstreamRegistry> {
   if (!existsSync(REGISTRY_BIN)) throw new Error(`${REGISTRY_BIN} not found (apt-get install docker-registry)`);
-  const attempts = opts.port ? 1 : 3;
-  let lastErr: unknown;
-  for (let i = 0; i < attempts; i++) {
-    try {
-      return await startOnce(opts);
-    } catch (e) {
-      lastErr = e;
-    }
-  }
-  throw lastErr;
+  return startWithRetries(opts.port ? 1 : 3, () => startOnce(opts));
 }
 
 async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistry> {
-  installExitHook();
   const port = opts.port ?? (await pickFreePort());
   const dataDir = opts.dataDir ?? scratchDir('registry-data-');
   const workDir = scratchDir('registry-run-');
@@ -192,38 +163,20 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
   writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath, tokenAuth: opts.tokenAuth }));
   const logPath = join(workDir, 'registry.log');
   const logFd = openSync(logPath, 'a');
-  // setpriv --pdeathsig KILL: the registry dies with the thread that spawned
-  // it, even when vitest kills its worker without running exit handlers.
-  // setpriv execs, so child.pid is the registry's PID.
-  const [cmd, args] = existsSync(SETPRIV_BIN)
-    ? [SETPRIV_BIN, ['--pdeathsig', 'KILL', '--', REGISTRY_BIN, 'serve', configPath]]
-    : [REGISTRY_BIN, ['serve', configPath]];
-  const child = spawn(cmd, args, {
+  // Under setpriv --pdeathsig KILL (./child-processes.ts): the registry dies with the thread that spawned it,
+  // even when vitest kills its worker without running exit handlers. setpriv execs, so pid is the registry's.
+  const proc = spawnTracked(REGISTRY_BIN, ['serve', configPath], {
     stdio: ['ignore', logFd, logFd],
     // Keep distribution from reading REGISTRY_* overrides from our environment.
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: workDir },
   });
   closeSync(logFd);
-  live.add(child);
-  let exited = false;
-  let exitInfo = '';
-  const exitPromise = new Promise<void>((resolve) => {
-    child.once('exit', (code, signal) => {
-      exited = true;
-      exitInfo = `code=${code} signal=${signal}`;
-      live.delete(child);
-      resolve();
-    });
-  });
-  child.once('error', () => {
-    /* reported through exit / readiness timeout */
-  });
 
   const url = `http://127.0.0.1:${port}`;
   const ok = opts.htpasswd !== undefined || opts.tokenAuth ? [401, 200] : [200];
   const deadline = Date.now() + (opts.startTimeoutMs ?? 10_000);
   let ready = false;
-  while (Date.now() < deadline && !exited) {
+  while (Date.now() < deadline && !proc.exit) {
     const status = await probe(`${url}/v2/`, 500);
     if (ok.includes(status)) {
       ready = true;
@@ -233,26 +186,13 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
   }
 
   const stop = async (): Promise<void> => {
-    if (exited) return;
-    child.kill('SIGTERM');
-    const t = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 5000).unref());
-    if ((await Promise.race([exitPromise.then(() => 'exited' as const), t])) === 'timeout' && !exited) {
-      child.kill('SIGKILL');
-      await Promise.race([exitPromise, new Promise((r) => setTimeout(r, 2000).unref())]);
-    }
+    await proc.stop(5000, 2000);
   };
 
   if (!ready) {
     await stop();
-    let log = '';
-    try {
-      log = readFileSync(logPath, 'utf8').slice(-2000);
-    } catch {
-      /* no log */
-    }
-    throw new Error(
-      `docker-registry did not become ready on ${url}${exited ? ` (exited ${exitInfo})` : ''}; log tail:\n${log}`,
-    );
+    const exited = proc.exit ? ` (exited code=${proc.exit.code} signal=${proc.exit.signal})` : '';
+    throw new Error(`docker-registry did not become ready on ${url}${exited}; log tail:\n${logTail(logPath)}`);
   }
-  return { url, port, dataDir, pid: child.pid!, configPath, logPath, stop };
+  return { url, port, dataDir, pid: proc.child.pid!, configPath, logPath, stop };
 }

@@ -15,84 +15,33 @@
  * Each test seeds its own in-memory SQLite index through the port (putManifest + putTag: 20,000 writes). The
  * adapter and its statements are the same as on disk; what writes cost on disk is the benchmark's business.
  */
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../../shared/config.js';
-import type { Digest } from '../../shared/oci/digest.js';
-import { OCI_MANIFEST, referencedBlobs } from '../../shared/oci/media-types.js';
+import { OCI_MANIFEST } from '../../shared/oci/media-types.js';
 import { createRegistry } from '../../shared/registry/app.js';
 import type { Log, RegistryDeps, TagChange } from '../../shared/registry/deps.js';
 import { createRefresher, type Refresher } from '../../shared/registry/refresh.js';
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
-import type { BlobStore, ManifestStore, TagIndex } from '../../shared/store/ports.js';
+import type { BlobStore, TagIndex } from '../../shared/store/ports.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
 import { createUpstreamClient } from '../../shared/upstream/client.js';
+import { HOUR, seedTagIndex, synthesizeTags, type SynthTag } from '../support/refresh-synth.js';
 
 const TAGS = 10_000;
 const REPOS = 100;
 const CONCURRENCY = 8;
-const HOUR = 3600 * 1000;
 /** Never contacted: every request goes to the in-process responder. */
 const UPSTREAM = 'http://upstream.invalid';
 
 const config = parseConfig({ rules: [{ prefix: 'p', upstream: UPSTREAM, ttlSeconds: 3600, refreshConcurrency: CONCURRENCY }] });
 
 // ---------------------------------------------------------------------------------------------------------
-// The synthetic cache: tag i lives in repository i % 100; every 10th tag is not due; 50 due tags moved upstream
-// (bench/refresh.ts builds the same).
-
-interface SynthTag {
-  /** Cache-side name `p/<repo>`. */
-  name: string;
-  repo: string;
-  tag: string;
-  due: boolean;
-  moved: boolean;
-  cached: { digest: Digest; body: Buffer };
-  /** What the upstream has under the tag now (the cached manifest unless moved). */
-  upstream: { digest: Digest; body: Buffer };
-  dueAt: number;
-}
-
-const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}` as Digest;
-/** A syntactically valid digest for blobs nobody fetches (the refresh never touches blobs). */
-const fakeBlobDigest = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
-
-function manifestBody(i: number, revision: number): Buffer {
-  return Buffer.from(
-    JSON.stringify({
-      schemaVersion: 2,
-      mediaType: OCI_MANIFEST,
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: fakeBlobDigest(i * 2 + revision), size: 100 + i },
-      layers: [],
-      annotations: { 'org.example.revision': String(revision) },
-    }),
-  );
-}
-
-function synthesize(now: number): SynthTag[] {
-  const out: SynthTag[] = [];
-  for (let i = 0; i < TAGS; i++) {
-    const repo = `team-${String(i % REPOS).padStart(3, '0')}/app`;
-    const due = i % 10 !== 9; // 9,000 due, 1,000 not
-    const moved = i % 200 === 0; // i = 0, 200, …, 9,800: 50 tags, all due
-    const cachedBody = manifestBody(i, 0);
-    const cached = { digest: sha256(cachedBody), body: cachedBody };
-    const movedBody = moved ? manifestBody(i, 1) : undefined;
-    // Due times spread (not in insertion order) so batches mix repositories; not-due ones > 2 h ahead.
-    const dueAt = due ? now - 1 - ((i * 7919) % TAGS) * 1000 : now + 2 * HOUR + i * 1000;
-    out.push({
-      name: `p/${repo}`, repo, tag: `t${String(Math.floor(i / REPOS)).padStart(3, '0')}`, due, moved, cached,
-      upstream: movedBody ? { digest: sha256(movedBody), body: movedBody } : cached,
-      dueAt,
-    });
-  }
-  return out;
-}
+// The synthetic cache (test/support/refresh-synth.ts; bench/refresh.ts builds the same): tag i lives in repository
+// i % 100; every 10th tag is not due (due in more than 2 h); 50 due tags (i = 0, 200, …, 9,800) moved upstream.
 
 const keyOf = (t: { name: string; tag: string }) => `${t.name}:${t.tag}`;
 const headPath = (t: SynthTag) => `/v2/${t.repo}/manifests/${t.tag}`;
@@ -111,7 +60,7 @@ interface Responder {
 }
 
 function createResponder(tags: SynthTag[]): Responder {
-  const byPath = new Map<string, { digest: Digest; body: Buffer }>();
+  const byPath = new Map<string, SynthTag['cached']>();
   for (const t of tags) {
     byPath.set(`/v2/${t.repo}/manifests/${t.tag}`, t.upstream);
     byPath.set(`/v2/${t.repo}/manifests/${t.upstream.digest}`, t.upstream);
@@ -201,19 +150,9 @@ let dueKeys: string[];
 
 beforeAll(() => {
   T0 = Date.now();
-  synth = synthesize(T0);
+  synth = synthesizeTags(T0, { tags: TAGS, repos: REPOS, moved: 50, notDueInMs: 2 * HOUR });
   dueKeys = synth.filter((t) => t.due).map(keyOf).sort();
 });
-
-/** Seeds the index through the port: putManifest, then putTag, for each of the 10,000 tags. */
-async function seed(index: TagIndex & ManifestStore): Promise<void> {
-  for (const t of synth) {
-    const body = t.cached.body;
-    await index.putManifest({ name: t.name, digest: t.cached.digest, mediaType: OCI_MANIFEST, size: body.length, body }, referencedBlobs(OCI_MANIFEST, body));
-    const checkedAt = t.dueAt - HOUR;
-    await index.putTag({ name: t.name, tag: t.tag, digest: t.cached.digest, mediaType: OCI_MANIFEST, size: body.length, fetchedAt: checkedAt, checkedAt, dueAt: t.dueAt });
-  }
-}
 
 interface Registry {
   refresher: Refresher;
@@ -234,7 +173,7 @@ afterEach(() => {
 async function openRegistry(): Promise<Registry> {
   const raw = openSqliteIndex(':memory:');
   opened.push(raw);
-  await seed(raw);
+  await seedTagIndex(raw, synth); // putManifest, then putTag, for each of the 10,000 tags
   const { tags, reads } = countingTags(raw);
   const responder = createResponder(synth);
   const changes: TagChange[] = [];
