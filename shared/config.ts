@@ -1,25 +1,7 @@
 /**
- * Configuration, loaded once and validated with zod. The environment is read only here:
- * - `PULLTHROUGH_CONFIG`: path of a YAML config file (optional; built-in rules otherwise)
- * - `PULLTHROUGH_DATA_DIR`: embedded storage directory (default `./.data`)
- * - `PULLTHROUGH_PORT`: local server port (default 5000)
- * - `PULLTHROUGH_HOST`: local server address (default 127.0.0.1; `0.0.0.0` to serve other machines)
- * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR (default INFO)
- * - `PULLTHROUGH_BACKEND`: `embedded` (SQLite + filesystem, default) or `aws` (DynamoDB + S3)
- * - `PULLTHROUGH_TABLE`, `PULLTHROUGH_BUCKET`: the DynamoDB table and S3 bucket (backend `aws`); endpoints come
- *   from the SDK's own `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_S3` (DynamoDB Local, MinIO, s3rver…)
- * - `PULLTHROUGH_URL_TTL_SECONDS`: lifetime of presigned/signed blob URLs (default 900)
- * - `PULLTHROUGH_FILL_FUNCTION`: name of the fill Lambda to invoke asynchronously on a blob miss (AWS);
- *   unset → fills run in the process that took the lease
- * - `PULLTHROUGH_EVENT_BUS`: EventBridge bus that receives a `Tag Moved` event per digest change (optional)
- * - `PULLTHROUGH_REQUIRE_AUTH`: `true` → refuse to start with `auth.mode: none` (the AWS deploy sets it unless
- *   anonymous clients are allowed explicitly)
- * - `PULLTHROUGH_TOKEN_KEY`: where the token signing key set lives: `ssm:<parameter name>` or
- *   `secretsmanager:<secret id>` (a JWK or a JSON array of JWKs); unset → `<data dir>/token-key.json`, created
- *   on first use. Required on Lambda when client auth is on (each container would otherwise sign with its own key).
- * - `PULLTHROUGH_STS_ENDPOINT`: auth mode `iam` only, tests only: the STS stand-in (`http://127.0.0.1:PORT`) whose
- *   presigned URLs are accepted instead of `https://sts.<region>.amazonaws.com`
- * - `AWS_REGION` / `AWS_DEFAULT_REGION`: default STS region of `login-password`
+ * Configuration, loaded once and validated with zod. The environment is read only here and in
+ * config-environment.ts (re-exported below), which lists the variables:
+ * - `PULLTHROUGH_CONFIG` names the YAML config file (optional; built-in rules otherwise);
  * - a rule's `accessTokenEnv` names a variable holding its upstream access token (read by {@link parseConfig});
  *   `credentialsSecret` is read from Secrets Manager (endpoint override: the SDK's `AWS_ENDPOINT_URL_SECRETS_MANAGER`)
  */
@@ -27,6 +9,8 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parsePasswordHash } from './auth/passwords.js';
+
+export { parseTokenKeySource, readEnvironment, type Environment, type TokenKeySource } from './config-environment.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
 
@@ -249,86 +233,4 @@ export function loadConfig(path: string | undefined): RegistryConfig {
     throw new Error(`the config file ${path} is not valid YAML: ${(err as Error).message}`);
   }
   return parseConfig(parsed);
-}
-
-/** Where the token signing key set is read from on AWS (`PULLTHROUGH_TOKEN_KEY`). */
-export interface TokenKeySource {
-  kind: 'ssm' | 'secretsmanager';
-  /** The SSM parameter name or the Secrets Manager secret id/ARN. */
-  id: string;
-}
-
-/** Parses `PULLTHROUGH_TOKEN_KEY`: `ssm:<parameter name>` or `secretsmanager:<secret id>`. */
-export function parseTokenKeySource(value: string): TokenKeySource {
-  const m = /^(ssm|secretsmanager):(.+)$/.exec(value);
-  if (!m) throw new Error('PULLTHROUGH_TOKEN_KEY must be ssm:<parameter name> or secretsmanager:<secret id>');
-  return { kind: m[1] as TokenKeySource['kind'], id: m[2] };
-}
-
-/** Settings of the process, read from the environment once. */
-export interface Environment {
-  configPath?: string;
-  dataDir: string;
-  port: number;
-  /** Address the local server listens on. */
-  host: string;
-  logLevel: string;
-  backend: 'embedded' | 'aws';
-  table?: string;
-  bucket?: string;
-  /** Custom S3 endpoint (path-style addressing is used with one). */
-  s3Endpoint?: string;
-  /** Seconds. */
-  urlTtlSeconds: number;
-  fillFunction?: string;
-  eventBus?: string;
-  /** Refuse to start with `auth.mode: none` (`PULLTHROUGH_REQUIRE_AUTH=true`). */
-  requireAuth: boolean;
-  /** Token signing keys from SSM / Secrets Manager; unset → the local key file in the data dir. */
-  tokenKey?: TokenKeySource;
-  /** Running as a Lambda function (`AWS_LAMBDA_FUNCTION_NAME` is set): no per-process key file then. */
-  inLambda: boolean;
-  /** STS stand-in origin for auth mode `iam` (tests only). */
-  stsEndpoint?: string;
-  /** The AWS region of the environment (`login-password`'s default STS region). */
-  awsRegion?: string;
-}
-
-/** Reads the process environment (the only place that does). */
-export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
-  const port = Number(env.PULLTHROUGH_PORT ?? 5000);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PULLTHROUGH_PORT must be a port number, got ${env.PULLTHROUGH_PORT}`);
-  const backend = env.PULLTHROUGH_BACKEND || 'embedded';
-  if (backend !== 'embedded' && backend !== 'aws') throw new Error(`PULLTHROUGH_BACKEND must be embedded or aws, got ${backend}`);
-  if (backend === 'aws' && (!env.PULLTHROUGH_TABLE || !env.PULLTHROUGH_BUCKET)) {
-    throw new Error('PULLTHROUGH_BACKEND=aws needs PULLTHROUGH_TABLE and PULLTHROUGH_BUCKET');
-  }
-  if (env.PULLTHROUGH_STS_ENDPOINT && !/^https?:\/\/[^/?#@]+\/?$/.test(env.PULLTHROUGH_STS_ENDPOINT)) {
-    throw new Error('PULLTHROUGH_STS_ENDPOINT must be an origin such as http://127.0.0.1:4566');
-  }
-  const urlTtlSeconds = Number(env.PULLTHROUGH_URL_TTL_SECONDS ?? 900);
-  if (!Number.isInteger(urlTtlSeconds) || urlTtlSeconds < 1 || urlTtlSeconds > 7 * 24 * 3600) {
-    throw new Error('PULLTHROUGH_URL_TTL_SECONDS must be 1..604800 (the S3 presigned URL maximum)');
-  }
-  const requireAuth = env.PULLTHROUGH_REQUIRE_AUTH ?? '';
-  if (!['', 'true', 'false'].includes(requireAuth)) throw new Error(`PULLTHROUGH_REQUIRE_AUTH must be true or false, got ${requireAuth}`);
-  return {
-    configPath: env.PULLTHROUGH_CONFIG || undefined,
-    dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
-    port,
-    host: env.PULLTHROUGH_HOST || '127.0.0.1',
-    logLevel: env.PULLTHROUGH_LOG_LEVEL || 'INFO',
-    backend,
-    table: env.PULLTHROUGH_TABLE || undefined,
-    bucket: env.PULLTHROUGH_BUCKET || undefined,
-    s3Endpoint: env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined,
-    urlTtlSeconds,
-    fillFunction: env.PULLTHROUGH_FILL_FUNCTION || undefined,
-    eventBus: env.PULLTHROUGH_EVENT_BUS || undefined,
-    requireAuth: requireAuth === 'true',
-    tokenKey: env.PULLTHROUGH_TOKEN_KEY ? parseTokenKeySource(env.PULLTHROUGH_TOKEN_KEY) : undefined,
-    inLambda: Boolean(env.AWS_LAMBDA_FUNCTION_NAME),
-    stsEndpoint: env.PULLTHROUGH_STS_ENDPOINT || undefined,
-    awsRegion: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,
-  };
 }

@@ -5,11 +5,12 @@
  *
  * Clients get blobs through a signed, short-lived URL to the local server's own blob route
  * (`/_blobs/<algorithm>/<hex>?expires=<unix s>&signature=<hmac>`), so the registry handler answers a blob hit
- * with a 307 exactly as on AWS (where the URL is a presigned S3 GET).
+ * with a 307 exactly as on AWS (where the URL is a presigned S3 GET). Signing and checking live in fs-blob-urls.ts.
  *
  * Stream while filling. Every write in progress is tracked (digest → temp file, bytes written so far, the
  * announced size, progress/verified/committed/failed events), so the local server can serve a blob to clients
- * while it is still arriving from the upstream: {@link FsBlobStore.openInProgress} tails the temp file as it grows.
+ * while it is still arriving from the upstream: {@link FsBlobStore.openInProgress} tails the temp file as it grows
+ * (the reader is in fs-blob-tail.ts).
  * The trade-off, the same one distribution's own proxy makes: bytes reach the client before the digest is
  * verified. What keeps that safe:
  * - the store still commits (renames into place) only bytes that hashed to the digest;
@@ -23,42 +24,21 @@
  * The registry uses this only when told the blob route can tail writes ({@link FsBlobStore.enableStreamWhileFilling},
  * called by the local server); otherwise blob GETs wait for the commit as before.
  */
-import { createHmac, randomBytes, randomUUID, timingSafeEqual } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable, Writable } from 'node:stream';
+import { type Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
+import { BLOB_READ_CHUNK, openInProgressBlob, type InProgressBlob, type WriteEntry, type WriteState } from './fs-blob-tail.js';
+import { signedBlobUrl, verifyBlobUrl } from './fs-blob-urls.js';
 import type { BlobStore } from './ports.js';
 
-/** Route prefix of the local server's blob endpoint. */
-export const LOCAL_BLOB_ROUTE = '/_blobs/';
-
-/** Bytes per read when tailing a write in progress (and the write-side buffer): 1 MiB, like the blob route. */
-export const BLOB_READ_CHUNK = 1024 * 1024;
-/** Default bound (ms) on waiting for a write in progress to make any progress. */
-export const IN_PROGRESS_IDLE_MS = 60_000;
-
-/** A blob being written right now (see "Stream while filling" above). */
-export interface InProgressBlob {
-  readonly digest: Digest;
-  /** Size the writer was told to expect (the upstream's `Content-Length`), when known. Bytes. */
-  readonly expectedSize?: number;
-  /**
-   * A reader of the blob from byte 0 that tails the temp file as it grows, reading at most {@link BLOB_READ_CHUNK}
-   * at a time (memory stays bounded whatever the blob size). It ends once the bytes were verified; it is destroyed
-   * with an error when the write fails or makes no progress for `idleMs` (default {@link IN_PROGRESS_IDLE_MS}).
-   */
-  read(opts?: { idleMs?: number }): Readable;
-  /**
-   * Resolves with the size once the blob is committed (verified, fsynced, renamed into place); rejects when the
-   * write fails or makes no progress for `idleMs` (default {@link IN_PROGRESS_IDLE_MS}).
-   */
-  whenCommitted(opts?: { idleMs?: number }): Promise<number>;
-}
+export { LOCAL_BLOB_ROUTE } from './fs-blob-urls.js';
+export { BLOB_READ_CHUNK, IN_PROGRESS_IDLE_MS, type InProgressBlob } from './fs-blob-tail.js';
 
 /** The filesystem blob store plus what the local server needs to serve its signed URLs. */
 export interface FsBlobStore extends BlobStore {
@@ -76,25 +56,6 @@ export interface FsBlobStore extends BlobStore {
    * miss as soon as the upstream started sending. Off by default: a server that cannot tail writes would 404.
    */
   enableStreamWhileFilling(): void;
-}
-
-type WriteState = 'writing' | 'verified' | 'committed' | 'failed';
-
-/** Book-keeping of one write in progress. `bytesWritten` counts bytes already in the temp file. */
-interface WriteEntry {
-  digest: Digest;
-  tmpPath: string;
-  finalPath: string;
-  expectedSize?: number;
-  bytesWritten: number;
-  state: WriteState;
-  /** Set once the bytes hashed to the digest (the state may still move to committed, or to failed on fsync/rename). */
-  verified: boolean;
-  error?: Error;
-  /** Resolves once the temp file exists (readers open it only then). */
-  opened: Promise<void>;
-  /** 'change' on every progress, verification, commit or failure. */
-  events: EventEmitter;
 }
 
 /** Writes all of `bufs` at `position`, looping over short writes. */
@@ -122,149 +83,6 @@ async function writeAll(fh: FileHandle, bufs: Buffer[], position: number): Promi
 }
 
 /**
- * Waits for the next 'change' of `entry`: resolves true on a change; after `ms` without one, rejects (`idle`) or
- * resolves false. `cancel` detaches early (for destroy) and resolves false.
- */
-function nextChange(entry: WriteEntry, ms: number, onTimeout: 'idle' | 'resolve' = 'idle'): { promise: Promise<boolean>; cancel(): void } {
-  let cancel = () => undefined as void;
-  const promise = new Promise<boolean>((resolve, reject) => {
-    const onChange = () => {
-      clearTimeout(timer);
-      resolve(true);
-    };
-    const timer = setTimeout(() => {
-      entry.events.off('change', onChange);
-      if (onTimeout === 'resolve') resolve(false);
-      else reject(new Error(`blob write in progress made no progress for ${ms} ms`));
-    }, ms);
-    entry.events.once('change', onChange);
-    cancel = () => {
-      clearTimeout(timer);
-      entry.events.off('change', onChange);
-      resolve(false);
-    };
-  });
-  return { promise, cancel };
-}
-
-/**
- * A tail reader that caught up waits for at least this many new bytes (or {@link COALESCE_MS}, or the end)
- * before reading on: the upstream arrives in 64 KiB pieces, and sending each on its own costs about three
- * times the CPU of 1 MiB writes (the reason for the blob route's 1 MiB reads).
- */
-const COALESCE_BYTES = 512 * 1024;
-/** Longest a caught-up reader waits to gather {@link COALESCE_BYTES} (ms); latency stays negligible. */
-const COALESCE_MS = 5;
-
-/** How far a tail reader may read now (bytes), and whether that is the end of the blob. */
-function readableLimit(entry: WriteEntry): { limit: number; final: boolean } {
-  if (entry.verified) return { limit: entry.bytesWritten, final: true };
-  // Hold back the last byte of a known-size blob until verification: a Content-Length body never completes for bad bytes.
-  if (entry.expectedSize !== undefined) return { limit: Math.min(entry.bytesWritten, Math.max(0, entry.expectedSize - 1)), final: false };
-  return { limit: entry.bytesWritten, final: false };
-}
-
-/** Tails a write in progress: reads what is in the temp file, waits for progress, ends after verification. */
-class TailReader extends Readable {
-  private fh?: FileHandle;
-  private pos = 0;
-  private pumping = false;
-  private wait?: { cancel(): void };
-
-  constructor(
-    private readonly entry: WriteEntry,
-    private readonly idleMs: number,
-  ) {
-    super({ highWaterMark: BLOB_READ_CHUNK });
-  }
-
-  override _construct(cb: (err?: Error | null) => void): void {
-    const open = async () => {
-      await this.entry.opened;
-      try {
-        this.fh = await fs.open(this.entry.tmpPath, 'r');
-      } catch (err) {
-        // Renamed into place meanwhile (the bytes are the same), or removed because the write failed.
-        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-        if (this.entry.state === 'failed') throw this.entry.error ?? new Error('blob write failed');
-        this.fh = await fs.open(this.entry.finalPath, 'r');
-      }
-    };
-    open().then(
-      () => cb(),
-      (err: unknown) => cb(err as Error),
-    );
-  }
-
-  override _read(): void {
-    if (this.pumping) return;
-    this.pumping = true;
-    this.pump().catch((err: unknown) => this.destroy(err as Error));
-  }
-
-  private async pump(): Promise<void> {
-    for (;;) {
-      if (this.destroyed) return;
-      // A failed write cuts the reader off at once (unless its bytes were verified before fsync/rename failed).
-      if (!this.entry.verified && this.entry.state === 'failed') throw this.entry.error ?? new Error('blob write failed');
-      const { limit, final } = readableLimit(this.entry);
-      if (this.pos < limit) {
-        const len = Math.min(limit - this.pos, BLOB_READ_CHUNK);
-        const buf = Buffer.allocUnsafe(len);
-        const { bytesRead } = await this.fh!.read(buf, 0, len, this.pos);
-        if (this.destroyed) return;
-        if (bytesRead === 0) throw new Error('blob file is shorter than the bytes written');
-        this.pos += bytesRead;
-        if (!this.push(bytesRead === len ? buf : buf.subarray(0, bytesRead))) {
-          this.pumping = false;
-          return;
-        }
-        continue;
-      }
-      if (final) {
-        this.push(null);
-        return;
-      }
-      await this.waitForMore();
-    }
-  }
-
-  /** Caught up: waits for progress (bounded by `idleMs`), then briefly gathers more (see {@link COALESCE_BYTES}). */
-  private async waitForMore(): Promise<void> {
-    await this.waitChange(this.idleMs, 'idle');
-    const until = Date.now() + COALESCE_MS;
-    for (;;) {
-      if (this.destroyed || this.entry.state === 'failed') return;
-      const { limit, final } = readableLimit(this.entry);
-      const left = until - Date.now();
-      if (final || limit - this.pos >= COALESCE_BYTES || left <= 0) return;
-      if (!(await this.waitChange(left, 'resolve'))) return;
-    }
-  }
-
-  private async waitChange(ms: number, onTimeout: 'idle' | 'resolve'): Promise<boolean> {
-    const wait = nextChange(this.entry, ms, onTimeout);
-    this.wait = wait;
-    try {
-      return await wait.promise;
-    } finally {
-      this.wait = undefined;
-    }
-  }
-
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.wait?.cancel();
-    const fh = this.fh;
-    this.fh = undefined;
-    if (!fh) return cb(err);
-    fh.close().then(
-      () => cb(err),
-      () => cb(err),
-    );
-  }
-}
-
-/**
  * Opens the store at `root`. `urlTtlSeconds` is the lifetime of the signed URLs (default 900 s, like the S3
  * presigned URLs); `signingKey` defaults to random bytes per process (URLs die with the process, which is fine
  * for URLs that live minutes).
@@ -282,7 +100,6 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
     const { algorithm, encoded } = parseDigest(digest)!;
     return join(root, 'blobs', algorithm, encoded);
   };
-  const sign = (digest: Digest, expires: number) => createHmac('sha256', key).update(`${digest}\n${expires}`).digest('base64url');
   const inProgress = new Map<Digest, WriteEntry>();
 
   const store: FsBlobStore = {
@@ -381,40 +198,16 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
     },
     openInProgress(digest) {
       const entry = inProgress.get(digest);
-      if (!entry) return undefined;
-      return {
-        digest,
-        expectedSize: entry.expectedSize,
-        read: (opts = {}) => new TailReader(entry, opts.idleMs ?? IN_PROGRESS_IDLE_MS),
-        async whenCommitted(opts = {}) {
-          const idleMs = opts.idleMs ?? IN_PROGRESS_IDLE_MS;
-          for (;;) {
-            if (entry.state === 'committed') return entry.bytesWritten;
-            if (entry.state === 'failed') throw entry.error ?? new Error('blob write failed');
-            await nextChange(entry, idleMs).promise;
-          }
-        },
-      };
+      return entry ? openInProgressBlob(entry) : undefined;
     },
     enableStreamWhileFilling() {
       store.streamsWhileFilling = true;
     },
     async locate(digest) {
-      const { algorithm, encoded } = parseDigest(digest)!;
-      const expires = Math.floor(Date.now() / 1000) + ttl;
-      return { kind: 'redirect', url: `${LOCAL_BLOB_ROUTE}${algorithm}/${encoded}?expires=${expires}&signature=${sign(digest, expires)}` };
+      return { kind: 'redirect', url: signedBlobUrl(key, digest, ttl) };
     },
     verifyUrl(path, query, nowSeconds = Date.now() / 1000) {
-      const m = /^\/_blobs\/(sha256|sha512)\/([a-f0-9]+)$/.exec(path);
-      if (!m) return undefined;
-      const digest = `${m[1]}:${m[2]}`;
-      if (!parseDigest(digest)) return undefined;
-      const expires = Number(query.get('expires'));
-      const signature = query.get('signature') ?? '';
-      if (!Number.isInteger(expires) || expires < nowSeconds) return undefined;
-      const want = Buffer.from(sign(digest as Digest, expires));
-      const got = Buffer.from(signature);
-      return want.length === got.length && timingSafeEqual(want, got) ? (digest as Digest) : undefined;
+      return verifyBlobUrl(key, path, query, nowSeconds);
     },
   };
   return store;

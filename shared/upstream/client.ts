@@ -7,51 +7,15 @@
 import type { Readable } from 'node:stream';
 import { request as undiciRequest, type Dispatcher } from 'undici';
 import type { PullThroughCacheRule } from '../config.js';
-import type { Digest } from '../oci/digest.js';
 import { MANIFEST_ACCEPT } from '../oci/media-types.js';
 import { createTokenAuth, type CredentialsProvider, type TokenAuth } from './auth.js';
 import { parseChallenge } from './challenge.js';
+import type { UpstreamClient } from './client-types.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
+import { headerOf, parseNextLink, readCapped } from './response-body.js';
 
-/** What a manifest HEAD told us. Any field may be missing (some registries omit `Docker-Content-Digest`). */
-export interface ManifestHead {
-  digest?: string;
-  mediaType?: string;
-  size?: number;
-}
-
-/** A fetched manifest: the raw bytes and the headers that classify it. */
-export interface FetchedManifest {
-  body: Buffer;
-  contentType?: string;
-  digestHeader?: string;
-}
-
-/** A blob body being streamed from the upstream. `size` is the upstream `Content-Length` when given. */
-export interface FetchedBlob {
-  stream: Readable;
-  size?: number;
-}
-
-/** The operations the cache needs from an upstream registry. */
-export interface UpstreamClient {
-  /** `timeoutMs` overrides the rule's upstream timeout (short on pull-time revalidation). */
-  headManifest(repository: string, reference: string, opts?: { timeoutMs?: number }): Promise<ManifestHead>;
-  getManifest(repository: string, reference: string, maxBytes: number): Promise<FetchedManifest>;
-  headBlob(repository: string, digest: Digest): Promise<{ size?: number }>;
-  getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;
-  /**
-   * The upstream's own redirect target for a blob (e.g. a CDN URL that carries its own authorisation), or
-   * undefined when the upstream serves the bytes itself. Only https targets (or `insecureRedirectHosts`).
-   */
-  blobRedirect(repository: string, digest: Digest): Promise<string | undefined>;
-  listTags(repository: string, query: { n?: number; last?: string }): Promise<{ tags: string[]; next?: { n?: number; last: string } }>;
-  /**
-   * The upstream's referrers index for `digest` (OCI distribution spec, "Listing Referrers"), unfiltered, as
-   * parsed JSON. A 404 (no referrers API) throws `UpstreamError('not-found')`.
-   */
-  getReferrers(repository: string, digest: Digest, maxBytes: number): Promise<{ manifests: unknown[] }>;
-}
+export type { FetchedBlob, FetchedManifest, ManifestHead, UpstreamClient } from './client-types.js';
+export { parseNextLink } from './response-body.js';
 
 /** Maximum redirects followed for one blob (Go's http client allows 10). */
 const MAX_REDIRECTS = 10;
@@ -276,39 +240,4 @@ export function createUpstreamClient(
       return { tags, next: parseNextLink(res.headers.get('link')) };
     },
   };
-}
-
-/** Reads a response body, failing once it passes `maxBytes`. */
-async function readCapped(res: Response, maxBytes: number): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  try {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      total += chunk.length;
-      if (total > maxBytes) throw new UpstreamError('unavailable', `manifest larger than ${maxBytes} bytes`);
-      chunks.push(Buffer.from(chunk));
-    }
-  } catch (err) {
-    if (err instanceof UpstreamError) throw err;
-    throw new UpstreamError('unavailable', `manifest body: ${(err as Error).message}`);
-  }
-  return Buffer.concat(chunks);
-}
-
-/** Reads `n`/`last` from an RFC 5988 `Link: <...?n=..&last=..>; rel="next"` header. */
-export function parseNextLink(link: string | null): { n?: number; last: string } | undefined {
-  if (!link) return undefined;
-  const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(link);
-  if (!m) return undefined;
-  const params = new URL(m[1], 'http://x').searchParams;
-  const last = params.get('last');
-  if (last === null) return undefined;
-  const n = params.get('n');
-  return { last, ...(n !== null && /^\d+$/.test(n) ? { n: Number(n) } : {}) };
-}
-
-/** A response header as one string (undici gives repeated headers as arrays); null when absent. */
-function headerOf(res: Dispatcher.ResponseData, name: string): string | null {
-  const v = res.headers[name];
-  return v === undefined ? null : Array.isArray(v) ? v.join(', ') : v;
 }

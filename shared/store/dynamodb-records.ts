@@ -1,0 +1,124 @@
+/**
+ * The content part of the DynamoDB index: manifest items (bodies inline up to `inlineLimitBytes`, larger ones in
+ * the {@link LargeObjectStore} under `manifests/<algorithm>/<hex>`), blob links, cached listings, blob records
+ * (first commit wins) and fill leases (conditional puts, expiry by the writers' clocks, DynamoDB TTL to clean up).
+ * See `dynamodb-index.ts` for the item layout.
+ */
+import { DeleteCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
+import { parseDigest, type Digest } from '../oci/digest.js';
+import { isConditionFailure, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
+import { TTL_ATTRIBUTE } from './dynamodb-table.js';
+import type { BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore } from './ports.js';
+
+/** The manifest, link, listing, blob-record and lease ports over the index's table. */
+export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore & BlobLinks & BlobRecords & FillLeases & ListingCache {
+  const { doc, TableName, inlineLimit, now, opts, get, markRepository, batchPut } = ctx;
+
+  function largeObjectKey(digest: Digest): string {
+    const parsed = parseDigest(digest);
+    if (!parsed) throw new Error(`not a digest: ${digest.slice(0, 80)}`);
+    return `manifests/${parsed.algorithm}/${parsed.encoded}`;
+  }
+
+  return {
+    async getManifest(name, digest) {
+      const item = await get(repoPk(name), `manifest#${digest}`);
+      if (!item) return undefined;
+      let body: Uint8Array | undefined;
+      if (typeof item.bodyKey === 'string') {
+        if (!opts.largeObjects) throw new Error(`manifest ${digest} is stored in the large-object store, which is not configured`);
+        body = await opts.largeObjects.getObject(item.bodyKey);
+        if (!body) return undefined; // its object is gone: a miss, so the cache refetches and re-stores it
+      } else {
+        body = item.body as Uint8Array;
+      }
+      return { name, digest, mediaType: item.mediaType as string, size: item.size as number, body: new Uint8Array(body) };
+    },
+
+    async putManifest(r: ManifestRecord, referencedBlobs) {
+      const item: Item = { pk: repoPk(r.name), sk: `manifest#${r.digest}`, mediaType: r.mediaType, size: r.size, storedAt: now() };
+      if (r.body.byteLength <= inlineLimit) {
+        item.body = r.body;
+      } else {
+        if (!opts.largeObjects) {
+          throw new Error(`manifest ${r.digest} is ${r.body.byteLength} bytes, over the ${inlineLimit}-byte inline limit, and no large-object store is configured`);
+        }
+        item.bodyKey = largeObjectKey(r.digest);
+        await opts.largeObjects.putObject(item.bodyKey as string, r.body);
+      }
+      // Commit-ordered rather than transactional: links (deduplicated: a batch refuses duplicate keys), then
+      // the repository marker, then the manifest item, which is the commit point. A failure part-way leaves
+      // links only, which grant nothing the manifest would not. No TransactWriteItems: it costs twice the
+      // write units (a 350 KB manifest item is 350 units already) and concurrent fills of one manifest would
+      // cancel each other with TransactionConflict.
+      const links = [...new Set(referencedBlobs)].map((d) => ({ pk: repoPk(r.name), sk: `blob#${d}` }));
+      await batchPut(links);
+      await markRepository(r.name);
+      await doc.send(new PutCommand({ TableName, Item: item }));
+    },
+
+    async isLinked(name, digest) {
+      return (await get(repoPk(name), `blob#${digest}`)) !== undefined;
+    },
+
+    async link(name, digest) {
+      await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `blob#${digest}` } }));
+    },
+
+    async getListing(name, key) {
+      const item = await get(repoPk(name), `listing#${key}`);
+      return item && { body: item.body as string, fetchedAt: item.fetchedAt as number };
+    },
+
+    async putListing(name, key, body) {
+      if (Buffer.byteLength(body) > inlineLimit) return; // too large for an item: not kept (a cache, not a record)
+      await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `listing#${key}`, body, fetchedAt: now() } }));
+    },
+
+    async getBlobRecord(digest) {
+      const item = await get(`blob#${digest}`, 'blob');
+      return item && { size: item.size as number, committedAt: item.committedAt as number };
+    },
+
+    async putBlobRecord(digest, size) {
+      try {
+        // The first commit wins, so committedAt keeps the time the bytes were first verified.
+        await doc.send(new PutCommand({
+          TableName, Item: { pk: `blob#${digest}`, sk: 'blob', size, committedAt: now() },
+          ConditionExpression: 'attribute_not_exists(#pk)', ExpressionAttributeNames: { '#pk': 'pk' },
+        }));
+      } catch (e) {
+        if (!isConditionFailure(e)) throw e;
+      }
+    },
+
+    async acquireLease(key, owner, ttlSeconds) {
+      const t = now();
+      const expiresAt = t + ttlSeconds * 1000;
+      try {
+        await doc.send(new PutCommand({
+          TableName,
+          Item: { pk: `fill#${key}`, sk: 'lease', owner, expiresAt, [TTL_ATTRIBUTE]: Math.ceil(expiresAt / 1000) },
+          ConditionExpression: 'attribute_not_exists(#pk) OR #expiresAt <= :now OR #owner = :owner',
+          ExpressionAttributeNames: { '#pk': 'pk', '#expiresAt': 'expiresAt', '#owner': 'owner' },
+          ExpressionAttributeValues: { ':now': t, ':owner': owner },
+        }));
+        return true;
+      } catch (e) {
+        if (isConditionFailure(e)) return false;
+        throw e;
+      }
+    },
+
+    async releaseLease(key, owner) {
+      try {
+        await doc.send(new DeleteCommand({
+          TableName, Key: { pk: `fill#${key}`, sk: 'lease' }, ConditionExpression: '#owner = :owner',
+          ExpressionAttributeNames: { '#owner': 'owner' }, ExpressionAttributeValues: { ':owner': owner },
+        }));
+      } catch (e) {
+        if (!isConditionFailure(e)) throw e; // someone else's (or no) lease: a no-op
+      }
+    },
+  };
+}
