@@ -72,7 +72,22 @@ export async function listTags(deps: RegistryDeps, name: string, opts: { n?: num
 export async function listCatalog(deps: RegistryDeps, opts: { n?: number; last?: string }): Promise<Page> {
   if (opts.n === 0) return { items: [] };
   const n = Math.min(opts.n ?? MAX_PAGE, MAX_PAGE);
-  const names = await deps.stores.tags.listRepositories({ last: opts.last, n: n + 1 });
-  const items = names.slice(0, n);
-  return { items, next: names.length > n ? items[items.length - 1] : undefined };
+  // Repositories whose rule was removed from the config are still in the store but no longer served: skip them.
+  const served = (name: string) => {
+    try {
+      return deps.resolve(name).name === name;
+    } catch {
+      return false;
+    }
+  };
+  const found: string[] = [];
+  let last = opts.last;
+  for (let page = 0; page < 1000 && found.length <= n; page++) {
+    const names = await deps.stores.tags.listRepositories({ last, n: n + 1 });
+    found.push(...names.filter(served));
+    if (names.length < n + 1) break;
+    last = names[names.length - 1];
+  }
+  const items = found.slice(0, n);
+  return { items, next: found.length > n ? items[items.length - 1] : undefined };
 }

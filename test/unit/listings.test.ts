@@ -95,3 +95,20 @@ describe('referrers', () => {
     expect(tagged.headers['Docker-Content-Digest']).toBe(sig.digest);
   });
 });
+
+describe('_catalog', () => {
+  it('lists only repositories a configured rule still serves, paginated', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    for (const r of ['a', 'b', 'c']) seedImage(up, r, 'v1', [Buffer.from(r)]);
+    for (const r of ['a', 'b', 'c']) expect((await h.request('GET', `/v2/p/${r}/manifests/v1`)).status).toBe(200);
+    // Rows left by a rule that was removed from the config.
+    await h.index.putTag({ name: 'gone/x', tag: 'v1', digest: `sha256:${'0'.repeat(64)}`, mediaType: OCI_MANIFEST, size: 1, fetchedAt: 0, checkedAt: 0 });
+    await h.index.putTag({ name: 'p/b2', tag: 'v1', digest: `sha256:${'0'.repeat(64)}`, mediaType: OCI_MANIFEST, size: 1, fetchedAt: 0, checkedAt: 0 });
+    expect(h.jsonOf(await h.request('GET', '/v2/_catalog')).repositories).toEqual(['p/a', 'p/b', 'p/b2', 'p/c']);
+    const page = await h.request('GET', '/v2/_catalog?n=2');
+    expect(h.jsonOf(page).repositories).toEqual(['p/a', 'p/b']);
+    expect(page.headers.Link).toBe('</v2/_catalog?n=2&last=p%2Fb>; rel="next"');
+    expect(h.jsonOf(await h.request('GET', '/v2/_catalog?n=2&last=p%2Fb')).repositories).toEqual(['p/b2', 'p/c']);
+  });
+});
