@@ -3,7 +3,7 @@
 // event adapter (and the local server, which builds the same events).
 import tseslint from 'typescript-eslint';
 
-const AWS = { group: ['@aws-sdk/*', '@smithy/*'], message: 'AWS SDK only in AWS adapters (shared/store/dynamodb-*, s3-*, shared/auth/aws-*, iam) and shared/runtime.ts' };
+const AWS = { group: ['@aws-sdk/*', '@smithy/*'], message: 'AWS SDK only in AWS adapters (shared/store/dynamodb-*, s3-*, shared/aws-secrets.ts, shared/auth/aws-*, login-password) and shared/runtime.ts' };
 const LAMBDA = { group: ['@middy/*', 'aws-lambda'], message: 'middy and aws-lambda types only in functions/ and shared/http/lambda-event.ts' };
 
 export default tseslint.config(
@@ -16,10 +16,11 @@ export default tseslint.config(
   {
     files: [
       'shared/runtime.ts',
+      'shared/aws-secrets.ts',
       'shared/store/dynamodb-*.ts',
       'shared/store/s3-*.ts',
       'shared/auth/aws-*.ts',
-      'shared/auth/iam.ts',
+      'shared/auth/login-password.ts',
     ],
     rules: { 'no-restricted-imports': ['error', { patterns: [LAMBDA] }] },
   },

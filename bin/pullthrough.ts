@@ -14,7 +14,8 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { hashPassword } from '../shared/auth/passwords.js';
 import { generateSigningJwk, parseKeySet } from '../shared/auth/keys.js';
-import { createLoginPassword, DEFAULT_EXPIRES_SECONDS, MAX_EXPIRES_SECONDS } from '../shared/auth/iam.js';
+import { DEFAULT_EXPIRES_SECONDS, MAX_EXPIRES_SECONDS } from '../shared/auth/iam.js';
+import { createLoginPassword } from '../shared/auth/login-password.js';
 import { readEnvironment } from '../shared/config.js';
 
 /** One subcommand. */

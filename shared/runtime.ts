@@ -15,7 +15,6 @@ import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { InvokeCommand, LambdaClient } from '@aws-sdk/client-lambda';
 import { S3Client } from '@aws-sdk/client-s3';
 import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
 import { loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
@@ -30,7 +29,8 @@ import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
 import type { Stores } from './store/ports.js';
 import { createS3BlobStore } from './store/s3-blob-store.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
-import { credentialsForRule, type SecretReader } from './upstream/credentials.js';
+import { credentialsForRule } from './upstream/credentials.js';
+import { createSecretsManagerReader } from './aws-secrets.js';
 
 /** Everything a process entry point needs. */
 export interface Runtime {
@@ -94,20 +94,6 @@ function eventBridgePublisher(bus: string): (change: TagChange) => Promise<void>
   };
 }
 
-/**
- * Reads a rule's `credentialsSecret` (`GetSecretValue`); the client is made on first use, in the secret's region
- * when the id is an ARN. Endpoint override: the SDK's `AWS_ENDPOINT_URL_SECRETS_MANAGER`.
- */
-function secretsManagerReader(): SecretReader {
-  const clients = new Map<string, SecretsManagerClient>();
-  return async (secretId) => {
-    const region = /^arn:[^:]+:secretsmanager:([^:]+):/.exec(secretId)?.[1] ?? '';
-    let client = clients.get(region);
-    if (!client) clients.set(region, (client = new SecretsManagerClient(region ? { region } : {})));
-    return (await client.send(new GetSecretValueCommand({ SecretId: secretId }))).SecretString;
-  };
-}
-
 /** Builds a runtime from explicit settings (tests use this with their own data dir and rules). */
 export async function buildRuntime(env: Environment, config: RegistryConfig = loadConfig(env.configPath)): Promise<Runtime> {
   // Refuses auth.mode none where auth is required (PULLTHROUGH_REQUIRE_AUTH), before anything is opened.
@@ -115,7 +101,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
   const clients = new Map<string, UpstreamClient>();
-  const readSecret = secretsManagerReader();
+  const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
     let c = clients.get(rule.prefix);
     if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule, { credentials: credentialsForRule(rule, readSecret) })));

@@ -4,8 +4,8 @@
  * `secretsmanager:<secret id>` reads the secret's current `SecretString`. The value is one JWK or a JSON array
  * of JWKs (see keys.ts). Errors name the source, never the value.
  */
-import { GetSecretValueCommand, SecretsManagerClient } from '@aws-sdk/client-secrets-manager';
 import { GetParameterCommand, SSMClient } from '@aws-sdk/client-ssm';
+import { createSecretsManagerReader } from '../aws-secrets.js';
 import type { TokenKeySource } from '../config.js';
 import { createKeyProvider, KEY_CACHE_TTL_MS, type TokenKeyProvider } from './keys.js';
 
@@ -17,8 +17,8 @@ export function createAwsKeyProvider(source: TokenKeySource): TokenKeyProvider {
     const ssm = new SSMClient({});
     read = async () => (await ssm.send(new GetParameterCommand({ Name: source.id, WithDecryption: true }))).Parameter?.Value;
   } else {
-    const sm = new SecretsManagerClient({});
-    read = async () => (await sm.send(new GetSecretValueCommand({ SecretId: source.id }))).SecretString;
+    const readSecret = createSecretsManagerReader();
+    read = () => readSecret(source.id);
   }
   return createKeyProvider(
     async () => {

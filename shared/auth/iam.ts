@@ -12,13 +12,14 @@
  * `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` also matches patterns for `arn:aws:iam::ACCOUNT:role/ROLE`
  * (the role's path is not in the STS ARN: write `role/*NAME` or no path). `*` in a pattern matches any characters.
  *
+ * The client side (making a password with the AWS SDK's signer) is in login-password.ts, so the registry
+ * bundle that verifies passwords loads no signer.
+ *
  * A password proves the identity to anyone holding it until it expires (≤ 900 s is accepted), like any
  * password; keep the expiry short. A verified password is remembered until its expiry (at most
  * {@link VERIFIED_CACHE_MS}), so a client's repeated token requests cost one STS call.
  */
 import { createHash } from 'node:crypto';
-import { Sha256 } from '@smithy/core/checksum';
-import { SignatureV4 } from '@smithy/signature-v4';
 import { LRUCache } from 'lru-cache';
 import type { Authenticator, Identity } from './types.js';
 
@@ -36,8 +37,9 @@ const STS_TIMEOUT_MS = 5_000;
 const MAX_PASSWORD_CHARS = 8192;
 /** Clock skew allowed for a signing date in the future (STS allows 5 minutes). */
 const MAX_SKEW_MS = 5 * 60_000;
-const ACTION = 'GetCallerIdentity';
-const VERSION = '2011-06-15';
+/** The STS action and API version a login password must presign. */
+export const ACTION = 'GetCallerIdentity';
+export const VERSION = '2011-06-15';
 const REGION = /^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$/;
 
 /** AWS credentials (the SDK's `AwsCredentialIdentity`). */
@@ -54,44 +56,7 @@ export function stsOrigin(region: string): string {
 }
 
 /** RFC 3986 encoding as SigV4 does it (encodeURIComponent leaves `!'()*`). */
-const escapeUri = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-
-/**
- * Creates a login password: a presigned STS `GetCallerIdentity` URL, base64url-encoded. `credentials` default to
- * the AWS SDK's provider chain (environment, SSO, profiles, web identity, ECS/EC2 roles). `endpoint` replaces
- * the STS origin (tests: the stand-in). Use it with username {@link IAM_USERNAME}.
- */
-export async function createLoginPassword(opts: {
-  region: string;
-  credentials?: AwsCredentials | (() => Promise<AwsCredentials>);
-  expiresInSeconds?: number;
-  endpoint?: string;
-  signingDate?: Date;
-}): Promise<string> {
-  const expiresIn = opts.expiresInSeconds ?? DEFAULT_EXPIRES_SECONDS;
-  if (!Number.isInteger(expiresIn) || expiresIn < 1 || expiresIn > MAX_EXPIRES_SECONDS) {
-    throw new Error(`expiry must be 1..${MAX_EXPIRES_SECONDS} seconds`);
-  }
-  const origin = new URL(opts.endpoint ?? stsOrigin(opts.region));
-  const credentials = opts.credentials ?? (await import('@aws-sdk/credential-provider-node')).defaultProvider();
-  const signer = new SignatureV4({ service: 'sts', region: opts.region, credentials, sha256: Sha256, uriEscapePath: true });
-  const signed = await signer.presign(
-    {
-      method: 'GET',
-      protocol: origin.protocol,
-      hostname: origin.hostname,
-      port: origin.port ? Number(origin.port) : undefined,
-      path: '/',
-      query: { Action: ACTION, Version: VERSION },
-      headers: { host: origin.host },
-    },
-    { expiresIn, signingDate: opts.signingDate },
-  );
-  const query = Object.entries(signed.query ?? {})
-    .map(([k, v]) => `${escapeUri(k)}=${escapeUri(String(v))}`)
-    .join('&');
-  return Buffer.from(`${origin.origin}/?${query}`).toString('base64url');
-}
+export const escapeUri = (s: string) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
 
 /** A password that passed the offline checks: the URL to send to STS (rebuilt, not the client's text). */
 export interface CheckedLoginUrl {

@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createLoginPassword } from '../../shared/auth/iam.js';
+import { createLoginPassword } from '../../shared/auth/login-password.js';
 import { pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
 import { pullImage, sha256, type PulledImage } from '../support/pull.js';

@@ -12,9 +12,9 @@ import {
   callerArns,
   checkLoginPassword,
   createIamAuthenticator,
-  createLoginPassword,
   IAM_USERNAME,
 } from '../../shared/auth/iam.js';
+import { createLoginPassword } from '../../shared/auth/login-password.js';
 import { startStsStandin, TEST_ROLE, TEST_STRANGER, TEST_USER, type StsStandin } from '../support/sts-standin.js';
 import { pickFreePort } from '../support/upstream-registry.js';
 
