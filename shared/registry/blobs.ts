@@ -70,14 +70,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   // "The upstream has no such blob for this repository", remembered for the rule's negativeCacheSeconds so
   // repeated misses (clients retry) do not hammer the upstream.
   const missing = new LRUCache<string, true>({ max: 10_000 });
-  const rememberMiss = (name: string, digest: string, err: unknown) => {
-    const resolved = (() => {
-      try {
-        return deps.resolve(name);
-      } catch {
-        return undefined;
-      }
-    })();
+  const rememberMiss = (resolved: ResolvedName | undefined, digest: string, err: unknown) => {
     const ttl = (resolved?.rule.negativeCacheSeconds ?? 0) * 1000;
     if (resolved && ttl > 0 && err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied')) {
       missing.set(`${resolved.name}\n${digest}`, true, { ttl });
@@ -204,8 +197,11 @@ export function createBlobService(deps: RegistryDeps): BlobService {
 
   return {
     async stat(name, rawDigest) {
+      let resolved: ResolvedName | undefined;
       try {
-        const { resolved, digest, size } = await prepare(name, rawDigest);
+        const prepared = await prepare(name, rawDigest);
+        resolved = prepared.resolved;
+        const { digest, size } = prepared;
         if (size !== undefined) return { digest, size };
         if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
         const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
@@ -215,14 +211,17 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         await ensureLinked(resolved, digest);
         return { digest, size: filled.size };
       } catch (err) {
-        rememberMiss(name, rawDigest, err);
+        rememberMiss(resolved, rawDigest, err);
         throw toRegistryError(err, 'BLOB_UNKNOWN');
       }
     },
 
     async locate(name, rawDigest, hop = 0) {
+      let resolved: ResolvedName | undefined;
       try {
-        const { resolved, digest, size } = await prepare(name, rawDigest);
+        const prepared = await prepare(name, rawDigest);
+        resolved = prepared.resolved;
+        const { digest, size } = prepared;
         if (size !== undefined) return { kind: 'blob', digest, size, location: await stores.blobs.locate(digest) };
         if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
         const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere());
@@ -243,7 +242,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         }
         throw new RegistryError('UNAVAILABLE', 'blob is still being fetched from the upstream; retry later', { headers: { 'Retry-After': '30' } });
       } catch (err) {
-        rememberMiss(name, rawDigest, err);
+        rememberMiss(resolved, rawDigest, err);
         throw toRegistryError(err, 'BLOB_UNKNOWN');
       }
     },
