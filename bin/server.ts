@@ -11,6 +11,7 @@ import type { Context } from 'aws-lambda';
 import { buildHttpApiEvent } from '../shared/http/lambda-event.js';
 import { RegistryError } from '../shared/oci/errors.js';
 import { LOCAL_BLOB_ROUTE } from '../shared/store/fs-blob-store.js';
+import { createLogger } from '../shared/logger.js';
 import { getRuntime } from '../shared/runtime.js';
 import { createBlobRoute } from './blob-route.js';
 import { warmUp } from './warm-up.js';
@@ -23,7 +24,10 @@ const runtime = await getRuntime().catch((err: unknown) => {
 });
 // Imported after the runtime built: the handler module builds the same (memoised) runtime at load.
 const { handler } = await import('../functions/registry.js');
-const { logger, blobStore } = runtime;
+const { blobStore } = runtime;
+// The server's own lines (blob route, malformed requests, lifecycle) use a logger of their own: the handler's
+// logger carries the last Lambda invocation's context (function_request_id), which is not theirs.
+const logger = createLogger(runtime.env.logLevel);
 // This server's blob route tails writes in progress: blob misses may be answered before the fill commits.
 blobStore?.enableStreamWhileFilling();
 
@@ -106,7 +110,10 @@ export function startServer(port: number, host = '127.0.0.1'): Promise<Server> {
       `HTTP/1.1 ${status} ${status === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\n` +
         `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nDocker-Distribution-API-Version: registry/2.0\r\nConnection: close\r\n\r\n${body}`,
     );
-    logger.info('request', { status, error: err.code ?? 'client error' });
+    // skopeo and others try TLS first on a plain-HTTP registry: a TLS handshake (first byte 0x16) is expected
+    // noise, not an error worth an INFO line.
+    const tlsProbe = (err as { rawPacket?: Buffer }).rawPacket?.[0] === 0x16;
+    logger[tlsProbe ? 'debug' : 'info']('request', { status, error: tlsProbe ? 'TLS handshake on plain HTTP' : (err.code ?? 'client error') });
   });
   return new Promise((resolveListen, reject) => {
     server.once('error', reject);
