@@ -35,12 +35,14 @@ export function assertName(name: string): string {
 export type Reference = { kind: 'tag'; tag: string } | { kind: 'digest'; digest: Digest };
 
 /**
- * Parses a manifest reference.
- * @throws RegistryError `DIGEST_INVALID` for a malformed digest, `MANIFEST_INVALID` for a malformed tag
- *   (the spec has no TAG_INVALID; distribution answers MANIFEST_INVALID / 400 too).
+ * Parses a manifest reference. Called before any upstream request or storage key is built.
+ * @throws RegistryError `DIGEST_INVALID` (400) for a malformed digest; `MANIFEST_UNKNOWN` (404) for a reference
+ *   that is neither a digest nor a valid tag: it names nothing that can exist, so it is unknown rather than a
+ *   malformed request (distribution's router answers 404 too, and the OCI conformance suite's pull workflow
+ *   requires 404 for `GET`/`HEAD /v2/<name>/manifests/.INVALID_MANIFEST_NAME`).
  */
 export function parseReference(reference: string): Reference {
   if (looksLikeDigest(reference)) return { kind: 'digest', digest: assertDigest(reference) };
-  if (!isValidTag(reference)) throw new RegistryError('MANIFEST_INVALID', 'invalid tag', { detail: { tag: reference.slice(0, 200) } });
+  if (!isValidTag(reference)) throw new RegistryError('MANIFEST_UNKNOWN', 'no manifest can have this reference: it is not a valid tag or digest', { detail: { tag: reference.slice(0, 200) } });
   return { kind: 'tag', tag: reference };
 }

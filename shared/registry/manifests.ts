@@ -32,8 +32,8 @@ export interface TagCheck {
 export interface ManifestService {
   /**
    * The manifest for `reference` (tag or digest) in `name`, fetching and storing it on a miss.
-   * @throws RegistryError `NAME_INVALID`/`NAME_UNKNOWN`/`MANIFEST_INVALID`/`DIGEST_INVALID` for bad input,
-   *   `MANIFEST_UNKNOWN` when the upstream does not have it, `TOOMANYREQUESTS`/`UNAVAILABLE` when the upstream
+   * @throws RegistryError `NAME_INVALID`/`NAME_UNKNOWN`/`DIGEST_INVALID` for bad input, `MANIFEST_UNKNOWN` for a
+   *   reference that is not a valid tag (before any upstream request) or when the upstream does not have it, `TOOMANYREQUESTS`/`UNAVAILABLE` when the upstream
    *   cannot answer and nothing is cached.
    */
   get(name: string, reference: string): Promise<ManifestRecord>;

@@ -2,7 +2,8 @@
  * The OCI distribution-spec conformance suite's pull workflow, checked here with plain HTTP against the real
  * local server in front of Debian's docker-registry (the Go conformance binary is not available offline; these
  * are its pull-workflow assertions): 404 for unknown blobs and manifests (GET and HEAD), 200 with a matching
- * Docker-Content-Digest for known ones by tag and by digest, 400/404 with OCI error JSON for a malformed digest.
+ * Docker-Content-Digest for known ones by tag and by digest, 404 MANIFEST_UNKNOWN for a reference that is no tag
+ * (`.INVALID_MANIFEST_NAME`), 400/404 with OCI error JSON for a malformed digest.
  */
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -79,6 +80,17 @@ describe('pull workflow (OCI distribution-spec conformance, pull)', () => {
     expect((await fetch(`${cache.url}/v2/${name}/manifests/${unknownDigest}`, { method: 'HEAD' })).status).toBe(404);
     await expectOciError(await fetch(`${cache.url}/v2/${name}/blobs/${unknownDigest}`), [404]);
     expect((await fetch(`${cache.url}/v2/${name}/blobs/${unknownDigest}`, { method: 'HEAD' })).status).toBe(404);
+  });
+
+  it('a reference that is no tag (the suite\'s .INVALID_MANIFEST_NAME) → 404 MANIFEST_UNKNOWN, GET and HEAD', async () => {
+    for (const bad of ['.INVALID_MANIFEST_NAME', 'v1@x', 't'.repeat(129)]) {
+      const get = await fetch(`${cache.url}/v2/${name}/manifests/${bad}`);
+      expect(get.status).toBe(404);
+      expect(((await get.json()) as { errors: Array<{ code: string }> }).errors[0].code).toBe('MANIFEST_UNKNOWN');
+      const head = await fetch(`${cache.url}/v2/${name}/manifests/${bad}`, { method: 'HEAD' });
+      expect(head.status).toBe(404);
+      expect(await head.text()).toBe('');
+    }
   });
 
   it('a malformed digest → 400 or 404 with OCI error JSON', async () => {

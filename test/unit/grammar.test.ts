@@ -60,6 +60,9 @@ describe('digests', () => {
     expect(parseReference('latest')).toEqual({ kind: 'tag', tag: 'latest' });
     expect(parseReference(`sha256:${hex64}`)).toEqual({ kind: 'digest', digest: `sha256:${hex64}` });
     expect(() => parseReference('sha256:xyz')).toThrow(expect.objectContaining({ code: 'DIGEST_INVALID', status: 400 }) as RegistryError);
-    expect(() => parseReference('x'.repeat(129))).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID', status: 400 }) as RegistryError);
+    // A tag outside the grammar names nothing that can exist: unknown, not malformed (conformance suite, distribution).
+    for (const bad of ['x'.repeat(129), '.INVALID_MANIFEST_NAME', '', 'v1@x', '-v1']) {
+      expect(() => parseReference(bad)).toThrow(expect.objectContaining({ code: 'MANIFEST_UNKNOWN', status: 404 }) as RegistryError);
+    }
   });
 });
