@@ -1,0 +1,37 @@
+/**
+ * The runtime the cache commands (refresh, gc, purge, ls, verify) work on: the same one `npm start` builds
+ * (shared/runtime.ts) from the same `PULLTHROUGH_*` settings, so a command run beside the server works on the
+ * server's store (SQLite in WAL mode and the blob files are safe to share between processes; DynamoDB + S3
+ * with `PULLTHROUGH_BACKEND=aws`).
+ */
+import { getRuntime, type Runtime } from '../../shared/runtime.js';
+
+/** Exit code of a command whose runtime cannot start (bad config or environment). */
+export const CANNOT_START = 2;
+
+/**
+ * Runs `fn` with the process runtime and closes the runtime afterwards. A runtime that cannot be built (bad
+ * config, missing settings) prints why, without a stack, and exits {@link CANNOT_START}.
+ */
+export async function withRuntime(command: string, fn: (runtime: Runtime) => Promise<void>): Promise<void> {
+  let runtime: Runtime;
+  try {
+    runtime = await getRuntime();
+  } catch (err) {
+    process.stderr.write(`${command}: cannot start: ${(err as Error).message}\n`);
+    process.exitCode = CANNOT_START;
+    return;
+  }
+  try {
+    await fn(runtime);
+  } finally {
+    runtime.close();
+  }
+}
+
+/** A `--max-seconds` value: a positive number. */
+export function positiveSeconds(value: string): number {
+  const n = Number(value);
+  if (!(n > 0)) throw new Error('must be a positive number of seconds');
+  return n;
+}
