@@ -3,6 +3,7 @@
  * answers (so the list is the upstream's, not just what is cached), else from the tag index.
  */
 import { RegistryError } from '../oci/errors.js';
+import { isValidTag } from '../oci/reference.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 
@@ -12,7 +13,7 @@ export interface Page {
   next?: string;
 }
 
-/** Default and maximum page size for listings when the client asks for none or too many. */
+/** Largest page of a listing (`n` above it is lowered; a `Link` leads on); the catalog's default page size too. */
 export const MAX_PAGE = 1000;
 
 /**
@@ -28,31 +29,44 @@ export function parsePageSize(n: string | null): number | undefined {
 /** Listing key of the one tag list kept per repository: the unpaginated list (`GET .../tags/list`). */
 const FULL_LIST_KEY = 'tags';
 
-/** Applies `n`/`last` to a sorted tag list. */
-function paginate(all: string[], opts: { n?: number; last?: string }): Page {
-  const after = opts.last === undefined ? all : all.filter((t) => t > opts.last!);
-  const n = Math.min(opts.n ?? MAX_PAGE, MAX_PAGE);
+/**
+ * One page of a tag list as the spec's "Listing Tags" requires it, whatever the list came from (an upstream that
+ * honours `n`/`last`, one that ignores them as Debian's distribution 2.8 does, one that answers unsorted, or the
+ * list kept for an outage): valid tags only, once each, in lexical (byte) order — distribution's `sort.Strings`,
+ * which the conformance suite accepts beside case-insensitive order, and the order `last` is compared in here
+ * and upstream; only tags after `last` (non-inclusive); at most `n` (capped at {@link MAX_PAGE}; the whole list
+ * when `n` is absent). `next` is set when more tags follow this page: beyond `n` here, or `upstreamNext` (the
+ * upstream's own `Link` cursor), so a page shorter than `n` always comes with a `Link` unless it is the last.
+ * (`n` = 0 never gets here: it answers an empty list without a `Link`.)
+ */
+function paginate(tags: string[], opts: { n?: number; last?: string }, upstreamNext?: string): Page {
+  const sorted = [...new Set(tags.filter(isValidTag))].sort();
+  const after = opts.last === undefined ? sorted : sorted.filter((t) => t > opts.last!);
+  const n = opts.n === undefined ? after.length : Math.min(opts.n, MAX_PAGE);
   const items = after.slice(0, n);
-  return { items, next: after.length > n ? items[items.length - 1] : undefined };
+  if (after.length > n) return { items, next: items[items.length - 1] };
+  return { items, ...(upstreamNext === undefined ? {} : { next: upstreamNext }) };
 }
 
 /**
  * Lists tags of `name`: the upstream's page when reachable. When it is not, the last full list seen (kept only
  * from unpaginated requests, one per repository, so clients cannot grow the store with query variants),
  * paginated here; else the tags cached in the index. An upstream "no such repository" is `NAME_UNKNOWN`.
+ * Every answer goes through {@link paginate}, so ordering, `n`, `last` and `next` hold whatever the source did.
  */
 export async function listTags(deps: RegistryDeps, name: string, opts: { n?: number; last?: string }): Promise<Page> {
   const resolved = deps.resolve(name);
   if (opts.n === 0) return { items: [] };
   if (opts.last !== undefined && opts.last.length > 256) throw new RegistryError('UNSUPPORTED', 'last is too long', { status: 400 });
   try {
-    const page = await deps.upstreamFor(resolved.rule).listTags(resolved.upstreamRepository, opts);
+    const asked = { ...opts, ...(opts.n === undefined ? {} : { n: Math.min(opts.n, MAX_PAGE) }) };
+    const page = await deps.upstreamFor(resolved.rule).listTags(resolved.upstreamRepository, asked);
     if (opts.n === undefined && opts.last === undefined && page.next === undefined) {
-      const body = JSON.stringify([...page.tags].sort());
+      const body = JSON.stringify(paginate(page.tags, {}).items);
       const kept = await deps.stores.listings.getListing(resolved.name, FULL_LIST_KEY);
       if (kept?.body !== body) await deps.stores.listings.putListing(resolved.name, FULL_LIST_KEY, body);
     }
-    return { items: page.tags, next: page.next?.last };
+    return paginate(page.tags, opts, page.next?.last);
   } catch (err) {
     if (!(err instanceof UpstreamError)) throw err;
     if (err.failure === 'not-found' || err.failure === 'denied') throw toRegistryError(err, 'NAME_UNKNOWN');

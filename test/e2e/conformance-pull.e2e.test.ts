@@ -3,11 +3,13 @@
  * local server in front of Debian's docker-registry (the Go conformance binary is not available offline; these
  * are its pull-workflow assertions): 404 for unknown blobs and manifests (GET and HEAD), 200 with a matching
  * Docker-Content-Digest for known ones by tag and by digest, 404 MANIFEST_UNKNOWN for a reference that is no tag
- * (`.INVALID_MANIFEST_NAME`), 400/404 with OCI error JSON for a malformed digest.
+ * (`.INVALID_MANIFEST_NAME`), 400/404 with OCI error JSON for a malformed digest; and the content-discovery MUSTs of
+ * `tags/list` (lexical order, `n`, `last`, `Link`, `n=0`), which the cache keeps although distribution 2.8 ignores
+ * `n` and `last`.
  */
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pushSinglePlatformImage, type PushedImage } from '../support/images.js';
+import { pushManifest, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
@@ -18,6 +20,9 @@ let upstream: UpstreamRegistry;
 let cache: LocalServer;
 let image: PushedImage;
 const name = 'local/conformance/pull';
+const EXTRA_TAGS = ['tagtest1', 'Latest', 'tagtest2', '1.0', 'tagtest3'];
+/** Every tag of the upstream repository in byte order (distribution's sort.Strings). */
+const ALL_TAGS = ['tagtest0', ...EXTRA_TAGS].sort();
 
 beforeAll(async () => {
   upstream = await startUpstreamRegistry();
@@ -26,6 +31,8 @@ beforeAll(async () => {
     arch: 'amd64',
     layerSources: ['/usr/share/common-licenses'],
   });
+  // More tags for the listing checks (distribution 2.8 ignores n and last: the cache must page itself).
+  for (const t of EXTRA_TAGS) await pushManifest(upstream.url, 'conformance/pull', t, image.mediaType, image.manifest);
   cache = await startLocalServer({ rules: [{ prefix: 'local', upstream: upstream.url }] });
 });
 afterAll(async () => {
@@ -100,9 +107,27 @@ describe('pull workflow (OCI distribution-spec conformance, pull)', () => {
     }
   });
 
-  it('tags/list → the upstream tags, with n', async () => {
-    const res = await fetch(`${cache.url}/v2/${name}/tags/list?n=1`);
-    expect(res.status).toBe(200);
-    expect(((await res.json()) as { tags: string[] }).tags).toEqual(['tagtest0']);
+  it('tags/list → every tag in lexical order; n and last page it with a Link, n=0 is empty without one', async () => {
+    const list = async (query: string) => {
+      const res = await fetch(`${cache.url}/v2/${name}/tags/list${query}`);
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as { name: string; tags: string[] };
+      expect(body.name).toBe(name);
+      return { tags: body.tags, link: res.headers.get('link') };
+    };
+    expect(await list('')).toEqual({ tags: ALL_TAGS, link: null });
+    // Follow the Link headers with n=4: full pages of exactly n until the last, together the whole list.
+    const pages: string[][] = [];
+    let query: string | undefined = '?n=4';
+    for (let i = 0; query !== undefined && i < 5; i++) {
+      const page = await list(query);
+      pages.push(page.tags);
+      query = page.link === null ? undefined : /^<[^?]*(\?[^>]*)>; rel="next"$/.exec(page.link)![1];
+    }
+    expect(pages).toEqual([ALL_TAGS.slice(0, 4), ALL_TAGS.slice(4)]);
+    // last is non-inclusive, with or without n.
+    expect((await list(`?n=2&last=${ALL_TAGS[1]}`)).tags).toEqual(ALL_TAGS.slice(2, 4));
+    expect((await list(`?last=${ALL_TAGS[3]}`)).tags).toEqual(ALL_TAGS.slice(4));
+    expect(await list('?n=0')).toEqual({ tags: [], link: null });
   });
 });

@@ -48,6 +48,11 @@ export interface FakeUpstream {
     delayMs?: number;
     wrongBytes?: boolean;
     slowBody?: { chunkBytes: number; pauseMs: number; noLength?: boolean };
+    /**
+     * Tag lists as other registries answer them: `ignorePaging` returns every tag whatever `n`/`last` say (Debian's
+     * distribution 2.8 does), `unsorted` in the order they were put, `maxPage` caps a page (with a `Link`).
+     */
+    tagList?: { ignorePaging?: boolean; unsorted?: boolean; maxPage?: number };
   };
   /** Most requests handled at once (concurrency seen by the upstream) since the last reset. */
   readonly maxInFlight: number;
@@ -174,10 +179,12 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     }
     const tm = /^\/v2\/(.+)\/tags\/list$/.exec(url.pathname);
     if (tm) {
-      const all = [...(tags.get(tm[1]) ?? [])].sort();
+      const tl = faults.tagList ?? {};
+      const all = tl.unsorted ? [...(tags.get(tm[1]) ?? [])] : [...(tags.get(tm[1]) ?? [])].sort();
       if (!manifests.has(tm[1])) return void res.writeHead(404).end();
-      const last = url.searchParams.get('last');
-      const n = url.searchParams.has('n') ? Number(url.searchParams.get('n')) : all.length;
+      const last = tl.ignorePaging ? null : url.searchParams.get('last');
+      const asked = url.searchParams.has('n') && !tl.ignorePaging ? Number(url.searchParams.get('n')) : all.length;
+      const n = Math.min(asked, tl.maxPage ?? asked);
       const after = last ? all.filter((t) => t > last) : all;
       const page = after.slice(0, n);
       const headers: Record<string, string> = { 'Content-Type': 'application/json' };

@@ -50,6 +50,63 @@ describe('tags/list', () => {
   });
 });
 
+describe('tags/list keeps every spec MUST whatever the upstream does with n and last', () => {
+  // Byte order, as distribution's sort.Strings (the conformance suite accepts it beside case-insensitive order).
+  const TAGS = ['v2', 'latest', 'Alpha', 'v10', '1.0', 'beta', 'v1'];
+  const SORTED = [...TAGS].sort();
+
+  /**
+   * Follows `Link: <...>; rel="next"` from `first` (bounded) and checks each page against the spec ("Listing
+   * Tags"): sorted, at most `n` tags, fewer than `n` only when no more tags follow or with a `Link`, `n` kept in
+   * the `Link`. The tags of all pages together must be `expected`.
+   */
+  async function walk(first: string, expected: string[], n?: number): Promise<void> {
+    const seen: string[] = [];
+    let url: string | undefined = first;
+    for (let page = 0; url; page++) {
+      expect(page).toBeLessThan(20);
+      const res = await h.request('GET', url);
+      expect(res.status).toBe(200);
+      const body = h.jsonOf(res) as { name: string; tags: string[] };
+      expect(body.name).toBe('p/app');
+      expect(body.tags).toEqual([...body.tags].sort());
+      const link = res.headers.Link;
+      if (n !== undefined) expect(body.tags.length).toBeLessThanOrEqual(n);
+      if (n !== undefined && body.tags.length < n && link === undefined) expect(seen.length + body.tags.length).toBe(expected.length);
+      seen.push(...body.tags);
+      if (link === undefined) break;
+      const m = /^<([^>]+)>; rel="next"$/.exec(link);
+      expect(m).not.toBeNull();
+      url = m![1];
+      if (n !== undefined) expect(new URLSearchParams(url.split('?')[1]).get('n')).toBe(String(n));
+    }
+    expect(seen).toEqual(expected);
+  }
+
+  it.each([
+    ['honours n and last', {}],
+    ['ignores n and last (as Debian\'s distribution 2.8 does)', { ignorePaging: true }],
+    ['ignores them and answers in insertion order', { ignorePaging: true, unsorted: true }],
+    ['pages at most 2 tags itself, with a Link', { maxPage: 2 }],
+  ])('when the upstream %s', async (_, tagList) => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    for (const t of TAGS) seedImage(up, 'app', t, [Buffer.from(t)]);
+    up.faults.tagList = tagList;
+    await walk('/v2/p/app/tags/list', SORTED);
+    for (const n of [1, 3, 7, 50]) await walk(`/v2/p/app/tags/list?n=${n}`, SORTED, n);
+    // last: non-inclusive, lexical, with or without n.
+    const afterBeta = SORTED.filter((t) => t > 'beta');
+    await walk('/v2/p/app/tags/list?last=beta', afterBeta);
+    await walk('/v2/p/app/tags/list?n=2&last=beta', afterBeta, 2);
+    await walk(`/v2/p/app/tags/list?n=2&last=${SORTED[SORTED.length - 1]}`, [], 2);
+    // n = 0: an empty list and no Link.
+    const none = await h.request('GET', '/v2/p/app/tags/list?n=0');
+    expect(h.jsonOf(none)).toEqual({ name: 'p/app', tags: [] });
+    expect(none.headers.Link).toBeUndefined();
+  });
+});
+
 describe('referrers', () => {
   it('passes the upstream referrers on, filters by artifactType, and keeps them for an outage', async () => {
     up = await startFakeUpstream({ referrers: true });
