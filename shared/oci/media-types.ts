@@ -1,7 +1,7 @@
 /**
  * Manifest media types (OCI image spec "Media Types"; Docker "Image Manifest V2, Schema 2") and how an upstream
- * answer is classified: by its `Content-Type` first, then by the body's shape — never by the optional
- * `mediaType` field alone.
+ * answer is checked and classified before it is stored: a JSON object with `schemaVersion` 2 whose `mediaType`
+ * (when present) and shape agree with the `Content-Type` it came with (see {@link classifyManifest}).
  */
 import { RegistryError } from './errors.js';
 
@@ -24,26 +24,47 @@ export function isIndexMediaType(mediaType: string): boolean {
 }
 
 /**
- * Works out a manifest's media type from the upstream `Content-Type` and the body.
- * @throws RegistryError `MANIFEST_INVALID` for Docker schema1 (refused on purpose: its digest is not the
- *   body's SHA-256 and no current client needs it) and for bodies that are not a manifest.
+ * Checks that an upstream answer is a manifest and works out the media type it is stored and served as.
+ * The body must be a JSON object with `schemaVersion` 2 (image spec "Image Manifest" / "Image Index"; Docker
+ * "Image Manifest V2, Schema 2"); the type comes from the `Content-Type` when that is a manifest type we serve,
+ * else from the body's `mediaType`, else from its shape (`manifests[]`: an OCI index; `config` + `layers[]`: an
+ * OCI manifest); a `mediaType` in the body must agree with the `Content-Type`, and the body must have the shape of
+ * its type. Any other `Content-Type` (text/html, application/json, a blob type) is never served as a manifest
+ * type: the body decides. Captive portals and login pages answering 200 are the real-world source of non-manifests.
+ * @throws RegistryError `MANIFEST_INVALID`: 502 for an answer that is not a manifest (the upstream's fault,
+ *   nothing is stored); 400 for Docker schema1 (refused on purpose: its digest is not the body's SHA-256 and no
+ *   current client needs it).
  */
 export function classifyManifest(contentType: string | undefined, body: Uint8Array): string {
   const ct = (contentType ?? '').split(';')[0].trim().toLowerCase();
   if (ct === DOCKER_SCHEMA1 || ct === DOCKER_SCHEMA1_SIGNED) throw schema1();
-  if ((MANIFEST_MEDIA_TYPES as readonly string[]).includes(ct)) return ct;
-  let parsed: Record<string, unknown>;
+  let parsed: unknown;
   try {
     parsed = JSON.parse(Buffer.from(body).toString('utf8'));
   } catch {
-    throw new RegistryError('MANIFEST_INVALID', 'upstream manifest is not JSON');
+    throw notManifest('is not JSON');
   }
-  if (parsed === null || typeof parsed !== 'object') throw new RegistryError('MANIFEST_INVALID', 'upstream manifest is not a JSON object');
-  if (parsed.schemaVersion === 1) throw schema1();
-  if (typeof parsed.mediaType === 'string' && (MANIFEST_MEDIA_TYPES as readonly string[]).includes(parsed.mediaType)) return parsed.mediaType;
-  if (Array.isArray(parsed.manifests)) return OCI_INDEX;
-  if (parsed.config && Array.isArray(parsed.layers)) return OCI_MANIFEST;
-  throw new RegistryError('MANIFEST_INVALID', 'upstream answer is not an image manifest or index');
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw notManifest('is not a JSON object');
+  const m = parsed as Record<string, unknown>;
+  if (m.schemaVersion === 1) throw schema1();
+  if (m.schemaVersion !== 2) throw notManifest('has no schemaVersion 2');
+  const declared = m.mediaType;
+  if (declared !== undefined && !isServedType(declared)) throw notManifest(`has an unsupported mediaType ${JSON.stringify(declared).slice(0, 100)}`);
+  if (declared !== undefined && isServedType(ct) && declared !== ct) throw notManifest(`says mediaType ${declared} but was served as ${ct}`);
+  const type = isServedType(ct) ? ct : (declared ?? (Array.isArray(m.manifests) ? OCI_INDEX : OCI_MANIFEST));
+  const shaped = isIndexMediaType(type)
+    ? Array.isArray(m.manifests)
+    : m.config !== null && typeof m.config === 'object' && Array.isArray(m.layers);
+  if (!shaped) throw notManifest(isIndexMediaType(type) ? `(${type}) has no manifests list` : `(${type}) has no config and layers`);
+  return type;
+}
+
+function isServedType(value: unknown): value is (typeof MANIFEST_MEDIA_TYPES)[number] {
+  return typeof value === 'string' && (MANIFEST_MEDIA_TYPES as readonly string[]).includes(value);
+}
+
+function notManifest(why: string): RegistryError {
+  return new RegistryError('MANIFEST_INVALID', `the upstream answered something that is not a manifest: it ${why}`, { status: 502 });
 }
 
 function schema1(): RegistryError {

@@ -51,17 +51,21 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
   const flights = createSingleFlight();
   const missing = new LRUCache<string, true>({ max: 10_000 });
 
-  /** Fetches `reference` upstream, verifies it, stores it (and links its blobs); nothing is stored on failure. */
+  /**
+   * Fetches `reference` upstream, verifies its digest and that it is a manifest (`classifyManifest`), stores it
+   * (and links its blobs); nothing is stored on failure.
+   */
   async function fetchAndStore(resolved: ResolvedName, reference: string, expected?: Digest): Promise<ManifestRecord> {
     const upstream = deps.upstreamFor(resolved.rule);
     const fetched = await upstream.getManifest(resolved.upstreamRepository, reference, deps.maxManifestBytes);
-    const mediaType = classifyManifest(fetched.contentType, fetched.body);
     const digest = expected ? digestLike(expected, fetched.body) : sha256Digest(fetched.body);
     const advertised = fetched.digestHeader && isDigest(fetched.digestHeader) ? fetched.digestHeader : undefined;
     if ((expected && digest !== expected) || (advertised && advertised.startsWith('sha256:') && digest.startsWith('sha256:') && advertised !== digest)) {
       log.warn('upstream manifest did not match its digest', { name: resolved.name, reference, expected: expected ?? advertised, actual: digest });
       throw new RegistryError('DIGEST_INVALID', 'upstream manifest did not match its digest', { status: 502 });
     }
+    // The right bytes, but are they a manifest (not a login page), of the type they were served as?
+    const mediaType = classifyManifest(fetched.contentType, fetched.body);
     const record: ManifestRecord = { name: resolved.name, digest, mediaType, size: fetched.body.length, body: fetched.body };
     await stores.manifests.putManifest(record, referencedBlobs(mediaType, fetched.body));
     return record;

@@ -163,6 +163,33 @@ describe('manifests by tag', () => {
     expect(h.jsonOf(res).errors[0].code).toBe('MANIFEST_UNKNOWN');
   });
 
+  it('never stores a login page the upstream serves as a manifest (captive portal): 502, asked again next time', async () => {
+    const login = Buffer.from('<html><body>Login</body></html>');
+    up.putManifest('app', 'v1', { body: login, contentType: 'application/vnd.oci.image.manifest.v1+json' });
+    for (const method of ['GET', 'HEAD']) {
+      const res = await h.request(method, '/v2/local/app/manifests/v1');
+      expect(res.status).toBe(502);
+      if (method === 'GET') expect(h.jsonOf(res).errors[0].code).toBe('MANIFEST_INVALID');
+    }
+    expect(await h.index.getTag('local/app', 'v1')).toBeUndefined();
+    expect(await h.index.getManifest('local/app', sha(login) as never)).toBeUndefined();
+    expect(up.count({ method: 'GET', kind: 'manifest' })).toBe(2); // an upstream fault is not remembered as "does not exist"
+  });
+
+  it('keeps serving the cached manifest when a stale tag now answers a login page without a digest', async () => {
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    await h.request('GET', '/v2/local/app/manifests/v1');
+    up.putManifest('app', 'v1', { body: Buffer.from('<html><body>Login</body></html>'), contentType: 'application/vnd.oci.image.manifest.v1+json', noDigestHeader: true });
+    h.clock.now += 3601 * 1000;
+    const res = await h.request('GET', '/v2/local/app/manifests/v1');
+    expect(res.status).toBe(200);
+    expect(res.headers['Docker-Content-Digest']).toBe(img.digest);
+    expect(h.bodyOf(res)!.equals(img.body)).toBe(true);
+    const entry = await h.index.getTag('local/app', 'v1');
+    expect(entry?.digest).toBe(img.digest);
+    expect(entry?.lastCheck).toMatchObject({ result: 'error', error: expect.stringContaining('not') });
+  });
+
   it('refuses Docker schema1 manifests with a clear MANIFEST_INVALID', async () => {
     up.putManifest('old', 'v1', { body: Buffer.from('{"schemaVersion":1,"name":"old","fsLayers":[]}'), contentType: 'application/vnd.docker.distribution.manifest.v1+prettyjws' });
     const res = await h.request('GET', '/v2/local/old/manifests/v1');

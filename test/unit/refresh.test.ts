@@ -154,6 +154,22 @@ describe('a refresh run that meets bad tags', () => {
     expect((await h.request('GET', '/v2/p/app/manifests/a')).headers['Docker-Content-Digest']).toBe(good.digest);
   });
 
+  it('records a tag moved to something that is not a manifest (a login page) as an error and keeps the cached one', async () => {
+    await setup();
+    const good = seedImage(up, 'app', 'a', [Buffer.from('a')]);
+    await pullAll('app', ['a']);
+    up.putManifest('app', 'a', { body: Buffer.from('<html><body>Login</body></html>'), contentType: 'application/vnd.oci.image.manifest.v1+json', noDigestHeader: true });
+    h.clock.now += HOUR + 1;
+    expect(await h.refresher.refreshDue()).toMatchObject({ checked: 1, errors: 1, moved: 0 });
+    expect(h.changes).toEqual([]);
+    const entry = await h.index.getTag('p/app', 'a');
+    expect(entry).toMatchObject({ digest: good.digest, lastCheck: { result: 'error' } });
+    up.reset();
+    const res = await h.request('GET', '/v2/p/app/manifests/a');
+    expect(res.headers['Docker-Content-Digest']).toBe(good.digest);
+    expect(up.count()).toBe(0); // the failed check moved the tag out of the due range for a while
+  });
+
   it('gives up on a 429 whose Retry-After outlasts the run, without failing the run', async () => {
     await setup();
     seedImage(up, 'app', 'a', [Buffer.from('a')]);
