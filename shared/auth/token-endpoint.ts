@@ -94,13 +94,13 @@ export function createTokenEndpoint(deps: TokenEndpointDeps): (req: RegistryRequ
       throw new RegistryError('UNSUPPORTED', 'the token endpoint takes GET or POST', { headers: { Allow: 'GET, POST' } });
     }
     const ip = req.sourceIp ?? 'unknown';
-    const wait = deps.limiter.retryAfter(ip, deps.now());
-    if (wait > 0) {
-      log.warn('login refused: too many failed logins', { sourceIp: ip, retryAfterSeconds: wait });
-      throw new RegistryError('TOOMANYREQUESTS', 'too many failed logins; retry later', { headers: { 'Retry-After': String(wait) } });
-    }
     const { credentials, scopes } = readRequest(req);
     if (!credentials) throw unauthorized(req, 'authentication required');
+    const wait = deps.limiter.retryAfter(ip, credentials.username, deps.now());
+    if (wait > 0) {
+      log.warn('login refused: too many failed logins', { username: credentials.username.slice(0, 128), sourceIp: ip, retryAfterSeconds: wait });
+      throw new RegistryError('TOOMANYREQUESTS', 'too many failed logins; retry later', { headers: { 'Retry-After': String(wait) } });
+    }
 
     let identity;
     try {
@@ -110,7 +110,7 @@ export function createTokenEndpoint(deps: TokenEndpointDeps): (req: RegistryRequ
       throw new RegistryError('UNAVAILABLE', 'credentials cannot be checked right now; retry', { headers: { 'Retry-After': '5' } });
     }
     if (!identity) {
-      deps.limiter.recordFailure(ip, deps.now());
+      deps.limiter.recordFailure(ip, credentials.username, deps.now());
       log.warn('login failed', { username: credentials.username.slice(0, 128), sourceIp: ip });
       throw unauthorized(req, 'incorrect username or password');
     }
