@@ -12,16 +12,19 @@ import { buildHttpApiEvent } from '../shared/http/lambda-event.js';
 import { RegistryError } from '../shared/oci/errors.js';
 import { LOCAL_BLOB_ROUTE } from '../shared/store/fs-blob-store.js';
 import { createLogger } from '../shared/logger.js';
+import { exposureWarning } from '../shared/auth/setup.js';
 import { getRuntime } from '../shared/runtime.js';
 import { createBlobRoute } from './blob-route.js';
 import { warmUp } from './warm-up.js';
 import { writeError } from './write-error.js';
 
-const runtime = await getRuntime().catch((err: unknown) => {
-  // A bad config or environment: say what is wrong, without a stack trace, and stop.
-  process.stderr.write(`pullthrough: cannot start: ${(err as Error).message}\n`);
+/** A start-up problem the operator can fix (bad config, environment, busy port): one line, no stack, exit 1. */
+function cannotStart(message: string): never {
+  process.stderr.write(`pullthrough: cannot start: ${message}\n`);
   process.exit(1);
-});
+}
+
+const runtime = await getRuntime().catch((err: unknown) => cannotStart((err as Error).message));
 // Imported after the runtime built: the handler module builds the same (memoised) runtime at load.
 const { handler } = await import('../functions/registry.js');
 const { blobStore } = runtime;
@@ -125,7 +128,16 @@ const warmUpStarted = performance.now();
 await warmUp(logger);
 logger.debug('warmed up', { ms: Math.round(performance.now() - warmUpStarted) });
 
-const server = await startServer(runtime.env.port, runtime.env.host);
+const exposed = exposureWarning(runtime.env.host, runtime.config);
+if (exposed) logger.warn(exposed);
+
+const server = await startServer(runtime.env.port, runtime.env.host).catch((err: NodeJS.ErrnoException) => {
+  const where = `${runtime.env.host}:${runtime.env.port}`;
+  if (err.code === 'EADDRINUSE') cannotStart(`${where} is already in use (set PULLTHROUGH_PORT to another port)`);
+  if (err.code === 'EADDRNOTAVAIL') cannotStart(`${runtime.env.host} is not an address of this machine (PULLTHROUGH_HOST)`);
+  if (err.code === 'EACCES') cannotStart(`no permission to listen on ${where} (ports below 1024 need privileges)`);
+  return cannotStart(`listening on ${where} failed: ${err.message}`);
+});
 const address = server.address();
 logger.info('pullthrough listening', {
   port: typeof address === 'object' && address ? address.port : runtime.env.port,

@@ -6,7 +6,7 @@
  * - `PULLTHROUGH_DATA_DIR`: embedded storage directory (default `./.data`)
  * - `PULLTHROUGH_PORT`: local server port (default 5000)
  * - `PULLTHROUGH_HOST`: local server address (default 127.0.0.1; `0.0.0.0` to serve other machines)
- * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR (default INFO)
+ * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR | SILENT, any case (default INFO); anything else stops the start
  * - `PULLTHROUGH_BACKEND`: `embedded` (SQLite + filesystem, default) or `aws` (DynamoDB + S3)
  * - `PULLTHROUGH_TABLE`, `PULLTHROUGH_BUCKET`: the DynamoDB table and S3 bucket (backend `aws`); endpoints come
  *   from the SDK's own `AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL_S3` (DynamoDB Local, MinIO, s3rver…)
@@ -38,6 +38,9 @@ export function parseTokenKeySource(value: string): TokenKeySource {
   return { kind: m[1] as TokenKeySource['kind'], id: m[2] };
 }
 
+/** The log levels `PULLTHROUGH_LOG_LEVEL` accepts (any case), quietest last. */
+export const LOG_LEVELS = ['DEBUG', 'INFO', 'WARN', 'ERROR', 'SILENT'];
+
 /** Settings of the process, read from the environment once. */
 export interface Environment {
   configPath?: string;
@@ -45,6 +48,7 @@ export interface Environment {
   port: number;
   /** Address the local server listens on. */
   host: string;
+  /** One of {@link LOG_LEVELS}, upper-case. */
   logLevel: string;
   backend: 'embedded' | 'aws';
   table?: string;
@@ -69,8 +73,11 @@ export interface Environment {
 
 /** Reads the process environment (the only place that does). */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
-  const port = Number(env.PULLTHROUGH_PORT ?? 5000);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`PULLTHROUGH_PORT must be a port number, got ${env.PULLTHROUGH_PORT}`);
+  const portText = env.PULLTHROUGH_PORT || '5000';
+  const port = Number(portText);
+  if (!/^\d{1,5}$/.test(portText) || port > 65535) throw new Error(`PULLTHROUGH_PORT must be a port number (0-65535), got ${JSON.stringify(portText)}`);
+  const logLevel = (env.PULLTHROUGH_LOG_LEVEL || 'INFO').toUpperCase();
+  if (!LOG_LEVELS.includes(logLevel)) throw new Error(`PULLTHROUGH_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(env.PULLTHROUGH_LOG_LEVEL)}`);
   const backend = env.PULLTHROUGH_BACKEND || 'embedded';
   if (backend !== 'embedded' && backend !== 'aws') throw new Error(`PULLTHROUGH_BACKEND must be embedded or aws, got ${backend}`);
   if (backend === 'aws' && (!env.PULLTHROUGH_TABLE || !env.PULLTHROUGH_BUCKET)) {
@@ -90,7 +97,7 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
     port,
     host: env.PULLTHROUGH_HOST || '127.0.0.1',
-    logLevel: env.PULLTHROUGH_LOG_LEVEL || 'INFO',
+    logLevel,
     backend,
     table: env.PULLTHROUGH_TABLE || undefined,
     bucket: env.PULLTHROUGH_BUCKET || undefined,

@@ -122,7 +122,10 @@ const authSchema = z
       })
       .strict()
       .prefault({}),
-    /** Failed logins allowed per source IP within `windowSeconds` before the token endpoint answers 429. */
+    /**
+     * Failed logins allowed per (source IP, username) within `windowSeconds` before the token endpoint answers 429
+     * for that pair (10 × `max` per source IP across usernames; shared/auth/login-limiter.ts).
+     */
     failedLogins: z.object({ max: z.number().int().positive().default(10), windowSeconds: z.number().int().positive().default(300) }).strict().prefault({}),
   })
   .strict()
@@ -169,18 +172,45 @@ const configSchema = z
       .strict()
       .prefault({}),
   })
-  .strict()
-  .refine((c) => new Set(c.rules.map((r) => r.prefix)).size === c.rules.length, { message: 'rule prefixes must be unique' })
-  .refine((c) => c.defaultRule === undefined || c.rules.some((r) => r.prefix === c.defaultRule), { message: 'defaultRule must be the prefix of a rule' })
-  .superRefine((c, ctx) => {
-    // A user's prefix that no rule has is a typo that would silently grant nothing.
-    const prefixes = new Set(['*', ...c.rules.map((r) => r.prefix)]);
-    c.auth.users.forEach((u, i) => {
-      for (const p of u.prefixes) {
-        if (!prefixes.has(p)) ctx.addIssue({ code: 'custom', path: ['auth', 'users', i, 'prefixes'], message: `${JSON.stringify(p)} is not a rule prefix (nor *)` });
-      }
-    });
+  .strict();
+
+/** An issue found across fields, in zod's issue shape so one list prints them all. */
+type CrossFieldIssue = { code: 'custom'; message: string; path: PropertyKey[]; input: unknown };
+
+/**
+ * The problems that span fields (duplicate prefixes, `defaultRule`, users' prefixes, `accessTokenEnv` variables),
+ * read defensively from the raw input: zod skips object refinements once a field has a type error, and a config
+ * with several problems should list them all in one go.
+ */
+function crossFieldIssues(input: unknown, env: NodeJS.ProcessEnv): CrossFieldIssue[] {
+  const issues: CrossFieldIssue[] = [];
+  const add = (path: PropertyKey[], message: string) => issues.push({ code: 'custom', message, path, input: undefined });
+  const raw = (input ?? {}) as { rules?: unknown; defaultRule?: unknown; auth?: { users?: unknown } };
+  const rules = Array.isArray(raw.rules) ? (raw.rules as Array<Record<string, unknown> | null>) : [];
+  const prefixes = rules.map((r) => (typeof r?.prefix === 'string' ? r.prefix : undefined));
+  const seen = new Set<string>();
+  prefixes.forEach((p, i) => {
+    if (p === undefined) return;
+    if (seen.has(p)) add(['rules', i, 'prefix'], `rule prefixes must be unique: ${JSON.stringify(p)} is used twice`);
+    seen.add(p);
   });
+  if (typeof raw.defaultRule === 'string' && !seen.has(raw.defaultRule)) {
+    add(['defaultRule'], `defaultRule must be the prefix of a rule: ${JSON.stringify(raw.defaultRule)} is none`);
+  }
+  // A user's prefix that no rule has is a typo that would silently grant nothing.
+  const users = Array.isArray(raw.auth?.users) ? (raw.auth.users as Array<{ prefixes?: unknown } | null>) : [];
+  users.forEach((u, i) => {
+    for (const p of Array.isArray(u?.prefixes) ? u.prefixes : []) {
+      if (p !== '*' && !seen.has(p as string)) add(['auth', 'users', i, 'prefixes'], `${JSON.stringify(p)} is not a rule prefix (nor *)`);
+    }
+  });
+  // A rule's `accessTokenEnv` must name a variable that is set (parseConfig reads it).
+  rules.forEach((r, i) => {
+    const name = r?.accessTokenEnv;
+    if (typeof name === 'string' && !env[name]) add(['rules', i, 'accessTokenEnv'], `rule ${String(r?.prefix)}: accessTokenEnv ${name} is not set in the environment`);
+  });
+  return issues;
+}
 
 /** Client authentication settings. */
 export type AuthConfig = z.output<typeof authSchema>;
@@ -204,16 +234,12 @@ export const DEFAULT_RULES = [
  */
 export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): RegistryConfig {
   const result = configSchema.safeParse(input);
-  if (!result.success) throw new Error(`invalid pullthrough config:\n${z.prettifyError(result.error)}`);
+  const issues = [...(result.success ? [] : result.error.issues), ...crossFieldIssues(input, env)];
+  if (!result.success || issues.length) throw new Error(`invalid pullthrough config:\n${z.prettifyError(new z.ZodError(issues))}`);
   // A rule's `accessTokenEnv` becomes its `accessToken` here, so the rest of the code sees one shape.
-  const missing: string[] = [];
   for (const rule of result.data.rules) {
-    if (rule.accessTokenEnv === undefined) continue;
-    const token = env[rule.accessTokenEnv];
-    if (token) rule.accessToken = token;
-    else missing.push(`rule ${rule.prefix}: accessTokenEnv ${rule.accessTokenEnv} is not set in the environment`);
+    if (rule.accessTokenEnv !== undefined) rule.accessToken = env[rule.accessTokenEnv];
   }
-  if (missing.length) throw new Error(`invalid pullthrough config:\n${missing.join('\n')}`);
   return result.data;
 }
 

@@ -68,6 +68,7 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
   const dataDir = resolve(env.dataDir);
   mkdirSync(dataDir, { recursive: true });
   // Loaded only for the embedded backend: better-sqlite3 is a native addon the Lambda bundle leaves out.
+  // A missing native binding throws an error that says what to run (store/sqlite-binding.ts).
   const { openSqliteIndex } = await import('./store/sqlite-index.js');
   const index = openSqliteIndex(join(dataDir, 'index.db'));
   const blobStore = await openFsBlobStore(dataDir, { urlTtlSeconds: env.urlTtlSeconds });
@@ -135,6 +136,7 @@ let current: Promise<Runtime> | undefined;
 
 /** The process-wide runtime, built from the environment on first use. */
 export function getRuntime(): Promise<Runtime> {
-  current ??= buildRuntime(readEnvironment());
+  // A bad environment rejects the promise like a bad config does (entry points print one line, no stack).
+  current ??= Promise.resolve().then(() => buildRuntime(readEnvironment()));
   return current;
 }

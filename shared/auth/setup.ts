@@ -5,7 +5,9 @@
  * `PULLTHROUGH_TOKEN_KEY` is set, else `<data dir>/token-key.json`). Mode `none` → undefined (no guard).
  */
 import { mkdirSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
+import ipaddr from 'ipaddr.js';
 import type { Environment, RegistryConfig } from '../config.js';
 import type { Log } from '../registry/deps.js';
 import { createClientAuth, type ClientAuth } from './client-auth.js';
@@ -38,6 +40,22 @@ export function assertAuthAllowed(env: AuthEnvironment, config: RegistryConfig):
         'a key file in one container cannot verify tokens signed in another.',
     );
   }
+}
+
+/**
+ * The warning for a server listening on `host` beyond this machine with no client auth (`auth.mode: none`):
+ * anyone who reaches the address pulls through the cache and spends its upstream quota. Undefined when `host`
+ * is a loopback address or `localhost`, or client auth is on.
+ */
+export function exposureWarning(host: string, config: RegistryConfig): string | undefined {
+  if (config.auth.mode !== 'none') return undefined;
+  const bare = host.replace(/^\[(.*)\]$/, '$1');
+  const loopback = isIP(bare) ? ipaddr.process(bare).range() === 'loopback' : bare.toLowerCase() === 'localhost';
+  if (loopback) return undefined;
+  return (
+    `listening on ${host} with auth.mode: none: anyone who can reach this address can pull through the cache ` +
+    '(and spend its upstream quota). Set auth.mode to token or iam (README "Client authentication"), or listen on 127.0.0.1.'
+  );
 }
 
 async function keyProvider(env: AuthEnvironment): Promise<TokenKeyProvider> {

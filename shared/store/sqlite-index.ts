@@ -2,8 +2,8 @@
  * Embedded index adapter: tag index, manifest store and blob links in one SQLite file (better-sqlite3 12,
  * WAL mode). Synchronous under the hood; the async port signatures are kept so the DynamoDB adapter fits.
  */
-import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.js';
+import { openDatabase } from './sqlite-binding.js';
 import type { BlobLinks, FillLeases, LastCheck, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
 
 const SCHEMA = `
@@ -23,7 +23,7 @@ export const DEFAULT_PAGE = 1000;
 
 /** Opens (creating when needed) the SQLite index at `file` (`:memory:` works for tests). */
 export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & { close(): void } {
-  const db = new Database(file);
+  const db = openDatabase(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.exec(SCHEMA);

@@ -1,0 +1,116 @@
+/**
+ * The first minutes of a new user: `npm start` (node --import tsx bin/server.ts, as a child process) with a bad
+ * environment, a busy port, a config with several problems, or no SQLite native binding stops with one line
+ * `pullthrough: cannot start: …` that says what to do, exit code 1 and no stack trace; listening beyond loopback
+ * without client auth logs a warning first.
+ */
+import { createServer, type Server } from 'node:net';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { stringify } from 'yaml';
+import { parseConfig } from '../../shared/config.js';
+import { exposureWarning } from '../../shared/auth/setup.js';
+import { runCommand } from '../support/child-processes.js';
+import { scratchDir } from '../support/scratch.js';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+
+/** Runs the server with `env` (and `nodeArgs` before the entry point); it is expected to stop by itself. */
+async function start(env: Record<string, string>, nodeArgs: string[] = []) {
+  const dir = scratchDir('start-');
+  const r = await runCommand(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, 'bin/server.ts')], {
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, PULLTHROUGH_DATA_DIR: join(dir, 'data'), ...env },
+    timeoutMs: 60_000,
+  });
+  return { ...r, lines: r.stderr.trim().split('\n').filter(Boolean) };
+}
+
+/** The one `cannot start` line, and no stack trace anywhere. */
+function expectCannotStart(r: Awaited<ReturnType<typeof start>>, message: RegExp) {
+  expect(r.code, r.stderr).toBe(1);
+  expect(r.lines.filter((l) => l.startsWith('pullthrough: cannot start: '))).toHaveLength(1);
+  expect(r.stderr).toMatch(message);
+  expect(r.stderr + r.stdout).not.toMatch(/^\s+at /m);
+}
+
+let holder: Server | undefined;
+afterEach(async () => {
+  await new Promise((r) => (holder ? holder.close(r) : r(undefined)));
+  holder = undefined;
+});
+
+describe('npm start refuses a bad start with one line', () => {
+  it('PULLTHROUGH_PORT=abc', async () => {
+    const r = await start({ PULLTHROUGH_PORT: 'abc' });
+    expectCannotStart(r, /PULLTHROUGH_PORT must be a port number \(0-65535\), got "abc"/);
+    expect(r.lines).toHaveLength(1);
+  });
+
+  it('PULLTHROUGH_LOG_LEVEL=LOUD (lower-case levels are fine)', async () => {
+    const r = await start({ PULLTHROUGH_LOG_LEVEL: 'LOUD', PULLTHROUGH_PORT: '0' });
+    expectCannotStart(r, /PULLTHROUGH_LOG_LEVEL must be one of DEBUG, INFO, WARN, ERROR, SILENT, got "LOUD"/);
+    expect(r.lines).toHaveLength(1);
+  });
+
+  it('a port already in use; on 0.0.0.0 with auth.mode none it warns first', async () => {
+    holder = createServer();
+    const port = await new Promise<number>((r) => holder!.listen(0, '127.0.0.1', () => r((holder!.address() as { port: number }).port)));
+    const local = await start({ PULLTHROUGH_PORT: String(port) });
+    expectCannotStart(local, new RegExp(`127\\.0\\.0\\.1:${port} is already in use \\(set PULLTHROUGH_PORT to another port\\)`));
+    expect(local.stdout + local.stderr).not.toContain('auth.mode: none');
+    // Linux refuses the wildcard bind while 127.0.0.1 holds the port: nothing ever listens beyond loopback here.
+    const wide = await start({ PULLTHROUGH_PORT: String(port), PULLTHROUGH_HOST: '0.0.0.0' });
+    expectCannotStart(wide, new RegExp(`0\\.0\\.0\\.0:${port} is already in use`));
+    const logLines = `${wide.stdout}\n${wide.stderr}`.split('\n').filter((l) => l.startsWith('{'));
+    const warning = logLines.map((l) => JSON.parse(l) as { level: string; message: string }).find((l) => l.level === 'WARN');
+    expect(warning?.message).toMatch(/^listening on 0\.0\.0\.0 with auth\.mode: none: anyone who can reach this address can pull/);
+  });
+
+  it('a config with several problems lists the schema errors and the cross-field problems together', async () => {
+    const configPath = join(scratchDir('config-'), 'config.yml');
+    writeFileSync(
+      configPath,
+      stringify({
+        defaultRule: 'dockerhub',
+        maxManifestBytes: 'big',
+        rules: [
+          { prefix: 'docker-hub', upstream: 'https://registry-1.docker.io', ttlSeconds: '1h' },
+          { prefix: 'docker-hub', upstream: 'https://mirror.example' },
+        ],
+        auth: { mode: 'token', users: [{ username: 'ci', passwordHash: 'plain', prefixes: ['ghcr'] }] },
+      }),
+    );
+    const r = await start({ PULLTHROUGH_CONFIG: configPath, PULLTHROUGH_PORT: '0' });
+    expectCannotStart(r, /invalid pullthrough config/);
+    for (const problem of [
+      /expected number, received string\n\s+→ at maxManifestBytes/,
+      /expected number, received string\n\s+→ at rules\[0\]\.ttlSeconds/,
+      /rule prefixes must be unique: "docker-hub" is used twice\n\s+→ at rules\[1\]\.prefix/,
+      /defaultRule must be the prefix of a rule: "dockerhub" is none\n\s+→ at defaultRule/,
+      /"ghcr" is not a rule prefix \(nor \*\)\n\s+→ at auth\.users\[0\]\.prefixes/,
+      /passwordHash is not a valid scrypt hash/,
+    ]) {
+      expect(r.stderr).toMatch(problem);
+    }
+  });
+
+  it('no native SQLite binding: says to run npm rebuild better-sqlite3 and which build tools it needs', async () => {
+    const r = await start({ PULLTHROUGH_PORT: '0' }, ['--require', join(ROOT, 'test/support/no-sqlite-binding.cjs')]);
+    expectCannotStart(r, /has no native binding for Node\.js v\d+.*Run `npm rebuild better-sqlite3`.*python3, make and a C\+\+ compiler/);
+    expect(r.lines).toHaveLength(1);
+    expect(r.stderr).not.toContain('Tried:');
+  });
+});
+
+describe('exposureWarning', () => {
+  const open = parseConfig({ rules: [{ prefix: 'p', upstream: 'https://r.example' }] });
+  const guarded = parseConfig({ rules: [{ prefix: 'p', upstream: 'https://r.example' }], auth: { mode: 'iam', iam: { principals: [] } } });
+  it.each(['0.0.0.0', '::', '192.168.1.20', 'cache.internal', '[::]'])('warns for %s with auth.mode none', (host) => {
+    expect(exposureWarning(host, open)).toContain(`listening on ${host} with auth.mode: none`);
+  });
+  it.each(['127.0.0.1', '127.0.0.2', '::1', '[::1]', 'localhost', '::ffff:127.0.0.1'])('is quiet for loopback %s', (host) => {
+    expect(exposureWarning(host, open)).toBeUndefined();
+  });
+  it('is quiet when client auth is on', () => expect(exposureWarning('0.0.0.0', guarded)).toBeUndefined());
+});
