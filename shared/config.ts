@@ -72,7 +72,10 @@ const ruleSchema = z
     onUpstreamDelete: z.enum(['keep', 'stop']).default('keep'),
     /** Upstream re-checks the scheduled refresh runs at once for this rule (default 4). */
     refreshConcurrency: z.number().int().positive().max(64).default(4),
-    /** Seconds a pull waits for a stale tag's re-check before serving the cached manifest (default 3). */
+    /**
+     * Seconds a pull waits for a stale tag's re-check (the HEAD and the GET of a moved manifest together) before
+     * serving the cached manifest (default 3); a GET still running then finishes in the background.
+     */
     revalidateTimeoutSeconds: z.number().positive().default(3),
     /** Seconds a "does not exist" answer from the upstream is remembered, so repeated misses skip it (default 60). */
     negativeCacheSeconds: z.number().nonnegative().default(60),

@@ -2,7 +2,10 @@
  * Manifests through the cache (distribution's proxy layering): digests local-first and immutable; tags
  * answered from the index while fresh under the rule's policy (`freshness.ts`), re-checked with one upstream
  * HEAD when stale (refetched only when the digest moved), and served stale when the upstream cannot answer in
- * time. "Does not exist" answers are remembered briefly (negative cache) so repeated misses skip the upstream.
+ * time: `revalidateTimeoutSeconds` bounds the whole re-check a pull waits for (HEAD and the GET of a moved
+ * manifest). A GET still running then is not abandoned: it finishes in the background (bounded by the rule's
+ * `upstreamTimeoutSeconds`) and moves the tag once the new manifest is verified and stored, so the next pull gets
+ * it. (On Lambda the background work may be frozen with the invocation; the scheduled refresh catches up.) "Does not exist" answers are remembered briefly (negative cache) so repeated misses skip the upstream.
  */
 import { LRUCache } from 'lru-cache';
 import { digestLike, isDigest, sha256Digest, type Digest } from '../oci/digest.js';
@@ -15,6 +18,19 @@ import type { RegistryDeps } from './deps.js';
 import { dueAtFor, isFresh } from './freshness.js';
 import type { ResolvedName } from './rules.js';
 import { createSingleFlight } from './single-flight.js';
+
+/** `p`'s value if it settles within `ms` (its rejection too), else undefined; `p` itself runs on. */
+async function withinMs<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const expired = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), ms);
+    });
+    return await Promise.race([p, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
 
 /** Milliseconds after a failed re-check before the scheduled refresh tries the tag again (15 min). */
 export const RETRY_AFTER_ERROR_MS = 15 * 60 * 1000;
@@ -181,9 +197,16 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     const cached = entry && (await stores.manifests.getManifest(resolved.name, entry.digest));
     if (entry && cached) {
       if (isFresh(resolved.rule, tag, entry.checkedAt, deps.now())) return cached;
-      const check = await flights.run(`${resolved.name}:${tag}?check`, () =>
-        checkTag(entry, { timeoutMs: resolved.rule.revalidateTimeoutSeconds * 1000 }),
-      );
+      const timeoutMs = resolved.rule.revalidateTimeoutSeconds * 1000;
+      const running = flights.run(`${resolved.name}:${tag}?check`, () => checkTag(entry, { timeoutMs }));
+      const check = await withinMs(running, timeoutMs);
+      if (check === undefined) {
+        // The HEAD answered but the moved manifest is still arriving: serve the cached one now; the check goes on
+        // in the background (its GET bounded by upstreamTimeoutSeconds) and moves the tag once verified.
+        running.catch((err: unknown) => log.warn('background re-check failed', { name: resolved.name, tag, reason: (err as Error).message }));
+        log.warn('serving stale tag', { name: resolved.name, tag, digest: entry.digest, reason: `re-check still running after ${timeoutMs} ms` });
+        return cached;
+      }
       if (check.record) return check.record;
       if (check.result === 'gone' && resolved.rule.onUpstreamDelete === 'stop') throw new RegistryError('MANIFEST_UNKNOWN');
       // Upstream down, slow, rate-limited, or the tag gone upstream (policy keep): never worse than stale.

@@ -38,8 +38,8 @@ export interface FakeUpstream {
   tags: Map<string, Set<string>>;
   /**
    * Faults: `down` answers 503 to everything; `status` forces a status for matching kinds; `delayMs` delays.
-   * `slowBody`: blob GETs answer their headers at once, then send the body in `chunkBytes` pieces with
-   * `pauseMs` between them (`noLength`: without `Content-Length`, i.e. chunked).
+   * `slowBody`: blob GETs (manifest GETs with `kind: 'manifest'`) answer their headers at once, then send the
+   * body in `chunkBytes` pieces with `pauseMs` between them (`noLength`: without `Content-Length`, i.e. chunked).
    */
   faults: {
     down?: boolean;
@@ -47,7 +47,7 @@ export interface FakeUpstream {
     status?: { kind: string; code: number; retryAfter?: string; method?: string; times?: number };
     delayMs?: number;
     wrongBytes?: boolean;
-    slowBody?: { chunkBytes: number; pauseMs: number; noLength?: boolean };
+    slowBody?: { chunkBytes: number; pauseMs: number; noLength?: boolean; kind?: 'blob' | 'manifest' };
     /**
      * Tag lists as other registries answer them: `ignorePaging` returns every tag whatever `n`/`last` say (Debian's
      * distribution 2.8 does), `unsorted` in the order they were put, `maxPage` caps a page (with a `Link`).
@@ -139,8 +139,10 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       const headers: Record<string, string> = { 'Content-Length': String(m.body.length) };
       if (m.contentType) headers['Content-Type'] = m.contentType;
       if (!m.noDigestHeader) headers['Docker-Content-Digest'] = sha256(m.body);
+      const body = faults.wrongBytes ? Buffer.from(m.body).fill(0x20, 0, 1) : m.body;
+      if (faults.slowBody?.kind === 'manifest' && req.method === 'GET') return sendSlowly(res, headers, body, faults.slowBody);
       res.writeHead(200, headers);
-      return void res.end(req.method === 'HEAD' ? undefined : faults.wrongBytes ? Buffer.from(m.body).fill(0x20, 0, 1) : m.body);
+      return void res.end(req.method === 'HEAD' ? undefined : body);
     }
     const bm = /^\/v2\/(.+)\/blobs\/([^/]+)$/.exec(url.pathname);
     if (bm) {
@@ -149,14 +151,8 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (opts.redirectBlobs && req.method === 'GET') return void res.writeHead(307, { Location: `${cdnUrl}/cdn/${bm[2]}` }).end();
       const body = faults.wrongBytes ? Buffer.from(b).fill(0x41, 0, 1) : b;
       const slow = faults.slowBody;
-      if (slow && req.method === 'GET') {
-        res.writeHead(200, { ...(slow.noLength ? {} : { 'Content-Length': String(b.length) }), 'Docker-Content-Digest': bm[2] });
-        for (let off = 0; off < body.length; off += slow.chunkBytes) {
-          if (res.destroyed) return;
-          res.write(body.subarray(off, off + slow.chunkBytes));
-          await new Promise((r) => setTimeout(r, slow.pauseMs));
-        }
-        return void res.end();
+      if (slow && (slow.kind ?? 'blob') === 'blob' && req.method === 'GET') {
+        return sendSlowly(res, { 'Content-Length': String(b.length), 'Docker-Content-Digest': bm[2] }, body, slow);
       }
       res.writeHead(200, { 'Content-Length': String(b.length), 'Docker-Content-Digest': bm[2] });
       return void res.end(req.method === 'HEAD' ? undefined : body);
@@ -193,6 +189,18 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       return void res.end(JSON.stringify({ name: tm[1], tags: page }));
     }
     res.writeHead(404).end();
+  }
+
+  /** Answers 200 with `headers` at once, then `body` in `chunkBytes` pieces `pauseMs` apart (`noLength`: chunked). */
+  async function sendSlowly(res: ServerResponse, headers: Record<string, string>, body: Buffer, slow: { chunkBytes: number; pauseMs: number; noLength?: boolean }) {
+    const { 'Content-Length': length, ...rest } = headers;
+    res.writeHead(200, slow.noLength ? rest : { ...rest, 'Content-Length': length });
+    for (let off = 0; off < body.length; off += slow.chunkBytes) {
+      if (res.destroyed) return;
+      res.write(body.subarray(off, off + slow.chunkBytes));
+      await new Promise((r) => setTimeout(r, slow.pauseMs));
+    }
+    res.end();
   }
 
   const listen = (s: Server) => new Promise<number>((r) => s.listen(0, '127.0.0.1', () => r((s.address() as AddressInfo).port)));

@@ -19,6 +19,14 @@ async function setup(rule: Record<string, unknown> = {}, extra: Parameters<typeo
   h = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, ...rule }], extra);
 }
 
+/** Waits (bounded, 10 s) until `check` holds. */
+async function eventually(check: () => Promise<boolean>): Promise<void> {
+  for (const deadline = Date.now() + 10_000; !(await check()); ) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 async function pullAll(repo: string, tags: string[]) {
   for (const t of tags) expect((await h.request('GET', `/v2/p/${repo}/manifests/${t}`)).status).toBe(200);
 }
@@ -267,6 +275,30 @@ describe('surviving upstream trouble on pull', () => {
     expect(Date.now() - started).toBeLessThan(1500);
     expect(res.headers['Docker-Content-Digest']).toBe(img.digest);
     up.faults.delayMs = 0;
+  });
+
+  it('revalidateTimeoutSeconds bounds the whole re-check: a moved manifest trickling in is fetched in the background', async () => {
+    await setup({ revalidateTimeoutSeconds: 0.3 });
+    const old = seedImage(up, 'app', 'latest', [Buffer.from('old')]);
+    await pullAll('app', ['latest']);
+    const moved = seedImage(up, 'app', 'latest', [Buffer.from('new')]);
+    h.clock.now += HOUR + 1;
+    up.reset();
+    // The HEAD answers at once; the new manifest's GET sends 40 bytes every 100 ms (over a second in all).
+    up.faults.slowBody = { kind: 'manifest', chunkBytes: 40, pauseMs: 100 };
+    const [first, second] = await Promise.all([h.request('GET', '/v2/p/app/manifests/latest'), h.request('HEAD', '/v2/p/app/manifests/latest')]);
+    expect(first.headers['Docker-Content-Digest']).toBe(old.digest);
+    expect(h.bodyOf(first)!.equals(old.body)).toBe(true);
+    expect(second.headers['Docker-Content-Digest']).toBe(old.digest);
+    // One re-check for both pulls: a HEAD, and a GET of the moved digest.
+    expect(up.requests.map((r) => `${r.method} ${r.path}`)).toEqual(['HEAD /v2/app/manifests/latest', `GET /v2/app/manifests/${moved.digest}`]);
+    // The fetch goes on in the background and moves the tag once the new manifest arrived and was verified.
+    await eventually(async () => (await h.index.getTag('p/app', 'latest'))?.digest === moved.digest);
+    expect(h.changes.map((c) => c.newDigest)).toEqual([moved.digest]);
+    up.reset();
+    const after = await h.request('GET', '/v2/p/app/manifests/latest');
+    expect(after.headers['Docker-Content-Digest']).toBe(moved.digest);
+    expect(up.count()).toBe(0);
   });
 
   it('a flapping upstream (down, up, down) never makes a cached tag change digest', async () => {
