@@ -65,7 +65,8 @@ export interface ManifestService {
 export function createManifestService(deps: RegistryDeps): ManifestService {
   const { stores, log } = deps;
   const flights = createSingleFlight();
-  const missing = new LRUCache<string, true>({ max: 10_000 });
+  // Expiry follows deps.now (the clock everything else uses, injected in tests), read on every lookup.
+  const missing = new LRUCache<string, true>({ max: 10_000, perf: { now: () => deps.now() }, ttlResolution: 0 });
 
   /**
    * Fetches `reference` upstream, verifies its digest and that it is a manifest (`classifyManifest`), stores it

@@ -21,6 +21,8 @@ export interface FakeManifest {
   contentType?: string;
   /** Omit the Docker-Content-Digest header on HEAD/GET (some registries do). */
   noDigestHeader?: boolean;
+  /** Send this Docker-Content-Digest instead of the body's (a lying or confused upstream). */
+  digestHeader?: string;
 }
 
 export interface FakeUpstream {
@@ -33,6 +35,8 @@ export interface FakeUpstream {
   reset(): void;
   /** Sets a manifest under `repo` for a tag (and always under its digest); returns the digest. */
   putManifest(repo: string, tag: string | undefined, m: FakeManifest): string;
+  /** Serves `m` under `reference` (a tag or digest, whatever its bytes), without listing it as a tag. */
+  serveAt(repo: string, reference: string, m: FakeManifest): void;
   putBlob(repo: string, bytes: Buffer): string;
   deleteTag(repo: string, tag: string): void;
   tags: Map<string, Set<string>>;
@@ -138,7 +142,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (!m) return void res.writeHead(404, { 'Content-Type': 'application/json' }).end('{"errors":[{"code":"MANIFEST_UNKNOWN","message":"x"}]}');
       const headers: Record<string, string> = { 'Content-Length': String(m.body.length) };
       if (m.contentType) headers['Content-Type'] = m.contentType;
-      if (!m.noDigestHeader) headers['Docker-Content-Digest'] = sha256(m.body);
+      if (!m.noDigestHeader) headers['Docker-Content-Digest'] = m.digestHeader ?? sha256(m.body);
       const body = faults.wrongBytes ? Buffer.from(m.body).fill(0x20, 0, 1) : m.body;
       if (faults.slowBody?.kind === 'manifest' && req.method === 'GET') return sendSlowly(res, headers, body, faults.slowBody);
       res.writeHead(200, headers);
@@ -247,6 +251,10 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
         tags.get(repo)!.add(tag);
       }
       return digest;
+    },
+    serveAt(repo, reference, m) {
+      if (!manifests.has(repo)) manifests.set(repo, new Map());
+      manifests.get(repo)!.set(reference, m);
     },
     putBlob(repo, bytes) {
       const digest = sha256(bytes);

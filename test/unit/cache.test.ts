@@ -115,6 +115,26 @@ describe('manifests by tag', () => {
     expect(await h.index.getTag('local/app', 'v1')).toBeUndefined();
   });
 
+  // The bytes are hashed and compared with the requested digest, whatever Docker-Content-Digest says. The wrong
+  // bytes are a valid manifest (another image's), so only that comparison can refuse them.
+  it.each([
+    ['claims the requested digest', (requested: string) => ({ digestHeader: requested })],
+    ['sends no Docker-Content-Digest', () => ({ noDigestHeader: true })],
+    ['claims the digest of the bytes it sent', (_: string, sent: Buffer) => ({ digestHeader: sha(sent) })],
+  ])('never stores other bytes for a manifest fetched by digest when the upstream %s', async (_, header) => {
+    const wanted = seedImage(up, 'app', undefined, [Buffer.from('wanted')]);
+    const other = seedImage(up, 'other', undefined, [Buffer.from('other')]);
+    up.serveAt('app', wanted.digest, { body: other.body, contentType: other.mediaType, ...header(wanted.digest, other.body) });
+    for (let i = 0; i < 2; i++) {
+      const res = await h.request('GET', `/v2/local/app/manifests/${wanted.digest}`);
+      expect(res.status).toBe(502);
+      expect(h.jsonOf(res).errors[0].code).toBe('DIGEST_INVALID');
+    }
+    expect(up.count({ method: 'GET', kind: 'manifest' })).toBe(2);
+    expect(await h.index.getManifest('local/app', wanted.digest as never)).toBeUndefined();
+    expect(await h.index.getManifest('local/app', other.digest as never)).toBeUndefined();
+  });
+
   it('falls back to GET and hash when the upstream HEAD gives no Docker-Content-Digest', async () => {
     const body = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { digest: `sha256:${'0'.repeat(64)}`, size: 1 }, layers: [] }));
     up.putManifest('app', 'v1', { body, noDigestHeader: true });

@@ -3,6 +3,7 @@
  * and outages are the fake's fault switches (a real registry cannot be made to answer 429 on demand).
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { RETRY_AFTER_ERROR_MS } from '../../shared/registry/manifests.js';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 
@@ -131,6 +132,17 @@ describe('scheduled refresh', () => {
     expect(entry?.lastCheck).toMatchObject({ result: 'error', error: expect.stringContaining('503') });
     expect(entry?.digest).toBe(img.digest);
     expect((await h.request('GET', '/v2/p/app/manifests/latest')).headers['Docker-Content-Digest']).toBe(img.digest);
+    // Out of the due range, but retried after 15 minutes rather than a whole TTL (1 h) later.
+    expect(RETRY_AFTER_ERROR_MS).toBe(15 * 60 * 1000);
+    expect(entry?.dueAt).toBe(h.clock.now + 15 * 60 * 1000);
+    up.reset();
+    h.clock.now += 15 * 60 * 1000 - 1;
+    expect((await h.refresher.refreshDue()).checked).toBe(0);
+    expect(up.count()).toBe(0);
+    up.faults.down = false;
+    h.clock.now += 60 * 1000; // 16 minutes after the failure: due again, long before the TTL's hour
+    expect(await h.refresher.refreshDue()).toMatchObject({ checked: 1, unchanged: 1, errors: 0 });
+    expect((await h.index.getTag('p/app', 'latest'))?.dueAt).toBe(h.clock.now + HOUR);
   });
 });
 
@@ -317,7 +329,23 @@ describe('surviving upstream trouble on pull', () => {
 
   it('remembers "does not exist" briefly instead of hammering the upstream', async () => {
     await setup({ negativeCacheSeconds: 60 });
-    for (let i = 0; i < 5; i++) expect((await h.request('GET', '/v2/p/app/manifests/nope')).status).toBe(404);
-    expect(up.count({ kind: 'manifest' })).toBe(1);
+    const absent = `sha256:${'e'.repeat(64)}`;
+    const ask = async () => {
+      expect((await h.request('GET', '/v2/p/app/manifests/nope')).status).toBe(404);
+      expect((await h.request('GET', `/v2/p/app/manifests/${absent}`)).status).toBe(404);
+    };
+    for (let i = 0; i < 5; i++) await ask();
+    expect(up.count({ kind: 'manifest' })).toBe(2); // one per reference
+    // Briefly: still remembered just before negativeCacheSeconds, asked again once they passed (rule's clock).
+    h.clock.now += 59_000;
+    await ask();
+    expect(up.count({ kind: 'manifest' })).toBe(2);
+    h.clock.now += 2_000;
+    await ask();
+    expect(up.count({ kind: 'manifest' })).toBe(4);
+    // Now the upstream has the tag: the next miss after the time is served it.
+    const img = seedImage(up, 'app', 'nope', [Buffer.from('arrived')]);
+    h.clock.now += 61_000;
+    expect((await h.request('GET', '/v2/p/app/manifests/nope')).headers['Docker-Content-Digest']).toBe(img.digest);
   });
 });
