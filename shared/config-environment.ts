@@ -22,6 +22,8 @@
  * - `PULLTHROUGH_STS_ENDPOINT`: auth mode `iam` only, tests only: the STS stand-in (`http://127.0.0.1:PORT`) whose
  *   presigned URLs are accepted instead of `https://sts.<region>.amazonaws.com`
  * - `AWS_REGION` / `AWS_DEFAULT_REGION`: default STS region of `login-password`
+ * - `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` (or their lower-case forms, which win, as in curl): the outbound
+ *   proxy for upstream traffic (shared/upstream/dispatcher.ts); AWS SDK calls do not use it
  */
 
 /** Where the token signing key set is read from on AWS (`PULLTHROUGH_TOKEN_KEY`). */
@@ -69,6 +71,17 @@ export interface Environment {
   stsEndpoint?: string;
   /** The AWS region of the environment (`login-password`'s default STS region). */
   awsRegion?: string;
+  /** Outbound proxy for upstream requests (`HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`); empty when none is set. */
+  proxy: { httpProxy?: string; httpsProxy?: string; noProxy?: string };
+}
+
+/** A proxy variable, lower-case form first (curl's rule); `undefined` when unset or empty. */
+function proxyVariable(env: NodeJS.ProcessEnv, name: string): string | undefined {
+  const value = env[name.toLowerCase()] || env[name] || undefined;
+  if (value !== undefined && name !== 'NO_PROXY' && !URL.canParse(value.includes('://') ? value : `http://${value}`)) {
+    throw new Error(`${name} must be a proxy URL such as http://proxy.internal:3128`);
+  }
+  return value;
 }
 
 /** Reads the process environment (the only place that does). */
@@ -110,5 +123,6 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     inLambda: Boolean(env.AWS_LAMBDA_FUNCTION_NAME),
     stsEndpoint: env.PULLTHROUGH_STS_ENDPOINT || undefined,
     awsRegion: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,
+    proxy: { httpProxy: proxyVariable(env, 'HTTP_PROXY'), httpsProxy: proxyVariable(env, 'HTTPS_PROXY'), noProxy: proxyVariable(env, 'NO_PROXY') },
   };
 }

@@ -24,6 +24,12 @@ const regexSource = z.string().max(500).refine((src) => {
   }
 }, 'not a valid regular expression');
 
+/** A host as in a URL's authority: `hostname[:port]` (`[v6]:port` for IPv6), lower-cased. */
+const hostSchema = z
+  .string()
+  .regex(/^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/, 'a host is hostname[:port], e.g. mirror.internal:5000')
+  .transform((h) => h.toLowerCase());
+
 const ruleSchema = z
   .object({
     /** First path component(s) of names served by this rule, e.g. `docker-hub`. */
@@ -47,10 +53,22 @@ const ruleSchema = z
     /** Seconds to wait for upstream response headers on manifest/tag requests (default 10). */
     upstreamTimeoutSeconds: z.number().positive().default(10),
     /**
-     * Extra hosts (host[:port]) an upstream blob redirect may point to over plain http. https targets and
-     * the upstream's own origin are always allowed. For local/test upstreams only.
+     * Extra hosts (host[:port]) an upstream redirect may point to over plain http (they may also resolve to
+     * internal addresses). https targets and the upstream's own origin are always allowed. For local/test
+     * upstreams only.
      */
-    insecureRedirectHosts: z.array(z.string()).default([]),
+    insecureRedirectHosts: z.array(hostSchema).default([]),
+    /**
+     * Hosts (host[:port]) the upstream client may reach although they resolve to internal addresses (loopback,
+     * private, link-local, …): e.g. an in-VPC mirror an upstream redirects to, or the token realm of a registry
+     * reached through a redirect. The rule's own upstream host is always allowed (shared/upstream/address-policy.ts).
+     */
+    internalHosts: z.array(hostSchema).default([]),
+    /**
+     * Hosts (host[:port]) reached through a redirect that may receive this rule's credentials when they challenge
+     * (Basic, or sent to the token realm their challenge names). Default: only the rule's own upstream.
+     */
+    credentialHosts: z.array(hostSchema).default([]),
     /**
      * What a blob GET gets when its fill is still running after the last redirect hop: `unavailable` → 503
      * `UNAVAILABLE` with `Retry-After`; `upstream-redirect` → 307 to the upstream's own redirect target (e.g.

@@ -105,7 +105,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
     let c = clients.get(rule.prefix);
-    if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule, { credentials: credentialsForRule(rule, readSecret) })));
+    if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule, { credentials: credentialsForRule(rule, readSecret), proxy: env.proxy })));
     return c;
   };
   const metrics = new Metrics({ namespace: 'pullthrough', serviceName: 'pullthrough' });

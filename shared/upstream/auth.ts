@@ -1,13 +1,21 @@
 /**
- * Upstream authentication (Docker token auth spec; distribution `registry/client/auth`):
- * anonymous, Basic, and Bearer tokens fetched from the challenge's realm, cached by realm+service+scope until
- * their expiry. Credentials go only to the rule's upstream origin and its token realm (which may be another
- * host: Docker Hub's is auth.docker.io); a token endpoint's redirect to another origin drops them (fetch's
- * cross-origin redirect rule). Credentials are asked for only when the upstream challenges, so a lazy provider
- * (a Secrets Manager secret) is never read for an anonymous upstream.
+ * Upstream authentication (Docker token auth spec; distribution `registry/client/auth`): anonymous, Basic, and
+ * Bearer tokens fetched from a challenge's realm, cached by realm+service+scope until their expiry. State is kept
+ * per origin: each host that challenged (the rule's upstream, a registry it redirects to) gets its own scheme
+ * and realm, so a later request to it skips the 401 round trip, and a host that never challenged (a blob CDN)
+ * never gets an `Authorization` header.
+ *
+ * The rule's credentials are used only where the caller says so (exchange.ts: the rule's own upstream origin,
+ * and hosts the rule lists in `credentialHosts`): sent as Basic to such a host, or to the token realm that such
+ * a host's challenge names (which may be another host: Docker Hub's is auth.docker.io). Any other host's
+ * challenge gets an anonymous token. A token endpoint's redirect to another origin drops them (exchange.ts).
+ * Credentials are asked for only when an upstream challenges, so a lazy provider (a Secrets Manager secret) is
+ * never read for an anonymous upstream.
  */
 import type { Challenge } from './challenge.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
+import { readCapped } from './response-body.js';
+import { discard, type UpstreamResponse } from './transport.js';
 
 /** Upstream credentials of a rule. */
 export interface Credentials {
@@ -23,98 +31,94 @@ const DEFAULT_TOKEN_SECONDS = 60;
 /** Seconds before expiry at which a cached token is no longer used. */
 const EXPIRY_MARGIN_SECONDS = 5;
 
-/** Caches tokens and the last challenge seen, so later requests skip the 401 round trip. */
-export interface TokenAuth {
-  /** `Authorization` header for a request needing `scope`, when one is known without a round trip. */
-  headerFor(scope: string): Promise<string | undefined>;
-  /** Handles a 401 challenge; returns the header to retry with, or undefined when it cannot help. */
-  answer(challenge: Challenge, scope: string): Promise<string | undefined>;
-}
+/** Most bytes read from a token endpoint's answer (tokens are a few KiB). */
+const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
 
 /**
- * Creates the auth state for one upstream.
- * `fetchImpl` is injectable for tests; defaults to global fetch. Timeouts are in milliseconds.
+ * GETs a token endpoint URL, following its redirects; `authorization` goes only to the URL's own origin.
+ * Rejects with an `UpstreamError` when the endpoint cannot be reached.
  */
-export function createTokenAuth(opts: {
-  credentials?: Credentials | CredentialsProvider;
-  timeoutMs: number;
-  now?: () => number;
-  fetchImpl?: typeof fetch;
-}): TokenAuth {
+export type TokenFetch = (url: URL, authorization: string | undefined) => Promise<UpstreamResponse>;
+
+/** Caches tokens and each origin's last challenge, so later requests skip the 401 round trip. */
+export interface TokenAuth {
+  /** `Authorization` for a request to `origin` needing `scope`, when that origin challenged before. */
+  headerFor(origin: string, scope: string): Promise<string | undefined>;
+  /**
+   * Handles a 401 challenge from `origin`; returns the header to retry with, or undefined when it cannot help.
+   * `credentials`: whether the rule's credentials may answer it (never for a host the rule did not allow).
+   */
+  answer(origin: string, challenge: Challenge, scope: string, credentials: boolean): Promise<string | undefined>;
+}
+
+/** Creates the auth state for one rule's upstream client. `now` in milliseconds (tests pass a clock). */
+export function createTokenAuth(opts: { credentials?: Credentials | CredentialsProvider; fetchToken: TokenFetch; now?: () => number }): TokenAuth {
   const now = opts.now ?? Date.now;
-  const doFetch = opts.fetchImpl ?? fetch;
   const tokens = new Map<string, { header: string; expiresAt: number }>();
   const inflight = new Map<string, Promise<string>>();
-  let lastChallenge: Challenge | undefined;
-  const basicHeader = async () => {
+  const challenges = new Map<string, { challenge: Challenge; credentials: boolean }>();
+  const basicHeader = async (credentials: boolean) => {
+    if (!credentials) return undefined;
     const c = typeof opts.credentials === 'function' ? await opts.credentials() : opts.credentials;
     return c && `Basic ${Buffer.from(`${c.username}:${c.password}`).toString('base64')}`;
   };
 
-  const keyOf = (ch: Challenge, scope: string) => `${ch.params.realm}\n${ch.params.service ?? ''}\n${scope}`;
+  const keyOf = (ch: Challenge, scope: string, credentials: boolean) => `${ch.params.realm}\n${ch.params.service ?? ''}\n${scope}\n${credentials}`;
 
-  async function fetchToken(ch: Challenge, scope: string): Promise<string> {
+  async function fetchToken(ch: Challenge, scope: string, credentials: boolean): Promise<string> {
     const realm = ch.params.realm;
     if (!realm || !/^https?:\/\//.test(realm)) throw new UpstreamError('unavailable', 'upstream challenge has no usable realm');
     const url = new URL(realm);
     if (ch.params.service) url.searchParams.set('service', ch.params.service);
     if (scope) url.searchParams.set('scope', scope);
-    const basic = await basicHeader();
-    let res: Response;
-    try {
-      res = await doFetch(url, {
-        headers: { Accept: 'application/json', ...(basic ? { Authorization: basic } : {}) },
-        signal: AbortSignal.timeout(opts.timeoutMs),
-        redirect: 'follow',
-      });
-    } catch (err) {
-      throw new UpstreamError('unavailable', `token endpoint unreachable: ${(err as Error).message}`);
-    }
-    if (!res.ok) {
-      await res.body?.cancel();
-      throw upstreamErrorFor(res.status, 'token request', res.headers.get('retry-after'));
+    const res = await opts.fetchToken(url, await basicHeader(credentials));
+    if (res.status < 200 || res.status >= 300) {
+      await discard(res);
+      throw upstreamErrorFor(res.status, 'token request', res.header('retry-after'));
     }
     let body: { token?: string; access_token?: string; expires_in?: number };
     try {
-      body = (await res.json()) as typeof body;
-    } catch {
+      body = JSON.parse((await readCapped(res.body, MAX_TOKEN_RESPONSE_BYTES, 'token response')).toString('utf8')) as typeof body;
+    } catch (err) {
+      if (err instanceof UpstreamError) throw err;
       throw new UpstreamError('unavailable', 'token endpoint answered non-JSON');
     }
-    const token = body.token ?? body.access_token;
-    if (!token) throw new UpstreamError('unavailable', 'token endpoint answered no token');
+    const token = body?.token ?? body?.access_token;
+    if (!token || typeof token !== 'string') throw new UpstreamError('unavailable', 'token endpoint answered no token');
     const seconds = typeof body.expires_in === 'number' && body.expires_in > 0 ? body.expires_in : DEFAULT_TOKEN_SECONDS;
     const header = `Bearer ${token}`;
-    tokens.set(keyOf(ch, scope), { header, expiresAt: now() + (seconds - EXPIRY_MARGIN_SECONDS) * 1000 });
+    tokens.set(keyOf(ch, scope, credentials), { header, expiresAt: now() + (seconds - EXPIRY_MARGIN_SECONDS) * 1000 });
     return header;
   }
 
-  async function bearer(ch: Challenge, scope: string): Promise<string> {
-    const key = keyOf(ch, scope);
+  async function bearer(ch: Challenge, scope: string, credentials: boolean): Promise<string> {
+    const key = keyOf(ch, scope, credentials);
     const cached = tokens.get(key);
     if (cached && cached.expiresAt > now()) return cached.header;
     let p = inflight.get(key);
     if (!p) {
-      p = fetchToken(ch, scope).finally(() => inflight.delete(key));
+      p = fetchToken(ch, scope, credentials).finally(() => inflight.delete(key));
       inflight.set(key, p);
     }
     return p;
   }
 
   return {
-    async headerFor(scope) {
-      if (lastChallenge?.scheme === 'bearer') return bearer(lastChallenge, scope);
-      if (lastChallenge?.scheme === 'basic') return basicHeader();
+    async headerFor(origin, scope) {
+      const known = challenges.get(origin);
+      if (known?.challenge.scheme === 'bearer') return bearer(known.challenge, scope, known.credentials);
+      if (known?.challenge.scheme === 'basic') return basicHeader(known.credentials);
       return undefined;
     },
-    async answer(ch, scope) {
+    async answer(origin, ch, scope, credentials) {
       if (ch.scheme === 'bearer') {
-        lastChallenge = ch;
-        tokens.delete(keyOf(ch, scope)); // a 401 with a cached token means the token is no good any more
-        return bearer(ch, scope);
+        challenges.set(origin, { challenge: ch, credentials });
+        tokens.delete(keyOf(ch, scope, credentials)); // a 401 with a cached token means the token is no good any more
+        return bearer(ch, scope, credentials);
       }
-      const basic = ch.scheme === 'basic' ? await basicHeader() : undefined;
+      const basic = ch.scheme === 'basic' ? await basicHeader(credentials) : undefined;
       if (basic) {
-        lastChallenge = ch;
+        challenges.set(origin, { challenge: ch, credentials });
         return basic;
       }
       return undefined;

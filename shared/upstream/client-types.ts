@@ -26,7 +26,10 @@ export interface FetchedBlob {
   size?: number;
 }
 
-/** The operations the cache needs from an upstream registry. */
+/**
+ * The operations the cache needs from an upstream registry. Each follows upstream redirects within the rule's
+ * limits (shared/upstream/exchange.ts) and throws `UpstreamError` for every failure.
+ */
 export interface UpstreamClient {
   /** `timeoutMs` overrides the rule's upstream timeout (short on pull-time revalidation). */
   headManifest(repository: string, reference: string, opts?: { timeoutMs?: number }): Promise<ManifestHead>;
@@ -35,7 +38,8 @@ export interface UpstreamClient {
   getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;
   /**
    * The upstream's own redirect target for a blob (e.g. a CDN URL that carries its own authorisation), or
-   * undefined when the upstream serves the bytes itself. Only https targets (or `insecureRedirectHosts`).
+   * undefined when the upstream serves the bytes itself. Redirects to another registry's blob URL are followed
+   * first. Only https targets (or `insecureRedirectHosts`), never an internal IP literal or `localhost`.
    */
   blobRedirect(repository: string, digest: Digest): Promise<string | undefined>;
   listTags(repository: string, query: { n?: number; last?: string }): Promise<{ tags: string[]; next?: { n?: number; last: string } }>;

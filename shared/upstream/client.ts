@@ -1,188 +1,137 @@
 /**
  * The upstream registry client for one pull-through cache rule: manifests (HEAD/GET with an Accept list
- * covering OCI and Docker schema2 types), blobs (streamed, redirects followed without forwarding
- * `Authorization` to another origin), and tag lists. Every non-2xx answer becomes an {@link UpstreamError}.
- * Requests ask for `Accept-Encoding: identity` so sizes and digests are of the bytes as stored.
+ * covering OCI and Docker schema2 types), blobs (streamed), tag lists and referrers. Every request goes through
+ * exchange.ts (redirects, the auth dance at every hop, credentials only where the rule allows them) over the
+ * rule's dispatcher (dispatcher.ts: address checks after DNS, outbound proxy). Every non-2xx answer becomes an
+ * {@link UpstreamError}. Requests ask for `Accept-Encoding: identity` so sizes and digests are of the bytes as
+ * stored.
  */
 import type { Readable } from 'node:stream';
-import { request as undiciRequest, type Dispatcher } from 'undici';
 import type { PullThroughCacheRule } from '../config.js';
+import type { Digest } from '../oci/digest.js';
 import { MANIFEST_ACCEPT } from '../oci/media-types.js';
-import { createTokenAuth, type CredentialsProvider, type TokenAuth } from './auth.js';
-import { parseChallenge } from './challenge.js';
+import { createHostPolicy } from './address-policy.js';
+import type { TokenAuth } from './auth.js';
 import type { UpstreamClient } from './client-types.js';
+import { staticCredentials, type CredentialsProvider } from './credentials.js';
+import { createUpstreamDispatcher, type ProxySettings, type Resolver } from './dispatcher.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
-import { headerOf, parseNextLink, readCapped } from './response-body.js';
+import { createExchange } from './exchange.js';
+import { parseNextLink, readCapped } from './response-body.js';
+import { discard, fetchSend, undiciSend, type UpstreamResponse, type UpstreamSend } from './transport.js';
 
 export type { FetchedBlob, FetchedManifest, ManifestHead, UpstreamClient } from './client-types.js';
+export type { ProxySettings } from './dispatcher.js';
 export { parseNextLink } from './response-body.js';
 
-/** Maximum redirects followed for one blob (Go's http client allows 10). */
-const MAX_REDIRECTS = 10;
 /** Milliseconds a blob body may stall before the transfer is abandoned. */
 const BLOB_IDLE_MS = 60_000;
+/** Most bytes of a tag list page read (distribution pages by 100 tags by default; Docker Hub sends thousands). */
+const MAX_TAG_LIST_BYTES = 16 * 1024 * 1024;
 
-/**
- * Builds the client for a rule. `fetchImpl` is injectable for tests (defaults to global fetch). `credentials`
- * replaces the rule's static `username`/`accessToken` (shared/upstream/credentials.ts builds it; a rule with
- * `credentialsSecret` needs one).
- */
-export function createUpstreamClient(
-  rule: PullThroughCacheRule,
-  opts: { fetchImpl?: typeof fetch; auth?: TokenAuth; credentials?: CredentialsProvider } = {},
-): UpstreamClient {
-  const doFetch = opts.fetchImpl ?? fetch;
+/** Options of {@link createUpstreamClient}; all optional. */
+export interface UpstreamClientOptions {
+  /** Replaces the rule's static `username`/`accessToken` (credentials.ts builds it; `credentialsSecret` needs one). */
+  credentials?: CredentialsProvider;
+  /** Replaces the token auth built from the credentials. */
+  auth?: TokenAuth;
+  /** Outbound proxy (config-environment.ts reads `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`). */
+  proxy?: ProxySettings;
+  /** Tests: answers requests in-process instead of over the network (no dispatcher, so no address checks). */
+  fetchImpl?: typeof fetch;
+  /** Tests: the same, at the transport level. */
+  send?: UpstreamSend;
+  /** Tests: the DNS resolver of the dispatcher's address checks. */
+  resolve?: Resolver;
+}
+
+const ok = (res: UpstreamResponse) => res.status >= 200 && res.status < 300;
+const sizeOf = (res: UpstreamResponse) => {
+  const length = res.header('content-length');
+  return length === null ? undefined : Number(length);
+};
+
+/** Builds the client for a rule. */
+export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamClientOptions = {}): UpstreamClient {
   const base = new URL(rule.upstream);
   const timeoutMs = rule.upstreamTimeoutSeconds * 1000;
   if (rule.credentialsSecret !== undefined && !opts.credentials && !opts.auth) {
     throw new Error(`rule ${rule.prefix}: credentialsSecret needs a credentials provider`);
   }
-  const auth =
-    opts.auth ??
-    createTokenAuth({
-      credentials: opts.credentials ?? (rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined),
-      timeoutMs,
-      fetchImpl: doFetch,
-    });
-  const pullScope = (repository: string) => `repository:${repository}:pull`;
+  const policy = createHostPolicy(rule);
+  const send = opts.send ?? (opts.fetchImpl ? fetchSend(opts.fetchImpl) : undiciSend(createUpstreamDispatcher({ policy, proxy: opts.proxy, resolve: opts.resolve })));
+  const credentials = opts.credentials ?? staticCredentials(rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined);
+  const exchange = createExchange({ rule, policy, send, credentials, auth: opts.auth });
   const urlOf = (path: string) => new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
+  /** A redirect to another registry's blob URL (a vanity host, a regional registry), not to a CDN. */
+  const isBlobApi = (url: URL, digest: Digest) => /\/v2\/.+\/blobs\/[^/]+$/.test(url.pathname) && url.pathname.endsWith(`/blobs/${digest}`);
 
-  /** One request to the upstream origin, with the auth dance. The caller consumes or cancels the body. */
-  async function send(
-    method: string,
-    url: URL,
-    scope: string,
-    headers: Record<string, string>,
-    signal: AbortSignal,
-  ): Promise<Response> {
-    const attempt = async (authorization?: string) => {
-      try {
-        return await doFetch(url, {
-          method,
-          headers: { 'Accept-Encoding': 'identity', ...headers, ...(authorization ? { Authorization: authorization } : {}) },
-          redirect: 'manual',
-          signal,
-        });
-      } catch (err) {
-        throw new UpstreamError('unavailable', `${method} ${url.pathname}: ${(err as Error).message}`);
-      }
-    };
-    let res = await attempt(await auth.headerFor(scope));
-    if (res.status === 401) {
-      const challenge = parseChallenge(res.headers.get('www-authenticate'));
-      await res.body?.cancel();
-      const retry = challenge && (await auth.answer(challenge, scope));
-      if (retry) res = await attempt(retry);
-    }
-    return res;
+  async function fail(res: UpstreamResponse, what: string): Promise<never> {
+    await discard(res);
+    throw upstreamErrorFor(res.status, what, res.header('retry-after'));
   }
 
-  async function fail(res: Response, what: string): Promise<never> {
-    await res.body?.cancel().catch(() => undefined);
-    throw upstreamErrorFor(res.status, what, res.headers.get('retry-after'));
-  }
-
-  /**
-   * One GET for blob bytes with undici's `request` (a Node stream body, kept-alive connections: about half the
-   * CPU of fetch + Readable.fromWeb on large blobs). `authorization` is sent only when given.
-   */
-  async function rawGet(url: URL, authorization: string | undefined, signal: AbortSignal): Promise<Dispatcher.ResponseData> {
+  /** GET a JSON document (tag list, referrers index), capped at `maxBytes`. */
+  async function getJson(path: string, repository: string, accept: string, maxBytes: number, what: string) {
+    const { res } = await exchange.request(urlOf(path), { method: 'GET', repository, headers: { Accept: accept }, signal: AbortSignal.timeout(timeoutMs) });
+    if (!ok(res)) return fail(res, what);
+    const body = await readCapped(res.body, maxBytes, what);
     try {
-      return await undiciRequest(url, {
-        method: 'GET',
-        headers: { 'accept-encoding': 'identity', ...(authorization ? { authorization } : {}) },
-        signal,
-      });
-    } catch (err) {
-      throw new UpstreamError('unavailable', `GET ${url.pathname}: ${(err as Error).message}`);
+      return { json: JSON.parse(body.toString('utf8')) as unknown, res };
+    } catch {
+      throw new UpstreamError('unavailable', `${what}: upstream answered non-JSON`);
     }
   }
 
   return {
-    async headManifest(repository, reference, opts = {}) {
-      const url = urlOf(`/v2/${repository}/manifests/${reference}`);
-      const res = await send('HEAD', url, pullScope(repository), { Accept: MANIFEST_ACCEPT }, AbortSignal.timeout(opts.timeoutMs ?? timeoutMs));
-      if (!res.ok) return fail(res, 'manifest HEAD');
-      await res.body?.cancel().catch(() => undefined);
-      const length = res.headers.get('content-length');
-      return {
-        digest: res.headers.get('docker-content-digest') ?? undefined,
-        mediaType: res.headers.get('content-type') ?? undefined,
-        size: length === null ? undefined : Number(length),
-      };
+    async headManifest(repository, reference, o = {}) {
+      const signal = AbortSignal.timeout(o.timeoutMs ?? timeoutMs);
+      const { res } = await exchange.request(urlOf(`/v2/${repository}/manifests/${reference}`), { method: 'HEAD', repository, headers: { Accept: MANIFEST_ACCEPT }, signal });
+      if (!ok(res)) return fail(res, 'manifest HEAD');
+      await discard(res);
+      return { digest: res.header('docker-content-digest') ?? undefined, mediaType: res.header('content-type') ?? undefined, size: sizeOf(res) };
     },
 
     async getManifest(repository, reference, maxBytes) {
-      const url = urlOf(`/v2/${repository}/manifests/${reference}`);
-      const res = await send('GET', url, pullScope(repository), { Accept: MANIFEST_ACCEPT }, AbortSignal.timeout(timeoutMs));
-      if (!res.ok) return fail(res, 'manifest GET');
-      const declared = Number(res.headers.get('content-length') ?? 0);
-      if (declared > maxBytes) {
-        await res.body?.cancel().catch(() => undefined);
+      const signal = AbortSignal.timeout(timeoutMs);
+      const { res } = await exchange.request(urlOf(`/v2/${repository}/manifests/${reference}`), { method: 'GET', repository, headers: { Accept: MANIFEST_ACCEPT }, signal });
+      if (!ok(res)) return fail(res, 'manifest GET');
+      if ((sizeOf(res) ?? 0) > maxBytes) {
+        await discard(res);
         throw new UpstreamError('unavailable', `manifest larger than ${maxBytes} bytes`);
       }
-      const body = await readCapped(res, maxBytes);
-      return {
-        body,
-        contentType: res.headers.get('content-type') ?? undefined,
-        digestHeader: res.headers.get('docker-content-digest') ?? undefined,
-      };
+      const body = await readCapped(res.body, maxBytes);
+      return { body, contentType: res.header('content-type') ?? undefined, digestHeader: res.header('docker-content-digest') ?? undefined };
     },
 
     async headBlob(repository, digest) {
-      const url = urlOf(`/v2/${repository}/blobs/${digest}`);
-      const signal = AbortSignal.timeout(timeoutMs);
-      let res = await send('HEAD', url, pullScope(repository), {}, signal);
+      // Registry hops are followed; a redirect elsewhere (a CDN, CDN-backed registries) says the blob exists.
+      const { res } = await exchange.request(urlOf(`/v2/${repository}/blobs/${digest}`), {
+        method: 'HEAD',
+        repository,
+        signal: AbortSignal.timeout(timeoutMs),
+        follow: (next) => isBlobApi(next, digest),
+      });
       if (res.status >= 300 && res.status < 400) {
-        // A HEAD that redirects (CDN-backed registries): the blob exists; size comes from the target if it says.
-        await res.body?.cancel().catch(() => undefined);
+        await discard(res);
         return {};
       }
-      if (!res.ok) return fail(res, 'blob HEAD');
-      await res.body?.cancel().catch(() => undefined);
-      const length = res.headers.get('content-length');
-      return { size: length === null ? undefined : Number(length) };
+      if (!ok(res)) return fail(res, 'blob HEAD');
+      await discard(res);
+      return { size: sizeOf(res) };
     },
 
     async getBlob(repository, digest) {
-      const scope = pullScope(repository);
-      let url = urlOf(`/v2/${repository}/blobs/${digest}`);
+      // The timeout bounds the wait for response headers (all hops); then only stalls end a transfer.
       const controller = new AbortController();
       let timer = setTimeout(() => controller.abort(new Error('upstream did not answer in time')), timeoutMs);
-      let res: Dispatcher.ResponseData;
+      let res: UpstreamResponse;
       try {
-        let authorization = await auth.headerFor(scope);
-        res = await rawGet(url, authorization, controller.signal);
-        if (res.statusCode === 401) {
-          const challenge = parseChallenge(headerOf(res, 'www-authenticate'));
-          await res.body.dump();
-          const retry = challenge && (await auth.answer(challenge, scope));
-          if (retry) {
-            authorization = retry;
-            res = await rawGet(url, authorization, controller.signal);
-          }
-        }
-        // Redirects (CDN-backed registries): only https targets, the upstream origin, or allowed hosts; never
-        // Authorization to another origin (presigned CDN URLs carry their own).
-        for (let hop = 0; res.statusCode >= 300 && res.statusCode < 400; hop++) {
-          const location = headerOf(res, 'location');
-          await res.body.dump();
-          if (!location || hop >= MAX_REDIRECTS) throw new UpstreamError('unavailable', 'blob GET: bad or endless redirect');
-          url = new URL(location, url);
-          const sameOrigin = url.origin === base.origin;
-          if (!(url.protocol === 'https:' || sameOrigin || rule.insecureRedirectHosts.includes(url.host))) {
-            throw new UpstreamError('unavailable', `blob GET: refusing redirect to ${url.protocol}//${url.host}`);
-          }
-          res = await rawGet(url, sameOrigin ? authorization : undefined, controller.signal);
-        }
+        ({ res } = await exchange.request(urlOf(`/v2/${repository}/blobs/${digest}`), { method: 'GET', repository, signal: controller.signal }));
       } finally {
         clearTimeout(timer);
       }
-      if (res.statusCode < 200 || res.statusCode >= 300) {
-        await res.body.dump().catch(() => undefined);
-        throw upstreamErrorFor(res.statusCode, 'blob GET', headerOf(res, 'retry-after'));
-      }
-      const length = headerOf(res, 'content-length');
+      if (!ok(res)) return fail(res, 'blob GET');
       const stream: Readable = res.body;
       // Abandon a transfer that stalls (a hung upstream must not hold a fill forever).
       const arm = () => {
@@ -192,52 +141,37 @@ export function createUpstreamClient(
       arm();
       stream.on('data', arm);
       stream.on('close', () => clearTimeout(timer));
-      return { stream, size: length === null ? undefined : Number(length) };
+      return { stream, size: sizeOf(res) };
     },
 
     async blobRedirect(repository, digest) {
-      const url = urlOf(`/v2/${repository}/blobs/${digest}`);
-      const res = await send('GET', url, pullScope(repository), {}, AbortSignal.timeout(timeoutMs));
-      await res.body?.cancel().catch(() => undefined);
-      if (res.status >= 300 && res.status < 400) {
-        const location = res.headers.get('location');
-        const target = location ? new URL(location, url) : undefined;
-        const allowed = target && (target.protocol === 'https:' || rule.insecureRedirectHosts.includes(target.host));
-        return allowed && target.origin !== base.origin ? target.toString() : undefined;
-      }
-      if (!res.ok) throw upstreamErrorFor(res.status, 'blob GET', res.headers.get('retry-after'));
+      const { res, url, location } = await exchange.request(urlOf(`/v2/${repository}/blobs/${digest}`), {
+        method: 'GET',
+        repository,
+        signal: AbortSignal.timeout(timeoutMs),
+        follow: (next) => isBlobApi(next, digest),
+      });
+      await discard(res);
+      if (location) return exchange.redirectAllowed(url, location) && location.origin !== base.origin ? location.toString() : undefined;
+      if (!ok(res)) throw upstreamErrorFor(res.status, 'blob GET', res.header('retry-after'));
       return undefined;
     },
 
     async getReferrers(repository, digest, maxBytes) {
-      const url = urlOf(`/v2/${repository}/referrers/${digest}`);
-      const res = await send('GET', url, pullScope(repository), { Accept: 'application/vnd.oci.image.index.v1+json' }, AbortSignal.timeout(timeoutMs));
-      if (!res.ok) return fail(res, 'referrers');
-      const body = await readCapped(res, maxBytes);
-      let parsed: { manifests?: unknown };
-      try {
-        parsed = JSON.parse(body.toString('utf8')) as { manifests?: unknown };
-      } catch {
-        throw new UpstreamError('unavailable', 'referrers: upstream answered non-JSON');
-      }
+      const { json } = await getJson(`/v2/${repository}/referrers/${digest}`, repository, 'application/vnd.oci.image.index.v1+json', maxBytes, 'referrers');
+      const parsed = json as { manifests?: unknown } | null;
       if (!parsed || !Array.isArray(parsed.manifests)) throw new UpstreamError('unavailable', 'referrers: upstream answer is not an image index');
       return { manifests: parsed.manifests };
     },
 
     async listTags(repository, query) {
-      const url = urlOf(`/v2/${repository}/tags/list`);
-      if (query.n !== undefined) url.searchParams.set('n', String(query.n));
-      if (query.last !== undefined) url.searchParams.set('last', query.last);
-      const res = await send('GET', url, pullScope(repository), { Accept: 'application/json' }, AbortSignal.timeout(timeoutMs));
-      if (!res.ok) return fail(res, 'tags list');
-      let body: { tags?: unknown };
-      try {
-        body = (await res.json()) as { tags?: unknown };
-      } catch {
-        throw new UpstreamError('unavailable', 'tags list: upstream answered non-JSON');
-      }
-      const tags = Array.isArray(body.tags) ? body.tags.filter((t): t is string => typeof t === 'string') : [];
-      return { tags, next: parseNextLink(res.headers.get('link')) };
+      const params = new URLSearchParams();
+      if (query.n !== undefined) params.set('n', String(query.n));
+      if (query.last !== undefined) params.set('last', query.last);
+      const qs = params.size ? `?${params}` : '';
+      const { json, res } = await getJson(`/v2/${repository}/tags/list${qs}`, repository, 'application/json', MAX_TAG_LIST_BYTES, 'tags list');
+      const tags = (json as { tags?: unknown } | null)?.tags;
+      return { tags: Array.isArray(tags) ? tags.filter((t): t is string => typeof t === 'string') : [], next: parseNextLink(res.header('link')) };
     },
   };
 }

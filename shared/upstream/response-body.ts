@@ -1,24 +1,29 @@
 /**
- * Small readers of upstream responses used by the upstream client: a size-capped body read (manifests and
- * referrers indexes), the `Link: <...>; rel="next"` pagination header of tag lists, and undici's header values
- * as one string. Each turns malformed input into `undefined`/`null` or an `UpstreamError('unavailable')`.
+ * Small readers of upstream responses used by the upstream client: a size-capped body read (manifests,
+ * referrers indexes, tag lists, token answers) and the `Link: <...>; rel="next"` pagination header of tag lists.
+ * Each turns malformed input into `undefined` or an `UpstreamError('unavailable')`.
  */
-import type { Dispatcher } from 'undici';
+import type { Readable } from 'node:stream';
 import { UpstreamError } from './errors.js';
 
-/** Reads a response body, failing once it passes `maxBytes`. */
-export async function readCapped(res: Response, maxBytes: number): Promise<Buffer> {
+/**
+ * Reads a response body, failing once it passes `maxBytes` (the rest is not read: the stream is destroyed).
+ * `what` names the body in errors (`manifest`, `tags list`, …).
+ * @throws UpstreamError `unavailable` when the body is too large or breaks off
+ */
+export async function readCapped(body: Readable, maxBytes: number, what = 'manifest'): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   try {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    for await (const chunk of body as AsyncIterable<Uint8Array>) {
       total += chunk.length;
-      if (total > maxBytes) throw new UpstreamError('unavailable', `manifest larger than ${maxBytes} bytes`);
+      if (total > maxBytes) throw new UpstreamError('unavailable', `${what} larger than ${maxBytes} bytes`);
       chunks.push(Buffer.from(chunk));
     }
   } catch (err) {
+    body.destroy();
     if (err instanceof UpstreamError) throw err;
-    throw new UpstreamError('unavailable', `manifest body: ${(err as Error).message}`);
+    throw new UpstreamError('unavailable', `${what} body: ${(err as Error).message}`);
   }
   return Buffer.concat(chunks);
 }
@@ -33,10 +38,4 @@ export function parseNextLink(link: string | null): { n?: number; last: string }
   if (last === null) return undefined;
   const n = params.get('n');
   return { last, ...(n !== null && /^\d+$/.test(n) ? { n: Number(n) } : {}) };
-}
-
-/** A response header as one string (undici gives repeated headers as arrays); null when absent. */
-export function headerOf(res: Dispatcher.ResponseData, name: string): string | null {
-  const v = res.headers[name];
-  return v === undefined ? null : Array.isArray(v) ? v.join(', ') : v;
 }

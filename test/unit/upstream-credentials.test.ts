@@ -138,13 +138,14 @@ describe('a rule’s credentials reach only its upstream and its token realm', (
       void self;
       res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"tags":["v1"]}');
     });
-    const rule = parseConfig({ rules: [{ prefix: 'p', upstream: upstream.url, credentialsSecret: 's', insecureRedirectHosts: [cdn.host] }] }).rules[0];
+    // The realm's redirect target is on loopback like every test server: the rule must name it (internalHosts).
+    const rule = parseConfig({ rules: [{ prefix: 'p', upstream: upstream.url, credentialsSecret: 's', insecureRedirectHosts: [cdn.host], internalHosts: [elsewhere.host] }] }).rules[0];
     const client = createUpstreamClient(rule, { credentials: secretCredentials({ secretId: 's', readSecret: async () => JSON.stringify({ username: USER, accessToken: TOKEN }) }) });
 
     expect((await client.listTags('team/app', {})).tags).toEqual(['v1']);
     const blob = await client.getBlob('team/app', `sha256:${'a'.repeat(64)}` as never);
     blob.stream.resume();
-    // A token endpoint that redirects elsewhere: fetch drops Authorization on the cross-origin hop.
+    // A token endpoint that redirects elsewhere: Authorization is dropped on the cross-origin hop.
     redirectToken = true;
     await client.listTags('team/other', {});
 
