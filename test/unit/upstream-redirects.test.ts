@@ -17,6 +17,7 @@ import { UpstreamError } from '../../shared/upstream/errors.js';
 import { MAX_REDIRECTS } from '../../shared/upstream/exchange.js';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { startVanityHost } from '../support/vanity-host.js';
 
 const USER = 'robot';
 const PASSWORD = 'mirror-robot-secret';
@@ -41,13 +42,12 @@ async function server(handle: (req: IncomingMessage, res: ServerResponse, self: 
   return { url: self, host: new URL(self).host, seen };
 }
 
-/** A vanity host: `/v2/<rest>` → 307 to `<target>/v2/mirror/<rest>` (`/v2/` itself → `<target>/v2/`). */
-const vanity = (target: string) =>
-  server((req, res) => {
-    const path = req.url ?? '/';
-    const to = path === '/v2/' ? `${target}/v2/` : path.replace(/^\/v2\//, `${target}/v2/mirror/`);
-    res.writeHead(307, { Location: to }).end();
-  });
+/** A vanity host in front of `target`, moving names under `mirror/`; closed after the test. */
+async function vanity(target: string) {
+  const host = await startVanityHost(target, 'mirror');
+  cleanups.push(() => host.close());
+  return { ...host, seen: host.requests };
+}
 
 let registry: FakeUpstream;
 async function setUp(opts: { redirectBlobs?: boolean } = {}) {
