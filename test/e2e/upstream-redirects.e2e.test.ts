@@ -5,7 +5,8 @@
  * behind token auth (our token server issuing the ES256 JWTs it verifies). skopeo pulls through the real local
  * server; the cache follows the manifest, tag-list and blob redirects and answers the registry's challenge with a
  * token for the full repository path the registry knows. Credentials reach that registry's realm only for the
- * rule that lists it in `credentialHosts`.
+ * rule that lists it in `credentialHosts`. A second cache with `HTTP_PROXY` set pulls the same image through a
+ * CONNECT proxy (test/support/connect-proxy.ts).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pushSinglePlatformImage, type PushedImage } from '../support/images.js';
@@ -13,6 +14,7 @@ import { startLocalServer, type LocalServer } from '../support/local-server.js';
 import { pullImage, sha256 } from '../support/pull.js';
 import { imageRef, skopeoCopy, skopeoListTags } from '../support/skopeo.js';
 import { scratchDir } from '../support/scratch.js';
+import { startConnectProxy, type ConnectProxy } from '../support/connect-proxy.js';
 import { startTokenServer, type TokenServer } from '../support/token-server.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 import { startVanityHost, type VanityHost } from '../support/vanity-host.js';
@@ -26,6 +28,8 @@ let registry: UpstreamRegistry;
 let front: VanityHost;
 let cache: LocalServer;
 let image: PushedImage;
+let proxy: ConnectProxy;
+let proxied: LocalServer;
 
 beforeAll(async () => {
   // Push without auth, then restart the same registry data behind token auth.
@@ -43,9 +47,14 @@ beforeAll(async () => {
       { prefix: 'k8s-nocreds', ...redirected },
     ],
   });
+  // The same rule in a cache whose upstream traffic must go through an egress proxy (HTTP_PROXY).
+  proxy = await startConnectProxy();
+  proxied = await startLocalServer({ rules: [{ prefix: 'k8s', ...redirected, credentialHosts: [new URL(registry.url).host] }] }, { env: { HTTP_PROXY: proxy.url } });
 });
 
 afterAll(async () => {
+  await proxied?.stop();
+  await proxy?.close();
   await cache?.stop();
   await front?.close();
   await registry?.stop();
@@ -91,5 +100,12 @@ describe('an upstream that redirects /v2/ to a registry with its own token servi
     expect(tokens.requests.length).toBeGreaterThan(0);
     expect(tokens.requests.every((r) => r.authorization === undefined && r.granted.length === 0)).toBe(true);
     expect((await skopeoCopy(imageRef(cache.url, 'k8s-nocreds/pause', '3.10'), scratchDir('pull-'))).code).not.toBe(0);
+  });
+
+  it('HTTP_PROXY: the whole chain (vanity host, registry, token realm) goes through the proxy; the pull is the same', async () => {
+    const got = await pullImage(imageRef(proxied.url, 'k8s/pause', '3.10'));
+    expect(sha256(got.manifest)).toBe(image.digest);
+    for (const b of got.blobs) expect(b.actual).toBe(b.name);
+    expect(new Set(proxy.connects)).toEqual(new Set([front.host, new URL(registry.url).host, new URL(tokens.realm).host]));
   });
 });
