@@ -36,7 +36,7 @@ export function isPublicAddress(address: string): boolean {
 }
 
 /** The range name of a refused address, for messages (`loopback`, `private`, `linkLocal`, …). */
-export function rangeOf(address: string): string {
+function rangeOf(address: string): string {
   return isIP(address) ? ipaddr.process(address).range() : 'not an IP address';
 }
 
@@ -58,7 +58,7 @@ export function createHostPolicy(rule: Pick<PullThroughCacheRule, 'upstream' | '
 }
 
 /** `hostname` without IPv6 brackets, lower-cased. */
-export function bareHostname(hostname: string): string {
+function bareHostname(hostname: string): string {
   return hostname.replace(/^\[(.*)\]$/, '$1').toLowerCase();
 }
 

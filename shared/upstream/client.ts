@@ -18,7 +18,7 @@ import { createUpstreamDispatcher, type ProxySettings, type Resolver } from './d
 import { UpstreamError, upstreamErrorFor } from './errors.js';
 import { createExchange } from './exchange.js';
 import { parseNextLink, readCapped } from './response-body.js';
-import { discard, fetchSend, undiciSend, type UpstreamResponse, type UpstreamSend } from './transport.js';
+import { discard, fetchSend, undiciSend, type UpstreamResponse } from './transport.js';
 
 export type { FetchedBlob, FetchedManifest, ManifestHead, UpstreamClient } from './client-types.js';
 export type { ProxySettings } from './dispatcher.js';
@@ -39,8 +39,6 @@ export interface UpstreamClientOptions {
   proxy?: ProxySettings;
   /** Tests: answers requests in-process instead of over the network (no dispatcher, so no address checks). */
   fetchImpl?: typeof fetch;
-  /** Tests: the same, at the transport level. */
-  send?: UpstreamSend;
   /** Tests: the DNS resolver of the dispatcher's address checks. */
   resolve?: Resolver;
 }
@@ -59,7 +57,7 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamC
     throw new Error(`rule ${rule.prefix}: credentialsSecret needs a credentials provider`);
   }
   const policy = createHostPolicy(rule);
-  const send = opts.send ?? (opts.fetchImpl ? fetchSend(opts.fetchImpl) : undiciSend(createUpstreamDispatcher({ policy, proxy: opts.proxy, resolve: opts.resolve })));
+  const send = opts.fetchImpl ? fetchSend(opts.fetchImpl) : undiciSend(createUpstreamDispatcher({ policy, proxy: opts.proxy, resolve: opts.resolve }));
   const credentials = opts.credentials ?? staticCredentials(rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined);
   const exchange = createExchange({ rule, policy, send, credentials, auth: opts.auth });
   const urlOf = (path: string) => new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
