@@ -9,7 +9,7 @@
  * | link            | `repo#<name>`    | `blob#<digest>`     | —                                                    |
  * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
  * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms)                       |
- * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt (ms), `ttl` (epoch s, DynamoDB TTL) |
+ * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt, heartbeatAt (ms), `ttl` (epoch s, DynamoDB TTL) |
  * | listing         | `repo#<name>`    | `listing#<key>`     | body (JSON text ≤ `inlineLimitBytes`), fetchedAt (ms) |
  *
  * Due tags (the scheduled refresh): the sparse GSI {@link DUE_INDEX} (`due`; partition `dueShard` S, sort `dueAt` N,

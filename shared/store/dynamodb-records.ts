@@ -10,6 +10,12 @@ import { isConditionFailure, repoPk, type DynamoDbContext, type Item } from './d
 import { TTL_ATTRIBUTE } from './dynamodb-table.js';
 import type { BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore } from './ports.js';
 
+/** The lease item of `key` held by `owner`, alive at `t` (ms) and expiring `ttlSeconds` later. */
+function leaseItem(key: string, owner: string, t: number, ttlSeconds: number): Item {
+  const expiresAt = t + ttlSeconds * 1000;
+  return { pk: `fill#${key}`, sk: 'lease', owner, expiresAt, heartbeatAt: t, [TTL_ATTRIBUTE]: Math.ceil(expiresAt / 1000) };
+}
+
 /** The manifest, link, listing, blob-record and lease ports over the index's table. */
 export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore & BlobLinks & BlobRecords & FillLeases & ListingCache {
   const { doc, TableName, inlineLimit, now, opts, get, markRepository, batchPut } = ctx;
@@ -92,22 +98,46 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
       }
     },
 
-    async acquireLease(key, owner, ttlSeconds) {
+    async acquireLease(key, owner, ttlSeconds, staleSeconds) {
       const t = now();
-      const expiresAt = t + ttlSeconds * 1000;
+      const names: Record<string, string> = { '#pk': 'pk', '#expiresAt': 'expiresAt', '#owner': 'owner' };
+      const values: Record<string, unknown> = { ':now': t, ':owner': owner };
+      let condition = 'attribute_not_exists(#pk) OR #expiresAt <= :now OR #owner = :owner';
+      if (staleSeconds !== undefined) {
+        // A lease without a heartbeat (written by an older release) counts as stale.
+        condition += ' OR attribute_not_exists(#heartbeatAt) OR #heartbeatAt <= :staleBefore';
+        names['#heartbeatAt'] = 'heartbeatAt';
+        values[':staleBefore'] = t - staleSeconds * 1000;
+      }
       try {
         await doc.send(new PutCommand({
-          TableName,
-          Item: { pk: `fill#${key}`, sk: 'lease', owner, expiresAt, [TTL_ATTRIBUTE]: Math.ceil(expiresAt / 1000) },
-          ConditionExpression: 'attribute_not_exists(#pk) OR #expiresAt <= :now OR #owner = :owner',
-          ExpressionAttributeNames: { '#pk': 'pk', '#expiresAt': 'expiresAt', '#owner': 'owner' },
-          ExpressionAttributeValues: { ':now': t, ':owner': owner },
+          TableName, Item: leaseItem(key, owner, t, ttlSeconds),
+          ConditionExpression: condition, ExpressionAttributeNames: names, ExpressionAttributeValues: values,
         }));
         return true;
       } catch (e) {
         if (isConditionFailure(e)) return false;
         throw e;
       }
+    },
+
+    async heartbeatLease(key, owner, ttlSeconds) {
+      // A conditional PutItem rather than UpdateItem: the fill function's role may put and delete, not update.
+      try {
+        await doc.send(new PutCommand({
+          TableName, Item: leaseItem(key, owner, now(), ttlSeconds), ConditionExpression: '#owner = :owner',
+          ExpressionAttributeNames: { '#owner': 'owner' }, ExpressionAttributeValues: { ':owner': owner },
+        }));
+        return true;
+      } catch (e) {
+        if (isConditionFailure(e)) return false;
+        throw e;
+      }
+    },
+
+    async getLease(key) {
+      const item = await get(`fill#${key}`, 'lease');
+      return item && { owner: item.owner as string, expiresAt: item.expiresAt as number, heartbeatAt: (item.heartbeatAt as number | undefined) ?? 0 };
     },
 
     async releaseLease(key, owner) {

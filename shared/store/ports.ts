@@ -110,6 +110,12 @@ export interface BlobStore {
    * committed blobs only (S3).
    */
   streamsWhileFilling?: true;
+  /**
+   * Optional capability: false when the store has no room for `bytes` more (free space below it plus a margin),
+   * so a fill of that size fails before its first byte instead of part-way (a full disk; see storage-full.ts).
+   * Absent: the store does not run out (S3), or cannot tell.
+   */
+  hasRoomFor?(bytes: number): Promise<boolean>;
 }
 
 /**
@@ -123,13 +129,43 @@ export interface BlobRecords {
 }
 
 /**
- * Fill leases: one upstream download per digest across requests, processes and Lambda instances
- * (DynamoDB conditional write with a TTL attribute; a SQLite row with an expiry locally). A lease whose
- * expiry passed may be taken by anyone, so a crashed filler blocks others at most `ttlSeconds`.
+ * A fill lease as stored. Times are milliseconds since the epoch, stamped by the clock of the adapter that wrote
+ * them (Lambda clocks are NTP-synced; the stale window is seconds, far above any skew).
+ */
+export interface FillLease {
+  owner: string;
+  /** Hard expiry (`ttlSeconds` after the last acquire or heartbeat): anyone may take the lease from then on. */
+  expiresAt: number;
+  /** The fill's last sign of life: when the lease was taken, or its last {@link FillLeases.heartbeatLease}. */
+  heartbeatAt: number;
+}
+
+/**
+ * Fill leases: one upstream download per digest across requests, processes and Lambda instances (DynamoDB
+ * conditional writes with a TTL attribute; a SQLite row locally). The protocol, as shared/registry/fill-lease.ts
+ * runs it:
+ * - **take**: {@link acquireLease} is one conditional write that succeeds when there is no lease, when it
+ *   expired, when it is already `owner`'s, or when its heartbeat is older than `staleSeconds` (a takeover of a
+ *   fill that died or never started). It stamps `heartbeatAt` = now.
+ * - **heartbeat**: the process running the fill (never a waiter) calls {@link heartbeatLease} while the fill makes
+ *   progress; it is conditional on still being the owner, and `false` tells the fill it was taken over.
+ * - **wait**: a request waiting for someone else's fill reads the lease ({@link getLease}) and tries to take it only
+ *   when it is gone, expired or stale, so a healthy fill's waiters make reads, never failing writes.
+ * - **release**: the filler deletes its own lease when the fill ends, committed or not ({@link releaseLease}).
  */
 export interface FillLeases {
-  /** Takes the lease on `key` for `owner` unless another owner holds an unexpired one; true when taken. */
-  acquireLease(key: string, owner: string, ttlSeconds: number): Promise<boolean>;
+  /**
+   * Takes the lease on `key` for `owner` for `ttlSeconds` unless another owner holds a live one; true when taken.
+   * `staleSeconds`: a lease whose heartbeat is older than this is taken over too (absent: only expiry frees it).
+   */
+  acquireLease(key: string, owner: string, ttlSeconds: number, staleSeconds?: number): Promise<boolean>;
+  /**
+   * Records a sign of life of `owner`'s lease: `heartbeatAt` = now and the expiry pushed to now + `ttlSeconds`.
+   * One conditional write; false (and nothing written) when `owner` no longer holds the lease.
+   */
+  heartbeatLease(key: string, owner: string, ttlSeconds: number): Promise<boolean>;
+  /** The lease on `key` (expired or not), or undefined when there is none. One read. */
+  getLease(key: string): Promise<FillLease | undefined>;
   /** Releases the lease if `owner` still holds it (a no-op otherwise). */
   releaseLease(key: string, owner: string): Promise<void>;
 }

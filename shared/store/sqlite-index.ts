@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS manifests (
   stored_at INTEGER NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS blob_links (name TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (name, digest)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS listings (name TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, fetched_at INTEGER NOT NULL, PRIMARY KEY (name, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS leases (key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+  key TEXT PRIMARY KEY, owner TEXT NOT NULL, expires_at INTEGER NOT NULL, heartbeat_at INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 `;
 
 /** Default page size for listings when the client gives no `n`. */
@@ -32,6 +33,9 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
   if (!columns.has('due_at')) db.exec('ALTER TABLE tags ADD COLUMN due_at INTEGER');
   if (!columns.has('last_check')) db.exec('ALTER TABLE tags ADD COLUMN last_check TEXT');
   db.exec('CREATE INDEX IF NOT EXISTS tags_due ON tags (due_at) WHERE due_at IS NOT NULL');
+  // Leases of an older release have no heartbeat (0): stale, so a new process may take them over.
+  const leaseColumns = new Set((db.prepare('PRAGMA table_info(leases)').all() as Array<{ name: string }>).map((c) => c.name));
+  if (!leaseColumns.has('heartbeat_at')) db.exec('ALTER TABLE leases ADD COLUMN heartbeat_at INTEGER NOT NULL DEFAULT 0');
 
   const getTag = db.prepare('SELECT * FROM tags WHERE name = ? AND tag = ?');
   const putTag = db.prepare(
@@ -54,12 +58,15 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
   );
   const isLinked = db.prepare('SELECT 1 FROM blob_links WHERE name = ? AND digest = ?');
   const link = db.prepare('INSERT OR IGNORE INTO blob_links (name, digest) VALUES (?, ?)');
-  // Taken when free, expired, or already ours; a single statement, so atomic across processes sharing the file.
+  // Taken when free, expired, stale (heartbeat at or before @staleBefore) or already ours; a single statement, so
+  // atomic across processes sharing the file.
   const acquire = db.prepare(
-    `INSERT INTO leases (key, owner, expires_at) VALUES (@key, @owner, @expires)
-     ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-     WHERE leases.expires_at <= @now OR leases.owner = excluded.owner`,
+    `INSERT INTO leases (key, owner, expires_at, heartbeat_at) VALUES (@key, @owner, @expires, @now)
+     ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at, heartbeat_at = excluded.heartbeat_at
+     WHERE leases.expires_at <= @now OR leases.owner = excluded.owner OR leases.heartbeat_at <= @staleBefore`,
   );
+  const heartbeat = db.prepare('UPDATE leases SET heartbeat_at = @now, expires_at = @expires WHERE key = @key AND owner = @owner');
+  const getLease = db.prepare('SELECT owner, expires_at, heartbeat_at FROM leases WHERE key = ?');
   const release = db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?');
   const getListing = db.prepare('SELECT body, fetched_at FROM listings WHERE name = ? AND key = ?');
   const putListing = db.prepare(
@@ -122,9 +129,18 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     async link(name, digest) {
       link.run(name, digest);
     },
-    async acquireLease(key, owner, ttlSeconds) {
+    async acquireLease(key, owner, ttlSeconds, staleSeconds) {
       const now = Date.now();
-      return acquire.run({ key, owner, expires: now + ttlSeconds * 1000, now }).changes === 1;
+      const staleBefore = staleSeconds === undefined ? -1 : now - staleSeconds * 1000;
+      return acquire.run({ key, owner, expires: now + ttlSeconds * 1000, now, staleBefore }).changes === 1;
+    },
+    async heartbeatLease(key, owner, ttlSeconds) {
+      const now = Date.now();
+      return heartbeat.run({ key, owner, now, expires: now + ttlSeconds * 1000 }).changes === 1;
+    },
+    async getLease(key) {
+      const row = getLease.get(key) as { owner: string; expires_at: number; heartbeat_at: number } | undefined;
+      return row && { owner: row.owner, expiresAt: row.expires_at, heartbeatAt: row.heartbeat_at };
     },
     async releaseLease(key, owner) {
       release.run(key, owner);

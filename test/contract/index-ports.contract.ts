@@ -401,6 +401,51 @@ export function describeIndexContract(label: string, open: () => Promise<OpenedI
         expect(await index.acquireLease('expiring', 'owner-a', 60)).toBe(false);
       });
 
+      it('reads a lease: owner, expiry and the heartbeat stamped when it was taken; nothing once released', async () => {
+        expect(await index.getLease('read')).toBeUndefined();
+        const before = Date.now();
+        expect(await index.acquireLease('read', 'owner-a', 60)).toBe(true);
+        const lease = await index.getLease('read');
+        expect(lease?.owner).toBe('owner-a');
+        expect(lease!.heartbeatAt).toBeGreaterThanOrEqual(before - 1000);
+        expect(lease!.heartbeatAt).toBeLessThanOrEqual(Date.now() + 1000);
+        expect(lease!.expiresAt - lease!.heartbeatAt).toBe(60_000);
+        await index.releaseLease('read', 'owner-a');
+        expect(await index.getLease('read')).toBeUndefined();
+      });
+
+      it('a heartbeat by the owner moves heartbeatAt and the expiry forward; anyone else\'s heartbeat writes nothing', async () => {
+        expect(await index.acquireLease('beat', 'owner-a', 5)).toBe(true);
+        const taken = (await index.getLease('beat'))!;
+        await sleep(20);
+        expect(await index.heartbeatLease('beat', 'owner-b', 600)).toBe(false);
+        expect(await index.getLease('beat')).toEqual(taken);
+        expect(await index.heartbeatLease('beat', 'owner-a', 60)).toBe(true);
+        const beaten = (await index.getLease('beat'))!;
+        expect(beaten.owner).toBe('owner-a');
+        expect(beaten.heartbeatAt).toBeGreaterThan(taken.heartbeatAt);
+        expect(beaten.expiresAt - beaten.heartbeatAt).toBe(60_000);
+        await index.releaseLease('beat', 'owner-a');
+        expect(await index.heartbeatLease('beat', 'owner-a', 60)).toBe(false); // released: not recreated
+        expect(await index.getLease('beat')).toBeUndefined();
+      });
+
+      it('a lease whose heartbeat is older than staleSeconds is taken over (one conditional write); a fresh one is not', async () => {
+        expect(await index.acquireLease('stale', 'owner-a', 600)).toBe(true);
+        // Heartbeat just written: not stale within 60 s, refused.
+        expect(await index.acquireLease('stale', 'owner-b', 600, 60)).toBe(false);
+        // Without staleSeconds only the expiry counts.
+        expect(await index.acquireLease('stale', 'owner-b', 600)).toBe(false);
+        // staleSeconds 0: any heartbeat up to now is stale, so b takes it over although it expires in 10 min.
+        expect(await index.acquireLease('stale', 'owner-b', 600, 0)).toBe(true);
+        expect((await index.getLease('stale'))?.owner).toBe('owner-b');
+        // The old owner learns it lost the lease from its next heartbeat, and its release is a no-op.
+        expect(await index.heartbeatLease('stale', 'owner-a', 600)).toBe(false);
+        await index.releaseLease('stale', 'owner-a');
+        expect((await index.getLease('stale'))?.owner).toBe('owner-b');
+        expect(await index.acquireLease('stale', 'owner-c', 600, 60)).toBe(false);
+      });
+
       it('exactly one of 10 concurrent owners takes a free lease', async () => {
         const owners = Array.from({ length: 10 }, (_, i) => `owner-${i}`);
         const results = await Promise.all(owners.map((o) => index.acquireLease('contended', o, 60)));
