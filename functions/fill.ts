@@ -11,10 +11,11 @@ import { getRuntime } from '../shared/runtime.js';
 const runtime = await getRuntime();
 
 /** Entry point. Errors are logged and rethrown (Lambda's async retry then applies; the lease bounds overlap). */
-export const handler = middy<FillJob, { size: number }>()
+export const handler = middy<FillJob, { size?: number }>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
   .handler(async (job) => {
     const size = await runtime.blobs.fill(job.name, job.digest, job.leaseOwner);
-    runtime.logger.info('fill done', { name: job.name, digest: job.digest, size });
+    // undefined: the fill did not start, its lease having been taken over meanwhile (logged by the fill).
+    if (size !== undefined) runtime.logger.info('fill done', { name: job.name, digest: job.digest, size });
     return { size };
   });

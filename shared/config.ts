@@ -173,8 +173,25 @@ const configSchema = z
         waitSeconds: z.number().nonnegative().default(20),
         /** Redirects back to the same URL before the rule's fallback; clients follow 10 in all (default 8). */
         maxHops: z.number().int().nonnegative().max(9).default(8),
-        /** Seconds a fill lease lasts, so a crashed filler blocks others at most this long (default 900). */
+        /**
+         * Seconds a fill lease lasts without a heartbeat before it expires (default 900). A live fill's heartbeats
+         * push it forward; it is the bound when nothing else frees a lease (and the DynamoDB TTL of lease items).
+         */
         leaseSeconds: z.number().int().positive().default(900),
+        /**
+         * Seconds without a heartbeat after which a fill lease is stale and the next request takes it over
+         * (default 10): a fill that crashed, was killed or never started costs this long. A running fill writes a
+         * heartbeat every quarter of it while it makes progress (shared/registry/fill-lease.ts).
+         */
+        staleLeaseSeconds: z.number().positive().default(10),
+        /**
+         * The slowest upstream transfer a fill accepts, in bytes per second (default 65536: 64 KiB/s). A fill is
+         * abandoned (its lease, temp file and upstream connection released) once it has run longer than
+         * `deadlineGraceSeconds` + size / `minBytesPerSecond` (the bytes received so far when the upstream sent no size).
+         */
+        minBytesPerSecond: z.number().positive().default(65_536),
+        /** Seconds every fill gets on top of its size-derived time (default 60; see `minBytesPerSecond`). */
+        deadlineGraceSeconds: z.number().nonnegative().default(60),
       })
       .strict()
       .prefault({}),

@@ -10,6 +10,7 @@ import { parseRoute, type Route } from '../http/router.js';
 import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from '../http/types.js';
 import { OCI_INDEX } from '../oci/media-types.js';
 import { RegistryError } from '../oci/errors.js';
+import { isStorageFull, storageFullError } from '../store/storage-full.js';
 import { createBlobService, HOP_PARAM, type BlobService } from './blobs.js';
 import type { RegistryDeps } from './deps.js';
 import { createManifestService, type ManifestService } from './manifests.js';
@@ -177,7 +178,10 @@ export function createRegistry(
   const app: RegistryApp = async (req) => {
     try {
       return await route(req);
-    } catch (err) {
+    } catch (thrown) {
+      // Storage exhaustion anywhere (a manifest or lease write on a full disk): a retryable 503, never 500.
+      const err = !(thrown instanceof RegistryError) && isStorageFull(thrown) ? storageFullError(30, thrown) : thrown;
+      if (err !== thrown) deps.log.error('out of storage', { event: 'storage-full', method: req.method, path: req.path, reason: (thrown as Error).message });
       const res = errorResponse(err, req.method);
       if (res.unexpected) deps.log.error('unexpected error', { method: req.method, path: req.path, error: err as Error });
       else if (res.status >= 500 || res.status === 429) {

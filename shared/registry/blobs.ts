@@ -1,22 +1,30 @@
 /**
- * Blobs through the cache. A blob is served for a repository only when that repository references it (a link,
- * written when one of its manifests is stored, or after the upstream confirms it with a HEAD).
+ * Blobs through the cache.
+ *
+ * **One name, one upstream** (DESIGN.md). Blob bytes are stored once per digest and shared by every repository,
+ * yet a blob is served under a name only when that name's own upstream confirmed the digest — a HEAD or GET of
+ * the blob in that name's upstream repository answered 2xx — or the digest is linked to the name (one of the
+ * name's manifests references it, or an earlier confirmation). This holds on every path: committed, being filled
+ * in this process (streamed or not), filled by another process or the fill function, on a hop, and for HEAD. A
+ * blob's location (a signed URL serving the digest to whoever holds it) is only ever made from a {@link Confirmed},
+ * and only {@link confirmByUpstream}, a link, or a fill for the same name (its upstream GET answered 2xx) make
+ * one. A request joining a fill started for another name asks its own upstream (HEAD) meanwhile.
  *
  * The miss path works under API Gateway's ~30 s limit (DESIGN.md, "The miss path"): the request takes the
  * fill lease and starts the fill (in the background here, or through `dispatchFill` on AWS), then waits up to
  * `fill.waitSeconds`. Filled in time → 307 to the stored blob. Not yet → 307 back to the same URL with a hop
- * counter (`?pt-hop=N`, the URL built by the app), so the client comes back and waits again. Past `fill.maxHops`, the rule's
- * `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream download in total.
+ * counter (`?pt-hop=N`, the URL built by the app), so the client comes back and waits again. Past
+ * `fill.maxHops`, the rule's `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream
+ * download in total. The lease protocol (take, heartbeat, stale takeover, waiting with backoff) is in
+ * fill-lease.ts; fills running in this process (deadline, storage exhaustion) in blob-fill.ts.
  *
  * Stream while filling (embedded backend, fill in this process, `stores.blobs.streamsWhileFilling`): a blob GET
  * does not wait for the commit. Its answer (307 to the store's location) goes out as soon as the upstream
  * answered the blob GET with 2xx and the store started writing, and the location serves the bytes while they
  * arrive (see fs-blob-store.ts for why that is safe: bytes verified before the client's body completes, a
  * mismatch cuts the connection, only verified bytes are committed). An upstream 404 still answers BLOB_UNKNOWN
- * at once, and a 401/5xx an error, since they come before any byte. Everything else is as above: one lease,
- * one download, hops while the upstream has not answered yet, polling a fill held by another process, and
- * HEAD (`stat`) still waits for the committed size unless the upstream HEAD gave one. The fill links the blob
- * to the repository when it commits; the upstream's 2xx to this repository's blob GET is the confirmation.
+ * at once, and a 401/5xx an error, since they come before any byte. HEAD (`stat`) still waits for the committed
+ * size unless the upstream HEAD gave one. The fill links the blob to its name when it commits.
  */
 import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
@@ -24,13 +32,13 @@ import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobLocation } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
+import { createFiller, type RunningFill } from './blob-fill.js';
 import type { RegistryDeps } from './deps.js';
+import { dispatchWithRetry, fillLeaseKey, isLive, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
 import type { ResolvedName } from './rules.js';
 
 /** Query parameter carrying the hop count of a blob request redirected back to itself. */
 export const HOP_PARAM = 'pt-hop';
-/** Milliseconds between checks for a fill finished by another process. */
-const POLL_MS = 200;
 
 /**
  * What a blob GET answers: the blob's location, or "come back" (same URL, next hop). Sizes in bytes; `size` is
@@ -52,21 +60,31 @@ export interface BlobService {
   /** Answers a blob GET (`hop` = this request's hop count); fills on a miss. Throws as {@link stat}. */
   locate(name: string, digest: string, hop?: number): Promise<BlobAnswer>;
   /**
-   * Runs one fill (the body of the fill function): upstream → verified store → link; releases `leaseOwner`'s
-   * lease at the end when given. Returns the size in bytes.
+   * Runs one fill (the body of the fill function): upstream → verified store → link; heartbeats `leaseOwner`'s
+   * lease while it runs and releases it at the end. Returns the size in bytes, or undefined when the fill did not
+   * run because its lease had been taken over before it started (see fill-lease.ts, "Stale").
    */
-  fill(name: string, digest: string, leaseOwner?: string): Promise<number>;
+  fill(name: string, digest: string, leaseOwner?: string): Promise<number | undefined>;
 }
+
+
+/**
+ * Proof that `name` may be served `digest` (see "One name, one upstream" above): `linked` when the link exists,
+ * else the name's upstream answered 2xx for it (a HEAD, or the GET of this name's own fill). Made only here.
+ */
+interface Confirmed {
+  readonly name: string;
+  readonly digest: Digest;
+  readonly linked: boolean;
+}
+
+/** What waiting for a fill gave: streaming (a fill here started writing) or committed. Bytes. */
+type Filled = { streaming: true; size?: number; proof: Confirmed } | { streaming: false; size: number; proof?: Confirmed };
 
 /** Creates the blob service. */
 export function createBlobService(deps: RegistryDeps): BlobService {
   const { stores, log } = deps;
-  /**
-   * Fills running in this process: `done` resolves with the committed size; `streaming` resolves (with the
-   * upstream's announced size, if any) once the upstream answered 2xx and the store started writing, and rejects
-   * only when the fill fails before that.
-   */
-  const inflight = new Map<Digest, { done: Promise<number>; streaming: Promise<number | undefined> }>();
+  const filler = createFiller(deps);
   // "The upstream has no such blob for this repository", remembered for the rule's negativeCacheSeconds so
   // repeated misses (clients retry) do not hammer the upstream.
   const missing = new LRUCache<string, true>({ max: 10_000 });
@@ -77,121 +95,105 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     }
   };
   const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.get(`${resolved.name}\n${digest}`) === true;
-  const leaseKey = (digest: Digest) => `blob:${digest}`;
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
+  const byOwnFill = (resolved: ResolvedName, digest: Digest): Confirmed => ({ name: resolved.name, digest, linked: false });
 
-  /** `onWriting` is called once the store's write has begun (the bytes can be served from then on, see above). */
-  async function fillNow(resolved: ResolvedName, digest: Digest, onWriting?: (expectedSize?: number) => void): Promise<number> {
-    const upstream = deps.upstreamFor(resolved.rule);
-    const started = deps.now();
-    const blob = await upstream.getBlob(resolved.upstreamRepository, digest);
-    let size: number;
+  /**
+   * Asks the name's own upstream for the digest (HEAD) unless it is linked to the name already. Returns the proof
+   * and the size the HEAD gave, if any. Throws the upstream's error (404 → BLOB_UNKNOWN for the caller).
+   */
+  async function confirmByUpstream(resolved: ResolvedName, digest: Digest, opts: { skipLink?: boolean } = {}): Promise<{ proof: Confirmed; size?: number }> {
+    if (!opts.skipLink && (await stores.links.isLinked(resolved.name, digest))) return { proof: { name: resolved.name, digest, linked: true } };
+    const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
+    const size = head.size !== undefined && Number.isSafeInteger(head.size) ? head.size : undefined;
+    return { proof: { name: resolved.name, digest, linked: false }, size };
+  }
+
+  /** A committed blob may be served under the name: links it once confirmed (asking the upstream when needed). */
+  async function linkConfirmed(resolved: ResolvedName, digest: Digest, proof?: Confirmed): Promise<Confirmed> {
+    const p = proof ?? (await confirmByUpstream(resolved, digest)).proof;
+    if (!p.linked) await stores.links.link(resolved.name, digest);
+    return { ...p, linked: true };
+  }
+
+  /** The location a client fetches the blob from; only with a proof for the name (see the file header). */
+  const locationOf = (proof: Confirmed) => stores.blobs.locate(proof.digest);
+
+  /**
+   * Waits for a fill running in this process until it streams (`untilStreaming`) or commits, or `deadline`.
+   * A fill for another name proves nothing for this one: its upstream is asked meanwhile, and when that fill fails
+   * this request goes on (`again`) instead of inheriting another upstream's verdict.
+   */
+  async function join(resolved: ResolvedName, digest: Digest, running: RunningFill, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | 'again' | undefined> {
+    const sameName = running.name === resolved.name;
+    const confirming = proof || sameName ? undefined : confirmByUpstream(resolved, digest);
+    const fill = (untilStreaming ? running.streaming : running.done).then(
+      (size) => ({ size }),
+      (err: unknown) => {
+        if (sameName) throw err;
+        return 'failed' as const;
+      },
+    );
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), Math.max(0, deadline - Date.now()))));
     try {
-      const writing = stores.blobs.write(digest, blob.stream, blob.size);
-      onWriting?.(blob.size !== undefined && Number.isSafeInteger(blob.size) ? blob.size : undefined);
-      ({ size } = await writing);
-    } catch (err) {
-      if (err instanceof RegistryError || err instanceof UpstreamError) throw err;
-      // The body broke mid-transfer (connection reset, truncation): nothing was committed.
-      log.warn('blob fill failed', { name: resolved.name, digest, reason: (err as Error).message });
-      throw new UpstreamError('unavailable', `blob transfer failed: ${(err as Error).message}`);
+      const [outcome, confirmed] = await Promise.all([Promise.race([fill, timeout]), confirming]);
+      const p = proof ?? confirmed?.proof ?? byOwnFill(resolved, digest);
+      if (outcome === 'failed') return 'again';
+      if (untilStreaming && outcome !== 'timeout') return { streaming: true, size: outcome.size, proof: p };
+      // A committed fill for this very name has linked it.
+      if (outcome !== 'timeout') return { streaming: false, size: outcome.size as number, proof: sameName && !proof ? { ...p, linked: true } : p };
+      const stored = await stores.blobs.stat(digest);
+      return stored ? { streaming: false, size: stored.size, proof: p } : undefined;
+    } finally {
+      clearTimeout(timer);
     }
-    await stores.links.link(resolved.name, digest);
-    log.info('blob filled', { name: resolved.name, digest, size, ms: deps.now() - started });
-    return size;
-  }
-
-  /** Runs a fill in this process under a lease already taken by `owner`; released when it ends. */
-  function fillInBackground(resolved: ResolvedName, digest: Digest, owner: string) {
-    let markStreaming!: (size?: number) => void;
-    let failStreaming!: (err: unknown) => void;
-    const streaming = new Promise<number | undefined>((resolve, reject) => {
-      markStreaming = resolve;
-      failStreaming = reject;
-    });
-    const done = fillNow(resolved, digest, markStreaming).finally(async () => {
-      inflight.delete(digest);
-      await stores.leases.releaseLease(leaseKey(digest), owner).catch(() => undefined);
-    });
-    done.catch(failStreaming); // no-op once streaming resolved
-    const running = { done, streaming };
-    inflight.set(digest, running);
-    // A background fill nobody awaits must not become an unhandled rejection.
-    done.catch(() => undefined);
-    streaming.catch(() => undefined);
-    return running;
-  }
-
-  /** Makes sure `name` may be served a stored blob: linked, or confirmed by an upstream HEAD and then linked. */
-  async function ensureLinked(resolved: ResolvedName, digest: Digest): Promise<void> {
-    if (await stores.links.isLinked(resolved.name, digest)) return;
-    await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
-    await stores.links.link(resolved.name, digest);
   }
 
   /**
-   * Waits until the blob is stored or `deadline` (wall-clock ms) passes, starting a fill when nobody holds the lease.
-   * Returns the size, or undefined at the deadline. A fill running in this process that fails rejects.
-   * `untilStreaming`: a fill running in this process is waited for only until it started writing (then
-   * `{ streaming: true, size: the announced size }`); a fill held by another process is still polled to its commit.
+   * Waits until the blob is stored (or, `untilStreaming`, a fill here started writing) or `deadline` (wall-clock
+   * ms) passes, taking the lease and starting a fill when nobody holds a live one (fill-lease.ts). Undefined at
+   * the deadline. `proof`: this name's upstream confirmed the digest already (HEAD).
    */
-  async function awaitFill(
-    resolved: ResolvedName,
-    digest: Digest,
-    deadline: number,
-    untilStreaming = false,
-  ): Promise<{ size: number; streaming?: undefined } | { size?: number; streaming: true } | undefined> {
-    for (let i = 0; ; i++) {
-      const stored = await stores.blobs.stat(digest);
-      if (stored) return { size: stored.size };
-      let running = inflight.get(digest);
-      if (!running) {
-        const owner = randomUUID();
-        if (await stores.leases.acquireLease(leaseKey(digest), owner, deps.fill.leaseSeconds)) {
-          if (deps.dispatchFill) {
-            await deps.dispatchFill({ name: resolved.name, digest, leaseOwner: owner });
-          } else {
-            running = fillInBackground(resolved, digest, owner);
-          }
-        }
-      }
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) return undefined;
+  async function awaitFill(resolved: ResolvedName, digest: Digest, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | undefined> {
+    let free: boolean | undefined;
+    let dispatched = false;
+    for (let round = 0; round < 50; round++) {
+      const running = filler.running(digest);
       if (running) {
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const timeout = new Promise<'timeout'>((r) => {
-          timer = setTimeout(() => r('timeout'), remaining);
-        });
-        try {
-          if (untilStreaming) {
-            const size = await Promise.race([running.streaming, timeout]);
-            if (size !== 'timeout') return { size, streaming: true };
-          } else {
-            const size = await Promise.race([running.done, timeout]);
-            if (size !== 'timeout') return { size };
-          }
-          const stored = await stores.blobs.stat(digest);
-          return stored ? { size: stored.size } : undefined;
-        } finally {
-          clearTimeout(timer);
+        const joined = await join(resolved, digest, running, deadline, untilStreaming, proof);
+        if (joined !== 'again') return joined;
+        free = undefined;
+        continue;
+      }
+      free ??= !isLive(await stores.leases.getLease(fillLeaseKey(digest)), Date.now(), deps.fill);
+      if (free) {
+        // Our own fill function ended without a commit: is the blob there at all? (404 → BLOB_UNKNOWN now.)
+        if (dispatched && !proof) proof = (await confirmByUpstream(resolved, digest, { skipLink: true })).proof;
+        const owner = randomUUID();
+        if (await takeFillLease(stores, digest, owner, deps.fill)) {
+          if (!deps.dispatchFill) return nullIfAgain(await join(resolved, digest, filler.start(resolved, digest, owner), deadline, untilStreaming, proof));
+          await dispatchWithRetry(deps.dispatchFill, { name: resolved.name, digest, leaseOwner: owner }, stores, log);
+          dispatched = true;
         }
       }
-      // Another process fills: poll its commit (bounded by the deadline; i only guards against a stuck clock).
-      if (i > 100_000) return undefined;
-      await new Promise((r) => setTimeout(r, Math.min(POLL_MS, remaining)));
+      const outcome = await waitForFillElsewhere(stores, digest, deadline, deps.fill, () => filler.running(digest) !== undefined);
+      if (outcome.kind === 'committed') return { streaming: false, size: outcome.size, proof };
+      if (outcome.kind === 'deadline') return undefined;
+      free = true;
     }
+    return undefined;
   }
+  const nullIfAgain = (joined: Filled | 'again' | undefined) => (joined === 'again' ? undefined : joined);
 
-  async function prepare(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; size?: number }> {
+  async function prepare(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
     const stored = await stores.blobs.stat(digest);
-    if (stored) {
-      await ensureLinked(resolved, digest);
-      return { resolved, digest, size: stored.size };
-    }
+    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
+    if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
     return { resolved, digest };
   }
 
@@ -201,14 +203,14 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       try {
         const prepared = await prepare(name, rawDigest);
         resolved = prepared.resolved;
-        const { digest, size } = prepared;
-        if (size !== undefined) return { digest, size };
-        if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
-        const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
-        if (head.size !== undefined && Number.isSafeInteger(head.size)) return { digest, size: head.size };
-        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000);
+        const { digest, stored } = prepared;
+        if (stored) return { digest, size: stored.size };
+        // A HEAD miss asks the upstream itself (its size answers the HEAD without a fill): that is the proof too.
+        const head = await confirmByUpstream(resolved, digest, { skipLink: true });
+        if (head.size !== undefined) return { digest, size: head.size };
+        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, false, head.proof);
         if (filled === undefined || filled.streaming) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
-        await ensureLinked(resolved, digest);
+        await linkConfirmed(resolved, digest, filled.proof ?? head.proof);
         return { digest, size: filled.size };
       } catch (err) {
         rememberMiss(resolved, rawDigest, err);
@@ -221,17 +223,16 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       try {
         const prepared = await prepare(name, rawDigest);
         resolved = prepared.resolved;
-        const { digest, size } = prepared;
-        if (size !== undefined) return { kind: 'blob', digest, size, location: await stores.blobs.locate(digest) };
-        if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
+        const { digest, stored } = prepared;
+        if (stored) return { kind: 'blob', digest, size: stored.size, location: await locationOf(stored.proof) };
         const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere());
         if (filled?.streaming) {
-          // Served while the fill runs; the fill links the blob when it commits (the upstream's 2xx confirmed it).
-          return { kind: 'blob', digest, size: filled.size, location: await stores.blobs.locate(digest), filling: true };
+          // Served while the fill runs; the fill links the blob to its name when it commits.
+          return { kind: 'blob', digest, size: filled.size, location: await locationOf(filled.proof), filling: true };
         }
         if (filled !== undefined) {
-          await ensureLinked(resolved, digest);
-          return { kind: 'blob', digest, size: filled.size, location: await stores.blobs.locate(digest) };
+          const proof = await linkConfirmed(resolved, digest, filled.proof);
+          return { kind: 'blob', digest, size: filled.size, location: await locationOf(proof) };
         }
         if (hop < deps.fill.maxHops) {
           return { kind: 'retry', digest, hop: hop + 1 };
@@ -250,15 +251,20 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     async fill(name, rawDigest, leaseOwner) {
       const resolved = deps.resolve(name);
       const digest = assertDigest(rawDigest);
+      const key = fillLeaseKey(digest);
+      // First act: a heartbeat. A lease taken over while this fill was on its way means another fill runs.
+      if (leaseOwner && !(await stores.leases.heartbeatLease(key, leaseOwner, deps.fill.leaseSeconds))) {
+        log.info('blob fill not started: its lease was taken over', { event: 'fill-superseded', name: resolved.name, digest });
+        return undefined;
+      }
       try {
+        // Already stored (another name's fill): not linked here, since this name's upstream confirmed nothing;
+        // the waiting request asks it.
         const stored = await stores.blobs.stat(digest);
-        if (stored) {
-          await stores.links.link(resolved.name, digest);
-          return stored.size;
-        }
-        return await fillNow(resolved, digest);
+        if (stored) return stored.size;
+        return await filler.run(resolved, digest, leaseOwner);
       } finally {
-        if (leaseOwner) await stores.leases.releaseLease(leaseKey(digest), leaseOwner).catch(() => undefined);
+        if (leaseOwner) await stores.leases.releaseLease(key, leaseOwner).catch(() => undefined);
       }
     },
   };

@@ -23,11 +23,14 @@ export interface FillJob {
   leaseOwner: string;
 }
 
-/** Settings of the blob miss path (see `blobFill` in config.ts). Seconds. */
+/** Settings of the blob miss path (see `blobFill` in config.ts). Seconds, and bytes per second. */
 export interface FillSettings {
   waitSeconds: number;
   maxHops: number;
   leaseSeconds: number;
+  staleLeaseSeconds: number;
+  minBytesPerSecond: number;
+  deadlineGraceSeconds: number;
 }
 
 /** A tag the upstream moved, as found by a re-check (pull-time or scheduled). */

@@ -58,6 +58,12 @@ export interface FsBlobStore extends BlobStore {
   enableStreamWhileFilling(): void;
 }
 
+/**
+ * Free space (bytes) a blob write must leave on the store's filesystem: room for SQLite's journal and the
+ * filesystem's own metadata, so a blob that fits only to the last byte is refused up front (see `hasRoomFor`).
+ */
+export const FREE_SPACE_MARGIN_BYTES = 1024 * 1024;
+
 /** Writes all of `bufs` at `position`, looping over short writes. */
 async function writeAll(fh: FileHandle, bufs: Buffer[], position: number): Promise<number> {
   let pending = bufs.filter((b) => b.length > 0);
@@ -195,6 +201,11 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
         if (!closed) await opening.then((fh) => fh.close()).catch(() => undefined);
         await fs.rm(tmp, { force: true });
       }
+    },
+    async hasRoomFor(bytes) {
+      // Space usable by this (unprivileged or not) process: blocks available × block size.
+      const { bavail, bsize } = await fs.statfs(join(root, 'tmp'));
+      return bavail * bsize >= bytes + FREE_SPACE_MARGIN_BYTES;
     },
     openInProgress(digest) {
       const entry = inProgress.get(digest);

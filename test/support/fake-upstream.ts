@@ -60,6 +60,8 @@ export interface FakeUpstream {
   };
   /** Most requests handled at once (concurrency seen by the upstream) since the last reset. */
   readonly maxInFlight: number;
+  /** Requests whose response has not closed yet (a slow body still being sent counts). */
+  readonly inFlight: number;
   close(): Promise<void>;
 }
 
@@ -240,6 +242,9 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
     },
     get maxInFlight() {
       return maxInFlight;
+    },
+    get inFlight() {
+      return inFlight;
     },
     putManifest(repo, tag, m) {
       const digest = sha256(m.body);

@@ -15,6 +15,7 @@ import type { FillJob, Log, RegistryDeps, TagChange } from '../../shared/registr
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
 import type { RegistryResponse } from '../../shared/http/types.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
+import type { Stores } from '../../shared/store/ports.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
 import { createUpstreamClient, type UpstreamClient } from '../../shared/upstream/client.js';
 
@@ -26,10 +27,40 @@ export const silentLog: Log & { lines: Array<{ level: string; message: string; e
   error(message, ...extra) { silentLog.lines.push({ level: 'error', message, extra }); },
 };
 
+/** One call the registry made to a store port: `port.method` and what it returned (resolved). */
+export interface StoreCall {
+  port: string;
+  method: string;
+  result?: unknown;
+}
+
+/** Wraps every method of every port so each call is recorded in `calls` (the ports themselves are unchanged). */
+function countCalls(stores: Stores, calls: StoreCall[]): Stores {
+  const wrapped = {} as Record<string, unknown>;
+  for (const [port, impl] of Object.entries(stores) as Array<[string, object]>) {
+    wrapped[port] = new Proxy(impl, {
+      get(target, prop, receiver) {
+        const value = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof value !== 'function' || typeof prop !== 'string') return value;
+        return (...args: unknown[]) => {
+          const call: StoreCall = { port, method: prop };
+          calls.push(call);
+          const out = (value as (...a: unknown[]) => unknown).apply(target, args);
+          if (out instanceof Promise) void out.then((r) => (call.result = r), () => undefined);
+          return out;
+        };
+      },
+    });
+  }
+  return wrapped as unknown as Stores;
+}
+
 export async function createHarness(
   rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>,
   extra: {
-    blobFill?: { waitSeconds?: number; maxHops?: number; leaseSeconds?: number };
+    blobFill?: {
+      waitSeconds?: number; maxHops?: number; leaseSeconds?: number; staleLeaseSeconds?: number; minBytesPerSecond?: number; deadlineGraceSeconds?: number;
+    };
     defaultRule?: string;
     refresh?: { batchSize?: number; maxRunSeconds?: number; rateLimitRetries?: number; maxRetryAfterSeconds?: number };
     /** The `auth` config section (e.g. `{ mode: 'token', users: [...] }`). */
@@ -38,7 +69,7 @@ export async function createHarness(
      * Simulate AWS's asynchronous fill function: blob misses are dispatched (recorded in `fillJobs`) and run
      * `delayMs` later by the same `blobs.fill` code functions/fill.ts runs, instead of in the request.
      */
-    dispatchFill?: { delayMs: number };
+    dispatchFill?: { delayMs: number; failTimes?: number };
   } = {},
 ) {
   const { dispatchFill: _dispatchFill, ...configExtra } = extra;
@@ -52,8 +83,10 @@ export async function createHarness(
   const changes: TagChange[] = [];
   const fillJobs: FillJob[] = [];
   let fillFunction: ((job: FillJob) => Promise<unknown>) | undefined;
+  const storeCalls: StoreCall[] = [];
+  let dispatchFailures = extra.dispatchFill?.failTimes ?? 0;
   const deps: RegistryDeps = {
-    stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index },
+    stores: countCalls({ tags: index, manifests: index, links: index, blobs, leases: index, listings: index }, storeCalls),
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor: (rule) => {
@@ -70,6 +103,10 @@ export async function createHarness(
     ...(extra.dispatchFill
       ? {
           dispatchFill: async (job: FillJob) => {
+            if (dispatchFailures > 0) {
+              dispatchFailures--;
+              throw Object.assign(new Error('Rate Exceeded.'), { name: 'TooManyRequestsException' });
+            }
             fillJobs.push(job);
             setTimeout(() => void fillFunction?.(job).catch(() => undefined), extra.dispatchFill!.delayMs);
           },
@@ -107,7 +144,7 @@ export async function createHarness(
   }
 
   return {
-    app, refresher, changes, fillJobs, index, blobs, clock, dir, dbPath, request, readLocation,
+    app, refresher, changes, fillJobs, index, blobs, blobService, clock, dir, dbPath, request, readLocation, storeCalls,
     bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
     jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
     close() {

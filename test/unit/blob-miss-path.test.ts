@@ -83,7 +83,8 @@ describe('blob miss path', () => {
     await h.request('GET', '/v2/p/app/manifests/v1'); // links the layer to p/app
     const pending = h.request('GET', `/v2/p/app/blobs/${digest}`);
     await sleep(300);
-    await h.blobs.write(digest, Readable.from([layer])); // the other process commits
+    await h.blobs.write(digest, Readable.from([layer])); // the other process commits, then releases its lease
+    await h.index.releaseLease(`blob:${digest}`, 'other-process');
     const res = await pending;
     expect(res.status).toBe(307);
     expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);

@@ -1,0 +1,152 @@
+/**
+ * Running blob fills in this process: upstream GET → verified store write → link to the repository whose upstream
+ * served it. Each fill is watched (fill-lease.ts): it heartbeats its lease while it makes progress, and it is
+ * abandoned — upstream connection destroyed, temp file removed, lease released — when it passes its deadline or
+ * its lease was taken over.
+ *
+ * Storage exhaustion (disk full, quota; shared/store/storage-full.ts) ends a fill with a retryable 503 and a log
+ * line `event: "storage-full"`, and the digest backs off: for 10 s, doubling with each further failure up to 5 min,
+ * fills of it answer 503 at once instead of downloading it from the upstream again. A store that can tell its free
+ * space (`BlobStore.hasRoomFor`) is asked before the first byte when the upstream announced the size, so such a
+ * fill fails before any client was handed the blob's location.
+ */
+import type { Readable } from 'node:stream';
+import { LRUCache } from 'lru-cache';
+import type { Digest } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import { isStorageFull, noSpaceError, storageFullError } from '../store/storage-full.js';
+import { UpstreamError } from '../upstream/errors.js';
+import type { RegistryDeps } from './deps.js';
+import { fillLeaseKey, startFillWatchdog, type FillProgress } from './fill-lease.js';
+import type { ResolvedName } from './rules.js';
+
+/** Backoff of a digest whose fill ran out of storage: first window, longest window (ms). */
+const STORAGE_BACKOFF = { firstMs: 10_000, maxMs: 300_000 } as const;
+
+/** A fill running in this process. Sizes in bytes. */
+export interface RunningFill {
+  /** The cache-side name the fill was started for: its upstream's 2xx confirms the digest for this name only. */
+  name: string;
+  /** Resolves with the committed size; rejects when the fill fails. */
+  done: Promise<number>;
+  /**
+   * Resolves (with the announced size, if any) once the upstream answered 2xx and the store started writing;
+   * rejects only when the fill fails before that.
+   */
+  streaming: Promise<number | undefined>;
+}
+
+/** Fills in this process (see the file header). */
+export interface Filler {
+  /** The fill of `digest` running in this process, if any. */
+  running(digest: Digest): RunningFill | undefined;
+  /** Starts a fill in the background under the lease `owner` took; the lease is released when it ends. */
+  start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill;
+  /**
+   * Runs one fill to its end and returns the size; `owner`'s lease (when given) is heartbeated, not released.
+   * @throws UpstreamError from the upstream; RegistryError `DIGEST_INVALID`/`SIZE_INVALID` for wrong bytes,
+   *   `UNAVAILABLE` for exhausted storage (and while the digest backs off after that).
+   */
+  run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void): Promise<number>;
+}
+
+/** Creates the filler of one blob service. */
+export function createFiller(deps: RegistryDeps): Filler {
+  const { stores, log } = deps;
+  const inflight = new Map<Digest, RunningFill>();
+  // Digests whose fill ran out of storage: failures so far and until when (ms) fills of them answer 503 at once.
+  const backoff = new LRUCache<Digest, { failures: number; until: number }>({ max: 10_000, ttl: 2 * STORAGE_BACKOFF.maxMs });
+
+  function refuseWhileBackingOff(digest: Digest): void {
+    const b = backoff.get(digest);
+    if (b && b.until > Date.now()) throw storageFullError((b.until - Date.now()) / 1000);
+  }
+
+  function onStorageFull(resolved: ResolvedName, digest: Digest, err: unknown): RegistryError {
+    const failures = (backoff.get(digest)?.failures ?? 0) + 1;
+    const windowMs = Math.min(STORAGE_BACKOFF.firstMs * 2 ** (failures - 1), STORAGE_BACKOFF.maxMs);
+    backoff.set(digest, { failures, until: Date.now() + windowMs });
+    log.error('blob fill ran out of storage', {
+      event: 'storage-full', name: resolved.name, digest, failures, backoffSeconds: windowMs / 1000, reason: (err as Error).message,
+    });
+    return storageFullError(windowMs / 1000, err);
+  }
+
+  async function run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void): Promise<number> {
+    refuseWhileBackingOff(digest);
+    const progress: FillProgress = { phase: 'connecting', bytes: 0, startedAt: Date.now() };
+    let stream: Readable | undefined;
+    let abandoned: string | undefined;
+    const stopWatchdog = startFillWatchdog({
+      stores, digest, owner, settings: deps.fill, progress: () => progress, log,
+      abandon: (reason) => {
+        abandoned = reason;
+        log.warn('blob fill abandoned', { event: 'fill-abandoned', name: resolved.name, digest, reason });
+        stream?.destroy(new UpstreamError('unavailable', `blob fill abandoned: ${reason}`));
+      },
+    });
+    try {
+      const blob = await deps.upstreamFor(resolved.rule).getBlob(resolved.upstreamRepository, digest);
+      stream = blob.stream;
+      // Errors reach the store's pipeline; this keeps one raised before the pipeline exists (abandoned while the
+      // room is checked) from being unhandled.
+      stream.on('error', () => undefined);
+      if (abandoned) {
+        stream.destroy();
+        throw new UpstreamError('unavailable', `blob fill abandoned: ${abandoned}`);
+      }
+      const size = blob.size !== undefined && Number.isSafeInteger(blob.size) ? blob.size : undefined;
+      progress.phase = 'transferring';
+      progress.size = size;
+      // Counted alongside the store's own consumer (the source is already flowing: see fs-blob-store.ts).
+      stream.on('data', (chunk: Buffer) => {
+        progress.bytes += chunk.length;
+      });
+      if (size !== undefined && stores.blobs.hasRoomFor) {
+        stream.pause(); // the store's pipeline resumes it
+        if (!(await stores.blobs.hasRoomFor(size))) {
+          stream.destroy();
+          throw noSpaceError(`no room for a blob of ${size} bytes`);
+        }
+      }
+      const writing = stores.blobs.write(digest, stream, blob.size);
+      onWriting?.(size);
+      const written = await writing;
+      progress.phase = 'committing';
+      backoff.delete(digest);
+      await stores.links.link(resolved.name, digest);
+      log.info('blob filled', { name: resolved.name, digest, size: written.size, ms: Date.now() - progress.startedAt });
+      return written.size;
+    } catch (err) {
+      if (isStorageFull(err)) throw onStorageFull(resolved, digest, err);
+      if (err instanceof RegistryError || err instanceof UpstreamError) throw err;
+      // The body broke mid-transfer (connection reset, truncation): nothing was committed.
+      log.warn('blob fill failed', { name: resolved.name, digest, reason: (err as Error).message });
+      throw new UpstreamError('unavailable', `blob transfer failed: ${(err as Error).message}`);
+    } finally {
+      stopWatchdog();
+    }
+  }
+
+  function start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill {
+    let markStreaming!: (size?: number) => void;
+    let failStreaming!: (err: unknown) => void;
+    const streaming = new Promise<number | undefined>((resolve, reject) => {
+      markStreaming = resolve;
+      failStreaming = reject;
+    });
+    const done = run(resolved, digest, owner, markStreaming).finally(async () => {
+      inflight.delete(digest);
+      await stores.leases.releaseLease(fillLeaseKey(digest), owner).catch(() => undefined);
+    });
+    done.catch(failStreaming); // no-op once streaming resolved
+    const running: RunningFill = { name: resolved.name, done, streaming };
+    inflight.set(digest, running);
+    // A background fill nobody awaits must not become an unhandled rejection.
+    done.catch(() => undefined);
+    streaming.catch(() => undefined);
+    return running;
+  }
+
+  return { running: (digest) => inflight.get(digest), start, run };
+}

@@ -1,0 +1,182 @@
+/**
+ * The fill lease protocol of the blob miss path (the port is `FillLeases` in shared/store/ports.ts). One lease per
+ * digest (key `blob:<digest>`, whatever the repository), so concurrent misses across requests, processes and
+ * Lambda instances make one upstream download.
+ *
+ * - **Take.** A request that finds the blob neither committed nor under a live lease takes the lease with one
+ *   conditional write (`acquireLease` with `staleLeaseSeconds`) and starts the fill: in this process, or by
+ *   dispatching the fill function (AWS, {@link dispatchWithRetry}). A dispatch that fails is retried with backoff;
+ *   if it still fails, the lease is released at once and the client gets a retryable 503, never a 500 and never a
+ *   lease left behind for `leaseSeconds`.
+ * - **Heartbeat.** The process running the fill (the local server, or the fill function), never a waiter, writes
+ *   `heartbeatLease` every `staleLeaseSeconds / 4` while the fill makes progress ({@link startFillWatchdog}): the
+ *   upstream has not answered yet (bounded by the rule's upstream timeout), bytes arrived since the last heartbeat,
+ *   or the verified bytes are being committed. A fill function's first act is a heartbeat, so a fill dispatched for
+ *   a lease that was meanwhile taken over does not start at all.
+ * - **Stale.** A lease whose heartbeat is older than `staleLeaseSeconds` belongs to a fill that crashed, was killed
+ *   (kill -9 of the local server mid-fill), never started (a fill function that failed before its first line, an
+ *   Invoke lost in a queue) or stalled. The next request takes it over; the take is a conditional write, so of
+ *   several requests exactly one wins. A filler whose heartbeat finds it was taken over abandons its fill. A dead
+ *   fill therefore costs seconds, not `leaseSeconds`.
+ * - **Wait.** A request whose digest is being filled elsewhere reads the lease ({@link waitForFillElsewhere}),
+ *   sleeping 0.25 s, then ×1.5 each time, at most 2 s apart. While the lease is live it only reads; once the lease
+ *   is gone it reads the blob (committed: done), and only when the lease is gone, expired or stale does it try to
+ *   take it. A healthy fill's waiters make about one read per waited second and no failing writes.
+ * - **Release.** The filler deletes its lease when its fill ends: committed, failed, or abandoned at its deadline.
+ *   The expiry (`leaseSeconds`, pushed forward by each heartbeat) stays the last bound and the DynamoDB TTL.
+ */
+import pRetry from 'p-retry';
+import type { Digest } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
+import type { FillLease, Stores } from '../store/ports.js';
+import type { FillJob, FillSettings, Log } from './deps.js';
+
+/** Lease key of the fill of `digest`. */
+export const fillLeaseKey = (digest: Digest) => `blob:${digest}`;
+
+/** A waiter's first sleep (ms), growth factor, and longest sleep (ms): see "Wait" above. */
+export const WAIT_BACKOFF = { firstMs: 250, factor: 1.5, maxMs: 2000 } as const;
+
+/** Attempts at dispatching a fill (Lambda Invoke) before giving up: 3, after 0.25 s and 0.5 s. */
+const DISPATCH_RETRY = { retries: 2, minTimeout: 250, factor: 2 } as const;
+
+/** Milliseconds between a running fill's heartbeats: a quarter of the stale window (at least 10 ms). */
+export const heartbeatIntervalMs = (settings: FillSettings) => Math.max(10, (settings.staleLeaseSeconds * 1000) / 4);
+
+/** True when `lease` belongs to a fill that is alive at `now` (ms): unexpired, with a recent heartbeat. */
+export function isLive(lease: FillLease | undefined, now: number, settings: FillSettings): lease is FillLease {
+  return lease !== undefined && lease.expiresAt > now && lease.heartbeatAt > now - settings.staleLeaseSeconds * 1000;
+}
+
+/** Takes the lease of `digest` for `owner` when it is free, expired or stale (one conditional write). */
+export function takeFillLease(stores: Stores, digest: Digest, owner: string, settings: FillSettings): Promise<boolean> {
+  return stores.leases.acquireLease(fillLeaseKey(digest), owner, settings.leaseSeconds, settings.staleLeaseSeconds);
+}
+
+/** What {@link waitForFillElsewhere} found. Sizes in bytes. */
+export type ElsewhereOutcome = { kind: 'committed'; size: number } | { kind: 'free' } | { kind: 'deadline' };
+
+/**
+ * Waits for a fill held by someone else (see "Wait" above) until the blob is committed, the lease is free to take
+ * (gone without a commit, expired or stale), or `deadline` (wall-clock ms) passes. `inProcess` is checked before
+ * each read: when it returns true (a fill of this digest started in this process meanwhile), the wait ends as
+ * `free` so the caller joins that fill instead.
+ */
+export async function waitForFillElsewhere(
+  stores: Stores,
+  digest: Digest,
+  deadline: number,
+  settings: FillSettings,
+  inProcess: () => boolean,
+): Promise<ElsewhereOutcome> {
+  // The caller has just read the lease (or taken it): sleep first.
+  for (let i = 0, delay: number = WAIT_BACKOFF.firstMs; i < 10_000; i++, delay = Math.min(delay * WAIT_BACKOFF.factor, WAIT_BACKOFF.maxMs)) {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) return { kind: 'deadline' };
+    await new Promise((r) => setTimeout(r, Math.min(delay, remaining)));
+    if (inProcess()) return { kind: 'free' };
+    const lease = await stores.leases.getLease(fillLeaseKey(digest));
+    if (isLive(lease, Date.now(), settings)) continue;
+    const stored = await stores.blobs.stat(digest);
+    if (stored) return { kind: 'committed', size: stored.size };
+    return { kind: 'free' };
+  }
+  return { kind: 'deadline' }; // unreachable while the clock moves; bounds the loop regardless
+}
+
+/**
+ * Dispatches `job` (AWS: an async Invoke of the fill function) under the lease its owner just took, retrying a
+ * failed dispatch with backoff ({@link DISPATCH_RETRY}). When every attempt fails the lease is released and a
+ * retryable 503 `UNAVAILABLE` is thrown, so the next request takes the lease at once.
+ */
+export async function dispatchWithRetry(
+  dispatch: (job: FillJob) => Promise<void>,
+  job: FillJob & { digest: Digest },
+  stores: Stores,
+  log: Log,
+): Promise<void> {
+  try {
+    await pRetry(() => dispatch(job), {
+      ...DISPATCH_RETRY,
+      onFailedAttempt: ({ error, attemptNumber, retriesLeft }) => {
+        log.warn('fill dispatch failed', { event: 'fill-dispatch-failed', name: job.name, digest: job.digest, attempt: attemptNumber, retriesLeft, reason: error.message });
+      },
+    });
+  } catch (err) {
+    await stores.leases.releaseLease(fillLeaseKey(job.digest), job.leaseOwner).catch(() => undefined);
+    throw new RegistryError('UNAVAILABLE', 'the blob fill could not be started; retry', { headers: { 'Retry-After': '1' }, cause: err });
+  }
+}
+
+/** What a running fill reports to its watchdog. Bytes; `startedAt` in wall-clock ms. */
+export interface FillProgress {
+  /** `connecting`: waiting for the upstream's answer; `transferring`: bytes flowing; `committing`: verified, storing. */
+  phase: 'connecting' | 'transferring' | 'committing';
+  /** Bytes received so far. */
+  bytes: number;
+  /** The size the upstream announced, when it did. */
+  size?: number;
+  startedAt: number;
+}
+
+/**
+ * The deadline of a fill (wall-clock ms): `deadlineGraceSeconds` + size / `minBytesPerSecond` after it started,
+ * the size being the announced one, or the bytes received so far when there is none (the rate must then hold
+ * throughout).
+ */
+export function fillDeadline(progress: FillProgress, settings: FillSettings): number {
+  const bytes = progress.size ?? progress.bytes;
+  return progress.startedAt + settings.deadlineGraceSeconds * 1000 + (bytes / settings.minBytesPerSecond) * 1000;
+}
+
+/**
+ * Watches a fill running in this process, every {@link heartbeatIntervalMs}: writes the lease heartbeat (when
+ * `owner` holds one) if the fill made progress since the last tick (see "Heartbeat" above), and calls `abandon`
+ * with the reason when the fill passed its {@link fillDeadline} while transferring, or its heartbeat found the
+ * lease taken over. A heartbeat that fails (store unreachable) is logged and tried again next tick. Returns `stop`.
+ */
+export function startFillWatchdog(opts: {
+  stores: Stores;
+  digest: Digest;
+  owner?: string;
+  settings: FillSettings;
+  progress: () => FillProgress;
+  abandon: (reason: string) => void;
+  log: Log;
+}): () => void {
+  const { stores, digest, owner, settings, progress, abandon, log } = opts;
+  let lastBytes = -1;
+  let beating = false;
+  let stopped = false;
+  const tick = () => {
+    const p = progress();
+    if (p.phase === 'transferring' && Date.now() > fillDeadline(p, settings)) {
+      stop();
+      return abandon(`the fill passed its deadline (${p.bytes} bytes in ${Math.round((Date.now() - p.startedAt) / 1000)} s, under ${settings.minBytesPerSecond} bytes/s)`);
+    }
+    const moved = p.phase !== 'transferring' || p.bytes !== lastBytes;
+    lastBytes = p.bytes;
+    if (!owner || !moved || beating) return;
+    beating = true;
+    stores.leases.heartbeatLease(fillLeaseKey(digest), owner, settings.leaseSeconds).then(
+      (held) => {
+        beating = false;
+        if (!held && !stopped) {
+          stop();
+          abandon('its fill lease was taken over (no heartbeat for longer than staleLeaseSeconds)');
+        }
+      },
+      (err: unknown) => {
+        beating = false;
+        log.warn('fill heartbeat failed', { digest, reason: (err as Error).message });
+      },
+    );
+  };
+  const timer = setInterval(tick, heartbeatIntervalMs(settings));
+  timer.unref();
+  function stop() {
+    stopped = true;
+    clearInterval(timer);
+  }
+  return stop;
+}
