@@ -4,6 +4,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { RETRY_AFTER_ERROR_MS } from '../../shared/registry/manifests.js';
+import { eventually } from '../support/eventually.js';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 
@@ -18,14 +19,6 @@ afterEach(async () => {
 async function setup(rule: Record<string, unknown> = {}, extra: Parameters<typeof createHarness>[1] = {}) {
   up = await startFakeUpstream();
   h = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, ...rule }], extra);
-}
-
-/** Waits (bounded, 10 s) until `check` holds. */
-async function eventually(check: () => Promise<boolean>): Promise<void> {
-  for (const deadline = Date.now() + 10_000; !(await check()); ) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 async function pullAll(repo: string, tags: string[]) {
