@@ -24,19 +24,27 @@ export function addsLibraryPrefix(rule: PullThroughCacheRule): boolean {
 }
 
 /**
- * Builds the resolver for a rule list. Longest matching prefix wins (prefixes may contain `/`).
- * @throws RegistryError `NAME_INVALID` for a name breaking the grammar, `NAME_UNKNOWN` when no rule matches
- *   or nothing follows the prefix.
+ * Builds the resolver for a rule list. Longest matching prefix wins (prefixes may contain `/`). The canonical
+ * name is every stored item's key, so it must resolve to the same rule again: a Docker Hub one-part name whose
+ * `library/` form another rule claims (`hub/nginx` → `hub/library/nginx` with a rule `hub/library`) is refused,
+ * else the two upstreams would share cache entries (one name, one upstream: DESIGN.md).
+ * @throws RegistryError `NAME_INVALID` for a name breaking the grammar, `NAME_UNKNOWN` when no rule matches,
+ *   nothing follows the prefix, or the canonical name belongs to another rule.
  */
 export function createRuleResolver(rules: PullThroughCacheRule[]): (name: string) => ResolvedName {
   const sorted = [...rules].sort((a, b) => b.prefix.length - a.prefix.length);
+  const ruleOf = (name: string) => sorted.find((r) => name.startsWith(`${r.prefix}/`));
   return (rawName) => {
     const requested = assertName(rawName);
-    const rule = sorted.find((r) => requested.startsWith(`${r.prefix}/`));
+    const rule = ruleOf(requested);
     if (!rule) throw new RegistryError('NAME_UNKNOWN', 'no pull-through cache rule matches this name', { detail: { name: requested } });
     let upstreamRepository = requested.slice(rule.prefix.length + 1);
     if (!upstreamRepository.includes('/') && addsLibraryPrefix(rule)) upstreamRepository = `library/${upstreamRepository}`;
-    return { rule, upstreamRepository, name: `${rule.prefix}/${upstreamRepository}` };
+    const name = `${rule.prefix}/${upstreamRepository}`;
+    if (ruleOf(name) !== rule) {
+      throw new RegistryError('NAME_UNKNOWN', `ambiguous name: ${name} is served by another rule; use the full name`, { detail: { name: requested } });
+    }
+    return { rule, upstreamRepository, name };
   };
 }
 
