@@ -523,6 +523,8 @@ export interface SinglePlatformOptions extends PushAuth {
   arch: Arch;
   /** Files or directories (absolute paths); each becomes one layer, entries named by absolute path. */
   layerSources: string[];
+  /** Added to every layer as the file `etc/pullthrough-salt`, so images of the same sources get new digests. */
+  salt?: string;
 }
 
 /**
@@ -535,7 +537,8 @@ export async function pushSinglePlatformImage(
   tag: string,
   opts: SinglePlatformOptions,
 ): Promise<PushedImage> {
-  const layers = await Promise.all(opts.layerSources.map((s) => buildLayer([s])));
+  const extra = opts.salt === undefined ? [] : [{ name: 'etc/pullthrough-salt', data: `${opts.salt}\n` }];
+  const layers = await Promise.all(opts.layerSources.map((s) => buildLayer([s], extra)));
   return pushComposed(registryUrl, name, tag, tag, composeImage(name, opts.format, opts.arch, layers), opts);
 }
 

@@ -27,11 +27,10 @@ import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { isBuiltin } from 'node:module';
-import { copyFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
-import { inflateRawSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHttpApiEvent } from '../../shared/http/lambda-event.js';
 import { loadConfig } from '../../shared/config.js';
@@ -39,92 +38,13 @@ import { generateSigningJwk } from '../../shared/auth/keys.js';
 import { hashPassword } from '../../shared/auth/passwords.js';
 import { TABLE_KEY_SCHEMA, TTL_ATTRIBUTE } from '../../shared/store/dynamodb-index.js';
 import { scratchDir } from '../support/scratch.js';
+import { DUMMY_AWS, EVERY_OPTION, oslsPackage, ROOT, TOKEN_KEY_KMS_KEY, unzipInto, type CfnTemplate, type Packaged } from '../support/serverless-package.js';
 
 const run = promisify(execFile);
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-/** What is left out of the scratch copy of the service: VCS, local state and earlier build output. */
-const NOT_COPIED = new Set(['.git', '.serverless', '.esbuild', '.data', 'coverage', 'dist']);
-const DUMMY_AWS = { AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'x', AWS_REGION: 'us-east-1' };
 const FUNCTIONS = ['registry', 'fill', 'refresh'] as const;
 type FunctionName = (typeof FUNCTIONS)[number];
-/**
- * The optional parameters, all set: a custom domain, an EventBridge bus for `Tag Moved` events, anonymous clients
- * allowed, a token key in SSM encrypted with a customer managed KMS key, another upstream secrets prefix.
- */
-const TOKEN_KEY_KMS_KEY = 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
-const OPTIONS = [
-  ...['--param', 'domainName=registry.example.com', '--param', 'certificateArn=arn:aws:acm:us-east-1:123456789012:certificate/abc'],
-  ...['--param', 'eventBus=platform-events'],
-  ...['--param', 'allowAnonymousClients=true'],
-  ...['--param', 'tokenKey=ssm:/pullthrough/token-key', '--param', `tokenKeyKmsKeyArn=${TOKEN_KEY_KMS_KEY}`],
-  ...['--param', 'upstreamSecretsPrefix=registry/upstreams/'],
-];
 /** A production deploy: client auth required (the default), the token key in Secrets Manager (by name). */
 const SECURED = ['--param', 'tokenKey=secretsmanager:pullthrough-token-key'];
-
-interface CfnResource {
-  Type: string;
-  Properties: Record<string, any>;
-  Condition?: string;
-  DependsOn?: string | string[];
-  [attribute: string]: unknown;
-}
-interface CfnTemplate {
-  Resources: Record<string, CfnResource>;
-  Conditions?: Record<string, unknown>;
-  Outputs?: Record<string, { Value: unknown; Condition?: string; [k: string]: unknown }>;
-  [section: string]: unknown;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Zip reading
-// ---------------------------------------------------------------------------------------------------------------
-
-interface ZipEntry {
-  name: string;
-  size: number;
-  read(): Buffer;
-}
-
-/** Reads a zip's central directory (no zip64, stored or deflated entries: what serverless-esbuild writes). */
-function readZip(zip: Buffer): ZipEntry[] {
-  let eocd = -1;
-  for (let i = zip.length - 22; i >= Math.max(0, zip.length - 22 - 0xffff); i--) {
-    if (zip.readUInt32LE(i) === 0x06054b50) {
-      eocd = i;
-      break;
-    }
-  }
-  if (eocd < 0) throw new Error('no end-of-central-directory record: not a zip');
-  const count = zip.readUInt16LE(eocd + 10);
-  let p = zip.readUInt32LE(eocd + 16);
-  const entries: ZipEntry[] = [];
-  for (let n = 0; n < count; n++) {
-    if (zip.readUInt32LE(p) !== 0x02014b50) throw new Error(`bad central directory entry at ${p}`);
-    const method = zip.readUInt16LE(p + 10);
-    const compressed = zip.readUInt32LE(p + 20);
-    const size = zip.readUInt32LE(p + 24);
-    const nameLength = zip.readUInt16LE(p + 28);
-    const local = zip.readUInt32LE(p + 42);
-    const name = zip.toString('utf8', p + 46, p + 46 + nameLength);
-    if (compressed === 0xffffffff || size === 0xffffffff || local === 0xffffffff) throw new Error(`zip64 entry ${name} not supported`);
-    p += 46 + nameLength + zip.readUInt16LE(p + 30) + zip.readUInt16LE(p + 32);
-    entries.push({
-      name,
-      size,
-      read: () => {
-        if (zip.readUInt32LE(local) !== 0x04034b50) throw new Error(`bad local header for ${name}`);
-        const start = local + 30 + zip.readUInt16LE(local + 26) + zip.readUInt16LE(local + 28);
-        const raw = zip.subarray(start, start + compressed);
-        const data = method === 0 ? raw : method === 8 ? inflateRawSync(raw) : undefined;
-        if (!data) throw new Error(`${name}: compression method ${method} not supported`);
-        if (data.length !== size) throw new Error(`${name}: ${data.length} bytes inflated, ${size} expected`);
-        return data;
-      },
-    });
-  }
-  return entries;
-}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Template validation against the CloudFormation resource specification
@@ -351,53 +271,6 @@ function evalCondition(template: CfnTemplate, expr: unknown): boolean {
   }
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Packaging
-// ---------------------------------------------------------------------------------------------------------------
-
-/** A copy of the service to package: top-level files copied, folders (node_modules, functions, shared…) linked. */
-function serviceCopy(into: string): string {
-  const dir = join(into, 'service');
-  mkdirSync(dir, { recursive: true });
-  for (const name of readdirSync(ROOT)) {
-    if (NOT_COPIED.has(name)) continue;
-    const from = join(ROOT, name);
-    if (lstatSync(from).isDirectory()) symlinkSync(from, join(dir, name), 'dir');
-    else copyFileSync(from, join(dir, name));
-  }
-  return dir;
-}
-
-interface Packaged {
-  template: CfnTemplate;
-  zips: Record<FunctionName, { bytes: number; entries: ZipEntry[] }>;
-  seconds: number;
-}
-
-async function oslsPackage(into: string, extraArgs: string[] = []): Promise<Packaged> {
-  const service = serviceCopy(into);
-  const out = join(into, 'out');
-  const started = performance.now();
-  try {
-    await run(process.execPath, [join(ROOT, 'node_modules/osls/bin/serverless.js'), 'package', '--stage', 'ci', '--package', out, ...extraArgs], {
-      cwd: service,
-      env: { ...process.env, ...DUMMY_AWS, AWS_PROFILE: '' },
-      maxBuffer: 16 * 1024 * 1024,
-    });
-  } catch (e) {
-    const err = e as Error & { stdout?: string; stderr?: string };
-    throw new Error(`osls package ${extraArgs.join(' ')} failed: ${err.message}\n--- stdout\n${err.stdout}\n--- stderr\n${err.stderr}`);
-  }
-  const seconds = (performance.now() - started) / 1000;
-  const template = JSON.parse(readFileSync(join(out, 'cloudformation-template-update-stack.json'), 'utf8')) as CfnTemplate;
-  const zips = {} as Packaged['zips'];
-  for (const fn of FUNCTIONS) {
-    const file = readFileSync(join(out, `${fn}.zip`));
-    zips[fn] = { bytes: file.length, entries: readZip(file) };
-  }
-  return { template, zips, seconds };
-}
-
 /**
  * What a bundle loads from outside itself that is not a Node built-in: static imports, `import()` and
  * `require()` (esbuild keeps a require it cannot resolve inside a try block).
@@ -435,7 +308,7 @@ beforeAll(async () => {
   const started = performance.now();
   [plain, withOptions, secured, db] = await Promise.all([
     oslsPackage(join(work, 'plain')),
-    oslsPackage(join(work, 'options'), OPTIONS),
+    oslsPackage(join(work, 'options'), EVERY_OPTION),
     oslsPackage(join(work, 'secured'), SECURED),
     loadAwsServiceSpec(),
   ]);
@@ -882,12 +755,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
 
     /** Unzips `fn`'s artifact into a fresh task root and returns it. */
     const unzip = (fn: FunctionName, name: string = fn): string => {
-      const task = join(work, 'lambda', name);
-      for (const e of plain.zips[fn].entries) {
-        if (e.name.endsWith('/')) continue;
-        mkdirSync(dirname(join(task, e.name)), { recursive: true });
-        writeFileSync(join(task, e.name), e.read());
-      }
+      const task = unzipInto(plain.zips[fn].entries, join(work, 'lambda', name));
       for (let d = task; d !== dirname(d); d = dirname(d)) expect(existsSync(join(d, 'node_modules')), d).toBe(false);
       return task;
     };
