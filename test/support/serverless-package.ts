@@ -156,6 +156,9 @@ export async function oslsPackage(into: string, extraArgs: string[] = [], files:
       cwd: service,
       env: { ...process.env, ...DUMMY_AWS, AWS_PROFILE: '' },
       maxBuffer: 16 * 1024 * 1024,
+      // It takes 5–30 s on a busy 2-core machine; a bundling error has been seen to hang it instead of failing.
+      timeout: 150_000,
+      killSignal: 'SIGKILL',
     });
   } catch (e) {
     const err = e as Error & { stdout?: string; stderr?: string };

@@ -64,10 +64,15 @@ export function scheduledEvent(schedule: Schedule, at = new Date()) {
 export async function startDeployedShape(opts: DeployedShapeOptions = {}): Promise<DeployedShape> {
   const work = scratchDir('deployed-');
   const args = Object.entries(opts.params ?? {}).flatMap(([k, v]) => ['--param', `${k}=${v}`]);
-  const [packaged, moto] = await Promise.all([
+  const [packaging, starting] = await Promise.allSettled([
     oslsPackage(join(work, 'package'), args, opts.config === undefined ? {} : { 'pullthrough.config.yml': opts.config }),
     startMoto(),
   ]);
+  if (packaging.status === 'rejected' || starting.status === 'rejected') {
+    if (starting.status === 'fulfilled') await starting.value.stop();
+    throw packaging.status === 'rejected' ? packaging.reason : (starting as PromiseRejectedResult).reason;
+  }
+  const [packaged, moto] = [packaging.value, starting.value];
   const stops: (() => Promise<void>)[] = [() => moto.stop()];
   const stopAll = async () => {
     for (const stop of stops.reverse()) await stop().catch(() => undefined);
