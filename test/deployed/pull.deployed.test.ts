@@ -26,8 +26,10 @@ let upstream: UpstreamRegistry;
 let proxy: CountingProxy;
 let shape: DeployedShape;
 let app: PushedImage;
+/** The deployed function names. */
 let fill: string;
 let registry: string;
+let refresh: string;
 
 /**
  * skopeo pull through the front, bounded by `timeoutMs` (default a minute: a pull that takes longer is killed
@@ -53,8 +55,7 @@ beforeAll(async () => {
   const config = { rules: [{ prefix: 'local', upstream: proxy.url, frequentTags: { pattern: '^nightly$', ttlSeconds: 1 } }] };
   shape = await startDeployedShape({ params: { allowAnonymousClients: 'true' }, config: stringify(config) });
   const names = [...shape.stack.functions.values()];
-  fill = names.find((f) => f.logicalId === 'FillLambdaFunction')!.name;
-  registry = names.find((f) => f.logicalId === 'RegistryLambdaFunction')!.name;
+  [fill, registry, refresh] = ['Fill', 'Registry', 'Refresh'].map((id) => names.find((f) => f.logicalId === `${id}LambdaFunction`)!.name);
 }, 180_000);
 
 afterAll(async () => {
@@ -110,9 +111,11 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     // `nightly` is due one second after its check (the rule's frequentTags TTL).
     await new Promise((r) => setTimeout(r, 1100));
     proxy.reset();
-    const [run, ...others] = await shape.fireSchedule();
+    const schedule = shape.stack.schedules.find((x) => x.targets.some((t) => t.functionName === refresh));
+    expect(schedule?.expression).toBe('rate(1 day)');
+    const [run, ...others] = await shape.fireSchedule(schedule);
     expect(others).toEqual([]);
-    expect(run.functionName).toBe(shape.stack.schedules[0].targets[0].functionName);
+    expect(run.functionName).toBe(refresh);
     expect((run.event as { 'detail-type': string })['detail-type']).toBe('Scheduled Event');
     expect(run.error).toBeUndefined();
     expect(JSON.parse(run.payload!)).toMatchObject({ moved: 1, errors: 0, stoppedEarly: false });
