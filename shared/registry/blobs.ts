@@ -30,7 +30,7 @@ import { randomUUID } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
-import type { BlobLocation } from '../store/ports.js';
+import type { BlobLocation, FillLease } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import { createFiller, type RunningFill } from './blob-fill.js';
 import type { RegistryDeps } from './deps.js';
@@ -157,6 +157,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
    */
   async function awaitFill(resolved: ResolvedName, digest: Digest, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | undefined> {
     let free: boolean | undefined;
+    let dead: FillLease | undefined; // the lease found expired or stale, when there was one
     let dispatched = false;
     for (let round = 0; round < 50; round++) {
       const running = filler.running(digest);
@@ -166,12 +167,17 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         free = undefined;
         continue;
       }
-      free ??= !isLive(await stores.leases.getLease(fillLeaseKey(digest)), Date.now(), deps.fill);
+      if (free === undefined) {
+        const lease = await stores.leases.getLease(fillLeaseKey(digest));
+        free = !isLive(lease, Date.now(), deps.fill);
+        dead = lease;
+      }
       if (free) {
         // Our own fill function ended without a commit: is the blob there at all? (404 → BLOB_UNKNOWN now.)
         if (dispatched && !proof) proof = (await confirmByUpstream(resolved, digest, { skipLink: true })).proof;
         const owner = randomUUID();
         if (await takeFillLease(stores, digest, owner, deps.fill)) {
+          if (dead) log.info('blob fill lease taken over', { event: 'lease-takeover', name: resolved.name, digest, heartbeatAgoMs: Date.now() - dead.heartbeatAt });
           if (!deps.dispatchFill) return nullIfAgain(await join(resolved, digest, filler.start(resolved, digest, owner), deadline, untilStreaming, proof));
           await dispatchWithRetry(deps.dispatchFill, { name: resolved.name, digest, leaseOwner: owner }, stores, log);
           dispatched = true;
@@ -181,6 +187,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       if (outcome.kind === 'committed') return { streaming: false, size: outcome.size, proof };
       if (outcome.kind === 'deadline') return undefined;
       free = true;
+      dead = outcome.dead;
     }
     return undefined;
   }

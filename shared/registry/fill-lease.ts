@@ -53,8 +53,11 @@ export function takeFillLease(stores: Stores, digest: Digest, owner: string, set
   return stores.leases.acquireLease(fillLeaseKey(digest), owner, settings.leaseSeconds, settings.staleLeaseSeconds);
 }
 
-/** What {@link waitForFillElsewhere} found. Sizes in bytes. */
-export type ElsewhereOutcome = { kind: 'committed'; size: number } | { kind: 'free' } | { kind: 'deadline' };
+/**
+ * What {@link waitForFillElsewhere} found. Sizes in bytes. `free` carries the lease that is no longer live
+ * (expired or stale) when there is one, rather than none at all.
+ */
+export type ElsewhereOutcome = { kind: 'committed'; size: number } | { kind: 'free'; dead?: FillLease } | { kind: 'deadline' };
 
 /**
  * Waits for a fill held by someone else (see "Wait" above) until the blob is committed, the lease is free to take
@@ -79,7 +82,7 @@ export async function waitForFillElsewhere(
     if (isLive(lease, Date.now(), settings)) continue;
     const stored = await stores.blobs.stat(digest);
     if (stored) return { kind: 'committed', size: stored.size };
-    return { kind: 'free' };
+    return { kind: 'free', dead: lease };
   }
   return { kind: 'deadline' }; // unreachable while the clock moves; bounds the loop regardless
 }

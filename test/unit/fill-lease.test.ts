@@ -12,7 +12,7 @@ import { Readable } from 'node:stream';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
-import { createHarness } from '../support/harness.js';
+import { createHarness, silentLog } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 
 let up: FakeUpstream;
@@ -74,8 +74,12 @@ describe('a stale lease', () => {
     const { layer, digest, key } = await setUp();
     expect(await h.index.acquireLease(key, 'killed-process', 900)).toBe(true);
     ageLease(h.dbPath, key, 11_000); // no heartbeat for 11 s (> staleLeaseSeconds 10)
+    silentLog.lines.length = 0;
     const res = await h.request('GET', `/v2/p/app/blobs/${digest}`);
     expect(res.status).toBe(307);
+    const takeover = silentLog.lines.find((l) => (l.extra[0] as { event?: string } | undefined)?.event === 'lease-takeover');
+    expect(takeover?.extra[0]).toMatchObject({ name: 'p/app', digest });
+    expect((takeover?.extra[0] as { heartbeatAgoMs: number }).heartbeatAgoMs).toBeGreaterThanOrEqual(11_000);
     expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);
     expect(up.count({ method: 'GET', kind: 'blob' })).toBe(1);
     expect(await h.index.getLease(key)).toBeUndefined();
