@@ -27,7 +27,6 @@
  * size unless the upstream HEAD gave one. The fill links the blob to its name when it commits.
  */
 import { randomUUID } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobLocation, FillLease } from '../store/ports.js';
@@ -35,6 +34,7 @@ import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import { createFiller, type RunningFill } from './blob-fill.js';
 import type { RegistryDeps } from './deps.js';
 import { dispatchWithRetry, fillLeaseKey, isLive, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
+import { createNegativeCache } from './negative-cache.js';
 import type { ResolvedName } from './rules.js';
 
 /** Query parameter carrying the hop count of a blob request redirected back to itself. */
@@ -85,16 +85,14 @@ type Filled = { streaming: true; size?: number; proof: Confirmed } | { streaming
 export function createBlobService(deps: RegistryDeps): BlobService {
   const { stores, log } = deps;
   const filler = createFiller(deps);
-  // "The upstream has no such blob for this repository", remembered for the rule's negativeCacheSeconds so
-  // repeated misses (clients retry) do not hammer the upstream.
-  const missing = new LRUCache<string, true>({ max: 10_000 });
+  // "The upstream has no such blob for this repository", remembered for the rule's negativeCacheSeconds.
+  const missing = createNegativeCache(() => deps.now());
   const rememberMiss = (resolved: ResolvedName | undefined, digest: string, err: unknown) => {
-    const ttl = (resolved?.rule.negativeCacheSeconds ?? 0) * 1000;
-    if (resolved && ttl > 0 && err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied')) {
-      missing.set(`${resolved.name}\n${digest}`, true, { ttl });
+    if (resolved && err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied')) {
+      missing.remember(`${resolved.name}\n${digest}`, resolved.rule.negativeCacheSeconds * 1000);
     }
   };
-  const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.get(`${resolved.name}\n${digest}`) === true;
+  const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.has(`${resolved.name}\n${digest}`);
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
   const byOwnFill = (resolved: ResolvedName, digest: Digest): Confirmed => ({ name: resolved.name, digest, linked: false });
 

@@ -7,7 +7,6 @@
  * `upstreamTimeoutSeconds`) and moves the tag once the new manifest is verified and stored, so the next pull gets
  * it. (On Lambda the background work may be frozen with the invocation; the scheduled refresh catches up.) "Does not exist" answers are remembered briefly (negative cache) so repeated misses skip the upstream.
  */
-import { LRUCache } from 'lru-cache';
 import { digestLike, isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import { classifyManifest, referencedBlobs } from '../oci/media-types.js';
@@ -15,6 +14,7 @@ import { parseReference } from '../oci/reference.js';
 import type { LastCheck, ManifestRecord, TagRecord } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
+import { createNegativeCache } from './negative-cache.js';
 import { dueAtFor, isFresh } from './freshness.js';
 import type { ResolvedName } from './rules.js';
 import { createSingleFlight } from './single-flight.js';
@@ -65,8 +65,7 @@ export interface ManifestService {
 export function createManifestService(deps: RegistryDeps): ManifestService {
   const { stores, log } = deps;
   const flights = createSingleFlight();
-  // Expiry follows deps.now (the clock everything else uses, injected in tests), read on every lookup.
-  const missing = new LRUCache<string, true>({ max: 10_000, perf: { now: () => deps.now() }, ttlResolution: 0 });
+  const missing = createNegativeCache(() => deps.now());
 
   /**
    * Fetches `reference` upstream, verifies its digest and that it is a manifest (`classifyManifest`), stores it
@@ -91,12 +90,11 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
   /** Runs `fn`, remembering an upstream "not found" for the rule's negative-cache time. */
   async function rememberingMisses<T>(resolved: ResolvedName, key: string, fn: () => Promise<T>): Promise<T> {
     const k = `${resolved.name}\n${key}`;
-    if (missing.get(k)) throw new RegistryError('MANIFEST_UNKNOWN');
+    if (missing.has(k)) throw new RegistryError('MANIFEST_UNKNOWN');
     try {
       return await fn();
     } catch (err) {
-      const ttl = resolved.rule.negativeCacheSeconds * 1000;
-      if (err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied') && ttl > 0) missing.set(k, true, { ttl });
+      if (err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied')) missing.remember(k, resolved.rule.negativeCacheSeconds * 1000);
       throw err;
     }
   }

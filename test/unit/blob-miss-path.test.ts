@@ -150,7 +150,15 @@ describe('blob miss path with the fill function (AWS)', () => {
   it('remembers a blob the upstream does not have, briefly', async () => {
     up = await startFakeUpstream();
     h = await createHarness([{ prefix: 'p', upstream: up.url, negativeCacheSeconds: 60 }]);
-    for (let i = 0; i < 4; i++) expect((await h.request('GET', `/v2/p/app/blobs/sha256:${'3'.repeat(64)}`)).status).toBe(404);
+    const ask = async () => expect((await h.request('GET', `/v2/p/app/blobs/sha256:${'3'.repeat(64)}`)).status).toBe(404);
+    for (let i = 0; i < 4; i++) await ask();
     expect(up.count({ kind: 'blob' })).toBe(1);
+    // Briefly: still remembered just before negativeCacheSeconds, asked again once they passed (registry clock).
+    h.clock.now += 59_000;
+    await ask();
+    expect(up.count({ kind: 'blob' })).toBe(1);
+    h.clock.now += 2_000;
+    await ask();
+    expect(up.count({ kind: 'blob' })).toBe(2);
   });
 });
