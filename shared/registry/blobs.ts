@@ -1,14 +1,10 @@
 /**
  * Blobs through the cache.
  *
- * **One name, one upstream** (DESIGN.md). Blob bytes are stored once per digest and shared by every repository,
- * yet a blob is served under a name only when that name's own upstream confirmed the digest — a HEAD or GET of
- * the blob in that name's upstream repository answered 2xx — or the digest is linked to the name (one of the
- * name's manifests references it, or an earlier confirmation). This holds on every path: committed, being filled
- * in this process (streamed or not), filled by another process or the fill function, on a hop, and for HEAD. A
- * blob's location (a signed URL serving the digest to whoever holds it) is only ever made from a {@link Confirmed},
- * and only {@link confirmByUpstream}, a link, or a fill for the same name (its upstream GET answered 2xx) make
- * one. A request joining a fill started for another name asks its own upstream (HEAD) meanwhile.
+ * **One name, one upstream** (DESIGN.md): a blob is served under a name only when that name's own upstream
+ * confirmed the digest, or it is linked to the name, on every path (committed, in flight here or elsewhere, on a
+ * hop, HEAD, AWS). Locations are made only from a proof (blob-confirm.ts); a request joining a fill started for
+ * another name asks its own upstream (HEAD) meanwhile.
  *
  * The miss path works under API Gateway's ~30 s limit (DESIGN.md, "The miss path"): the request takes the
  * fill lease and starts the fill (in the background here, or through `dispatchFill` on AWS), then waits up to
@@ -31,6 +27,7 @@ import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobLocation, FillLease } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
+import { createConfirmations, type Confirmed } from './blob-confirm.js';
 import { createFiller, type RunningFill } from './blob-fill.js';
 import type { RegistryDeps } from './deps.js';
 import { dispatchWithRetry, fillLeaseKey, isLive, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
@@ -67,17 +64,6 @@ export interface BlobService {
   fill(name: string, digest: string, leaseOwner?: string): Promise<number | undefined>;
 }
 
-
-/**
- * Proof that `name` may be served `digest` (see "One name, one upstream" above): `linked` when the link exists,
- * else the name's upstream answered 2xx for it (a HEAD, or the GET of this name's own fill). Made only here.
- */
-interface Confirmed {
-  readonly name: string;
-  readonly digest: Digest;
-  readonly linked: boolean;
-}
-
 /** What waiting for a fill gave: streaming (a fill here started writing) or committed. Bytes. */
 type Filled = { streaming: true; size?: number; proof: Confirmed } | { streaming: false; size: number; proof?: Confirmed };
 
@@ -94,28 +80,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   };
   const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.has(`${resolved.name}\n${digest}`);
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
-  const byOwnFill = (resolved: ResolvedName, digest: Digest): Confirmed => ({ name: resolved.name, digest, linked: false });
-
-  /**
-   * Asks the name's own upstream for the digest (HEAD) unless it is linked to the name already. Returns the proof
-   * and the size the HEAD gave, if any. Throws the upstream's error (404 → BLOB_UNKNOWN for the caller).
-   */
-  async function confirmByUpstream(resolved: ResolvedName, digest: Digest, opts: { skipLink?: boolean } = {}): Promise<{ proof: Confirmed; size?: number }> {
-    if (!opts.skipLink && (await stores.links.isLinked(resolved.name, digest))) return { proof: { name: resolved.name, digest, linked: true } };
-    const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
-    const size = head.size !== undefined && Number.isSafeInteger(head.size) ? head.size : undefined;
-    return { proof: { name: resolved.name, digest, linked: false }, size };
-  }
-
-  /** A committed blob may be served under the name: links it once confirmed (asking the upstream when needed). */
-  async function linkConfirmed(resolved: ResolvedName, digest: Digest, proof?: Confirmed): Promise<Confirmed> {
-    const p = proof ?? (await confirmByUpstream(resolved, digest)).proof;
-    if (!p.linked) await stores.links.link(resolved.name, digest);
-    return { ...p, linked: true };
-  }
-
-  /** The location a client fetches the blob from; only with a proof for the name (see the file header). */
-  const locationOf = (proof: Confirmed) => stores.blobs.locate(proof.digest);
+  const { confirmByUpstream, linkConfirmed, byOwnFill, locationOf } = createConfirmations(deps);
 
   /**
    * Waits for a fill running in this process until it streams (`untilStreaming`) or commits, or `deadline`.
@@ -140,7 +105,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       if (outcome === 'failed') return 'again';
       if (untilStreaming && outcome !== 'timeout') return { streaming: true, size: outcome.size, proof: p };
       // A committed fill for this very name has linked it.
-      if (outcome !== 'timeout') return { streaming: false, size: outcome.size as number, proof: sameName && !proof ? { ...p, linked: true } : p };
+      if (outcome !== 'timeout') return { streaming: false, size: outcome.size as number, proof: sameName && !proof ? byOwnFill(resolved, digest, true) : p };
       const stored = await stores.blobs.stat(digest);
       return stored ? { streaming: false, size: stored.size, proof: p } : undefined;
     } finally {

@@ -107,6 +107,21 @@ describe('a blob being filled for one name is not served under another', () => {
     expect((await filling).status).toBe(307);
   });
 
+  it('another name does not inherit the failure of a fill started for a different upstream: it fills from its own', async () => {
+    const { layer, digest } = await setUp();
+    other.putBlob('x/y', layer);
+    priv.faults.wrongBytes = true; // slowpriv's upstream sends bytes that do not match the digest
+    const failing = h.request('GET', `/v2/slowpriv/team/app/blobs/${digest}`);
+    await until(async () => priv.count({ method: 'GET', kind: 'blob' }) === 1);
+    const res = await h.request('GET', `/v2/fake/x/y/blobs/${digest}`);
+    expect(res.status).toBe(307);
+    expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);
+    expect(other.requests.filter((r) => r.kind === 'blob').map((r) => r.method)).toEqual(['HEAD', 'GET']);
+    const failed = await failing;
+    expect(failed.status).toBe(502);
+    expect(h.jsonOf(failed).errors[0].code).toBe('DIGEST_INVALID');
+  });
+
   it('a fill held by another process: the waiter of the other name gets 404 once it committed', async () => {
     const { layer, digest } = await setUp();
     priv.faults.slowBody = undefined;
