@@ -64,6 +64,9 @@ export interface BlobService {
   fill(name: string, digest: string, leaseOwner?: string): Promise<number | undefined>;
 }
 
+/** Fills (AWS fill function) one request dispatches at most: the first and one more after it failed. */
+const MAX_DISPATCHES = 2;
+
 /** What waiting for a fill gave: streaming (a fill here started writing) or committed. Bytes. */
 type Filled = { streaming: true; size?: number; proof: Confirmed } | { streaming: false; size: number; proof?: Confirmed };
 
@@ -121,7 +124,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   async function awaitFill(resolved: ResolvedName, digest: Digest, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | undefined> {
     let free: boolean | undefined;
     let dead: FillLease | undefined; // the lease found expired or stale, when there was one
-    let dispatched = false;
+    let dispatches = 0; // fills this request dispatched (AWS); each one found free again ended without a commit
     for (let round = 0; round < 50; round++) {
       const running = filler.running(digest);
       if (running) {
@@ -136,14 +139,16 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         dead = lease;
       }
       if (free) {
-        // Our own fill function ended without a commit: is the blob there at all? (404 → BLOB_UNKNOWN now.)
-        if (dispatched && !proof) proof = (await confirmByUpstream(resolved, digest, { skipLink: true })).proof;
+        // Our own fill function ended without a commit: is the blob there at all (404 → BLOB_UNKNOWN now)? One
+        // more fill, and after that the fill function's log has the reason, not another upstream download.
+        if (dispatches > 0 && !proof) proof = (await confirmByUpstream(resolved, digest, { skipLink: true })).proof;
+        if (dispatches >= MAX_DISPATCHES) throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream; retry later', { headers: { 'Retry-After': '10' } });
         const owner = randomUUID();
         if (await takeFillLease(stores, digest, owner, deps.fill)) {
           if (dead) log.info('blob fill lease taken over', { event: 'lease-takeover', name: resolved.name, digest, heartbeatAgoMs: Date.now() - dead.heartbeatAt });
           if (!deps.dispatchFill) return nullIfAgain(await join(resolved, digest, filler.start(resolved, digest, owner), deadline, untilStreaming, proof));
           await dispatchWithRetry(deps.dispatchFill, { name: resolved.name, digest, leaseOwner: owner }, stores, log);
-          dispatched = true;
+          dispatches++;
         }
       }
       const outcome = await waitForFillElsewhere(stores, digest, deadline, deps.fill, () => filler.running(digest) !== undefined);

@@ -69,6 +69,29 @@ describe('a failed fill dispatch (AWS Lambda Invoke)', () => {
   });
 });
 
+describe('fills that keep failing on AWS', () => {
+  it('a request dispatches at most two fills (the first and one retry), then answers 503, not a fill every backoff', async () => {
+    const { digest, key } = await setUp({ dispatchFill: { delayMs: 0 } });
+    up.faults.wrongBytes = true; // every fill fails its digest check
+    const res = await h.request('GET', `/v2/p/app/blobs/${digest}`);
+    expect(res.status).toBe(503);
+    expect(h.jsonOf(res).errors[0].code).toBe('UNAVAILABLE');
+    expect(h.fillJobs).toHaveLength(2);
+    expect(up.count({ method: 'GET', kind: 'blob' })).toBe(2);
+    expect(up.count({ method: 'HEAD', kind: 'blob' })).toBe(1); // asked once whether the blob exists at all
+    expect(await h.index.getLease(key)).toBeUndefined();
+  });
+
+  it('a blob the upstream does not have: the fill fails, the HEAD says 404, and the client gets BLOB_UNKNOWN at once', async () => {
+    await setUp({ dispatchFill: { delayMs: 0 } });
+    const missing = `sha256:${'4'.repeat(64)}`;
+    const res = await h.request('GET', `/v2/p/app/blobs/${missing}`);
+    expect(res.status).toBe(404);
+    expect(h.jsonOf(res).errors[0].code).toBe('BLOB_UNKNOWN');
+    expect(h.fillJobs).toHaveLength(1);
+  });
+});
+
 describe('a stale lease', () => {
   it('(a fill that died: kill -9, a crashed fill function) is taken over by the next request, long before it expires', async () => {
     const { layer, digest, key } = await setUp();
