@@ -21,6 +21,7 @@ import type { Digest } from '../shared/oci/digest.js';
 import { openFsBlobStore } from '../shared/store/fs-blob-store.js';
 import type { BlobRecords, BlobStore } from '../shared/store/ports.js';
 import { createS3BlobStore, DEFAULT_PART_BYTES } from '../shared/store/s3-blob-store.js';
+import { memoryBlobRecords } from '../test/support/memory-blob-records.js';
 import { createBucket, s3ClientFor, startS3rver } from '../test/support/s3rver.js';
 
 const MiB = 1024 * 1024;
@@ -119,12 +120,7 @@ try {
   const client = s3ClientFor(s3rver.endpoint);
   try {
     await createBucket(client, 'bench');
-    const records = new Map<Digest, { size: number; committedAt: number }>();
-    const blobRecords: BlobRecords = {
-      getBlobRecord: async (d) => records.get(d),
-      putBlobRecord: async (d, size) => void records.set(d, { size, committedAt: Date.now() }),
-    };
-    const store = createS3BlobStore({ client, bucket: 'bench', records: blobRecords });
+    const store = createS3BlobStore({ client, bucket: 'bench', records: memoryBlobRecords() });
     results.push(await measure(`S3 via s3rver (${DEFAULT_PART_BYTES / MiB} MiB parts, queue 2)`, store, digest, s3rver.pid));
   } finally {
     client.destroy();

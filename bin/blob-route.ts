@@ -6,9 +6,10 @@
  * this process is streamed while it arrives (fs-blob-store.ts, "Stream while filling"): 200 with `Content-Length`
  * when the upstream announced the size, chunked otherwise; when the fill fails the connection is destroyed, so the
  * client never gets a complete body of unverified bytes. A `Range` request for such a blob waits (bounded) for the
- * commit and is then served from the file as usual.
+ * commit and is then served from the file as usual. A file is opened once per request: a GC that unpublishes the
+ * blob meanwhile does not cut the read, and a URL handed out before it finds the copy kept in `trash/`.
  */
-import { createReadStream, promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { Logger } from '@aws-lambda-powertools/logger';
@@ -36,9 +37,10 @@ export function createBlobRoute({ blobStore, logger }: BlobRouteDeps): BlobRoute
     if (!blobStore) return writeError(res, new RegistryError('BLOB_UNKNOWN', 'blobs are served by the storage backend'), method);
     const digest = blobStore.verifyUrl(path, query);
     if (!digest) return writeError(res, new RegistryError('DENIED', 'blob URL is invalid or expired'), method);
-    const file = blobStore.pathOf(digest);
-    let size = await fileSize(file);
-    if (size === undefined) {
+    // Opened once: a GC that unpublishes the blob meanwhile (renames it to trash/) does not disturb this read, and a
+    // URL handed out before the GC still finds the trashed copy (see shared/store/fs-blob-reaper.ts).
+    let fh = await blobStore.openBlob(digest);
+    if (fh === undefined) {
       const filling = blobStore.openInProgress(digest);
       if (filling && !req.headers.range) return serveFilling(req, res, method, digest, filling);
       if (filling) {
@@ -50,15 +52,25 @@ export function createBlobRoute({ blobStore, logger }: BlobRouteDeps): BlobRoute
           return writeError(res, new RegistryError('UNAVAILABLE', 'blob could not be fetched from the upstream; retry', { headers: { 'Retry-After': '10' } }), method);
         }
       }
-      // Committed meanwhile (between the stat and openInProgress), or after the wait above.
-      size = await fileSize(file);
+      // Committed meanwhile (between the open and openInProgress), or after the wait above.
+      fh = await blobStore.openBlob(digest);
       // A validly signed URL was handed out by the registry for this digest, so a missing blob means its fill
       // failed after the redirect: 503 (retry), never 404 — clients read 404 as "does not exist" (podman
       // gives up, containerd silently goes around the cache).
-      if (size === undefined) {
+      if (fh === undefined) {
         return writeError(res, new RegistryError('UNAVAILABLE', 'blob could not be fetched from the upstream; retry', { headers: { 'Retry-After': '10' } }), method);
       }
     }
+    try {
+      await serveFile(req, res, method, digest, fh);
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
+  }
+
+  /** Serves an opened blob file: 200 whole, 206 one range, 416 unsatisfiable. */
+  async function serveFile(req: IncomingMessage, res: ServerResponse, method: string, digest: Digest, fh: FileHandle): Promise<void> {
+    const { size } = await fh.stat();
     const headers = blobHeaders(digest);
     let start = 0;
     let end = size - 1;
@@ -79,7 +91,7 @@ export function createBlobRoute({ blobStore, logger }: BlobRouteDeps): BlobRoute
     headers['Content-Length'] = String(size === 0 ? 0 : end - start + 1);
     res.writeHead(status, headers);
     if (method === 'HEAD' || size === 0) return void res.end();
-    await pipeline(createReadStream(file, { start, end, highWaterMark: BLOB_READ_CHUNK }), res);
+    await pipeline(fh.createReadStream({ start, end, highWaterMark: BLOB_READ_CHUNK, autoClose: false }), res);
   }
 
   /**
@@ -103,14 +115,6 @@ export function createBlobRoute({ blobStore, logger }: BlobRouteDeps): BlobRoute
   }
 
   return serveBlob;
-}
-
-async function fileSize(file: string): Promise<number | undefined> {
-  try {
-    return (await fs.stat(file)).size;
-  } catch {
-    return undefined;
-  }
 }
 
 function blobHeaders(digest: Digest): Record<string, string> {

@@ -9,20 +9,11 @@ import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parsePasswordHash } from './auth/passwords.js';
+import { lifecycleSchema, regexSource, ruleLifecycleSchema } from './config-lifecycle.js';
 
 export { parseTokenKeySource, readEnvironment, type Environment, type TokenKeySource } from './config-environment.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
-
-/** A regular expression given as a string; must compile. */
-const regexSource = z.string().max(500).refine((src) => {
-  try {
-    new RegExp(src);
-    return true;
-  } catch {
-    return false;
-  }
-}, 'not a valid regular expression');
 
 /** A host as in a URL's authority: `hostname[:port]` (`[v6]:port` for IPv6), lower-cased. */
 const hostSchema = z
@@ -97,6 +88,8 @@ const ruleSchema = z
     revalidateTimeoutSeconds: z.number().positive().default(3),
     /** Seconds a "does not exist" answer from the upstream is remembered, so repeated misses skip it (default 60). */
     negativeCacheSeconds: z.number().nonnegative().default(60),
+    /** This rule's lifecycle policy (config-lifecycle.ts); each key overrides the cache-wide one. */
+    lifecycle: ruleLifecycleSchema,
   })
   .strict()
   .refine((r) => r.accessToken === undefined || r.accessTokenEnv === undefined, { message: 'accessToken and accessTokenEnv exclude each other' })
@@ -195,6 +188,8 @@ const configSchema = z
       })
       .strict()
       .prefault({}),
+    /** What the cache forgets and when: budgets, expiry, garbage collection (config-lifecycle.ts). */
+    lifecycle: lifecycleSchema,
     /** The scheduled refresh (DESIGN.md "Refresh"). */
     refresh: z
       .object({

@@ -18,10 +18,12 @@ import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
 import { loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
+import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
 import type { FillJob, TagChange } from './registry/deps.js';
+import { createLifecycle, type Lifecycle } from './registry/lifecycle/index.js';
 import { createRefresher, type Refresher } from './registry/refresh.js';
 import { createMirrorNames, createRuleResolver } from './registry/rules.js';
 import { createDynamoDbIndex } from './store/dynamodb-index.js';
@@ -39,6 +41,8 @@ export interface Runtime {
   app: RegistryApp;
   blobs: BlobService;
   refresher: Refresher;
+  /** GC, purge, ls, verify (shared/registry/lifecycle/). */
+  lifecycle: Lifecycle;
   logger: Logger;
   /** Powertools metrics (EMF): `TagMoved` per digest change; handlers flush them. */
   metrics: Metrics;
@@ -58,7 +62,7 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
     const blobs = createS3BlobStore({ client: s3, bucket: env.bucket!, records, urlTtlSeconds: env.urlTtlSeconds });
     const index = createDynamoDbIndex({ client: dynamo, table: env.table!, largeObjects: blobs });
     return {
-      stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index },
+      stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs },
       close: () => {
         s3.destroy();
         dynamo.destroy();
@@ -73,7 +77,7 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
   const index = openSqliteIndex(join(dataDir, 'index.db'));
   const blobStore = await openFsBlobStore(dataDir, { urlTtlSeconds: env.urlTtlSeconds });
   return {
-    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index, listings: index },
+    stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index, listings: index, lifecycle: index, reaper: blobStore },
     blobStore,
     close: () => index.close(),
   };
@@ -99,6 +103,8 @@ function eventBridgePublisher(bus: string): (change: TagChange) => Promise<void>
 export async function buildRuntime(env: Environment, config: RegistryConfig = loadConfig(env.configPath)): Promise<Runtime> {
   // Refuses auth.mode none where auth is required (PULLTHROUGH_REQUIRE_AUTH), before anything is opened.
   assertAuthAllowed(env, config);
+  // Refuses a lifecycle grace period a signed URL could outlive (before anything is opened).
+  const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
   const clients = new Map<string, UpstreamClient>();
@@ -124,12 +130,14 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
       metrics.addMetric('TagMoved', MetricUnit.Count, 1);
       await publish?.(change);
     },
+    lifecycle: { touchIntervalSeconds: config.lifecycle.touchIntervalSeconds },
   };
   const names = { prefixes: config.rules.map((r) => r.prefix), mirrorName: deps.mirrorName, resolve: deps.resolve };
   const auth = await buildClientAuth({ env, config, names, log: logger, now: Date.now });
   const { app, blobs, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
-  return { env, config, app, blobs, refresher, logger, metrics, blobStore, close };
+  const lifecycle = createLifecycle(deps, config, graceSeconds);
+  return { env, config, app, blobs, refresher, lifecycle, logger, metrics, blobStore, close };
 }
 
 let current: Promise<Runtime> | undefined;

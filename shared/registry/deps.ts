@@ -60,4 +60,6 @@ export interface RegistryDeps {
   now(): number;
   /** Told about every tag move (metrics, EventBridge); the structured log line is written regardless. */
   onTagMoved?: (change: TagChange) => Promise<void> | void;
+  /** Lifecycle settings the request path needs (config `lifecycle`); absent: the defaults. */
+  lifecycle?: { touchIntervalSeconds: number };
 }

@@ -16,6 +16,7 @@ import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 import { createNegativeCache } from './negative-cache.js';
 import { dueAtFor, isFresh } from './freshness.js';
+import { createPullRecorder } from './pulls.js';
 import type { ResolvedName } from './rules.js';
 import { createSingleFlight } from './single-flight.js';
 
@@ -66,6 +67,7 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
   const { stores, log } = deps;
   const flights = createSingleFlight();
   const missing = createNegativeCache(() => deps.now());
+  const pulls = createPullRecorder(deps);
 
   /**
    * Fetches `reference` upstream, verifies its digest and that it is a manifest (`classifyManifest`), stores it
@@ -82,8 +84,8 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     }
     // The right bytes, but are they a manifest (not a login page), of the type they were served as?
     const mediaType = classifyManifest(fetched.contentType, fetched.body);
-    const record: ManifestRecord = { name: resolved.name, digest, mediaType, size: fetched.body.length, body: fetched.body };
-    await stores.manifests.putManifest(record, referencedBlobs(mediaType, fetched.body));
+    const record: ManifestRecord = { name: resolved.name, digest, mediaType, size: fetched.body.length, body: fetched.body, pulledAt: deps.now() };
+    await stores.manifests.putManifest(record, referencedBlobs(mediaType, fetched.body), resolved.rule.prefix);
     return record;
   }
 
@@ -101,7 +103,10 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
 
   async function byDigest(resolved: ResolvedName, digest: Digest): Promise<ManifestRecord> {
     const cached = await stores.manifests.getManifest(resolved.name, digest);
-    if (cached) return cached;
+    if (cached) {
+      await pulls.manifestPulled(cached);
+      return cached;
+    }
     try {
       return await rememberingMisses(resolved, digest, () => flights.run(`${resolved.name}@${digest}`, () => fetchAndStore(resolved, digest, digest)));
     } catch (err) {
@@ -109,12 +114,14 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     }
   }
 
-  function tagRecord(resolved: ResolvedName, tag: string, record: ManifestRecord, now: number, lastCheck?: LastCheck): TagRecord {
+  /** `pulledAt`: now for a tag a client pulled (a fill), the entry's own for a tag the refresh re-checked. */
+  function tagRecord(resolved: ResolvedName, tag: string, record: ManifestRecord, now: number, lastCheck?: LastCheck, pulledAt = now): TagRecord {
     const dueAt = dueAtFor(resolved.rule, tag, now);
     return {
       name: resolved.name, tag, digest: record.digest, mediaType: record.mediaType, size: record.size, fetchedAt: now, checkedAt: now,
       ...(dueAt === undefined ? {} : { dueAt }),
       ...(lastCheck ? { lastCheck } : {}),
+      pulledAt,
     };
   }
 
@@ -162,13 +169,15 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
           return { result: 'unchanged', record: cached, oldDigest: current, newDigest: current };
         }
       }
-      // Moved, or no Docker-Content-Digest on the HEAD (then GET and hash).
-      const fresh = moved
-        ? ((await stores.manifests.getManifest(resolved.name, moved)) ?? (await fetchAndStore(resolved, moved, moved)))
-        : await fetchAndStore(resolved, tag);
+      // Moved, or no Docker-Content-Digest on the HEAD (then GET and hash). A manifest already stored is touched
+      // before the tag points at it: a garbage collection deciding to delete it either sees the new time and keeps
+      // it, or deleted it before, and then it is fetched again (pulls.ts; lifecycle/gc.ts).
+      const stored = moved ? await stores.manifests.getManifest(resolved.name, moved) : undefined;
+      const kept = stored && (await stores.manifests.recordManifestPull(resolved.name, stored.digest, deps.now())) ? stored : undefined;
+      const fresh = kept ?? (moved ? await fetchAndStore(resolved, moved, moved) : await fetchAndStore(resolved, tag));
       const now = deps.now();
       const result = fresh.digest === current ? 'unchanged' : 'moved';
-      await stores.tags.putTag(tagRecord(resolved, tag, fresh, now, { at: now, result }));
+      await stores.tags.putTag(tagRecord(resolved, tag, fresh, now, { at: now, result }, entry.pulledAt ?? entry.fetchedAt));
       if (result === 'moved') await announceMove(resolved, tag, current, fresh.digest);
       return { result, record: fresh, oldDigest: current, newDigest: fresh.digest };
     } catch (caught) {
@@ -195,6 +204,7 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     const entry = await stores.tags.getTag(resolved.name, tag);
     const cached = entry && (await stores.manifests.getManifest(resolved.name, entry.digest));
     if (entry && cached) {
+      await pulls.tagPulled(entry);
       if (isFresh(resolved.rule, tag, entry.checkedAt, deps.now())) return cached;
       const timeoutMs = resolved.rule.revalidateTimeoutSeconds * 1000;
       const running = flights.run(`${resolved.name}:${tag}?check`, () => checkTag(entry, { timeoutMs }));

@@ -9,7 +9,8 @@ import { ConditionalCheckFailedException, type DynamoDBClient } from '@aws-sdk/c
 import {
   BatchWriteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, type QueryCommandInput,
 } from '@aws-sdk/lib-dynamodb';
-import type { LargeObjectStore } from './ports.js';
+import type { Digest } from '../oci/digest.js';
+import type { LargeObjectStore, ManifestRecord } from './ports.js';
 
 /** Default page size for listings when the client gives no `n`. */
 export const DEFAULT_PAGE = 1000;
@@ -47,6 +48,36 @@ export const isConditionFailure = (e: unknown): boolean =>
   e instanceof ConditionalCheckFailedException || (e as { name?: string } | null)?.name === 'ConditionalCheckFailedException';
 
 export const repoPk = (name: string) => `repo#${name}`;
+
+/** Runs a conditional write; resolves false when its condition failed (other errors are thrown). */
+export async function conditionalWrite(send: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await send();
+    return true;
+  } catch (e) {
+    if (isConditionFailure(e)) return false;
+    throw e;
+  }
+}
+
+/**
+ * The lifecycle's reference item: manifest `<name>@<manifest>` (rule `rule`, store `gen`) references blob `digest`.
+ * In the blob's partition, so "is this blob referenced, and by which rules" is a Query of one partition.
+ */
+export const blobRefItem = (digest: string, rule: string, name: string, manifest: string, gen?: string): Item => ({
+  pk: `blob#${digest}`, sk: `ref#${rule}#${name}@${manifest}`, ...(gen === undefined ? {} : { gen }),
+});
+
+/**
+ * The ManifestRecord of a manifest item and its body. `pulledAt`: the item's, else its store time (items written
+ * before the lifecycle).
+ */
+export function manifestOfItem(name: string, digest: Digest, item: Item, body: Uint8Array): ManifestRecord {
+  return {
+    name, digest, mediaType: item.mediaType as string, size: item.size as number, body: new Uint8Array(body),
+    pulledAt: (item.pulledAt ?? item.storedAt) as number,
+  };
+}
 
 /** The shared state and helpers of the index's parts (see the file header). */
 export interface DynamoDbContext {

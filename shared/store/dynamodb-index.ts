@@ -4,11 +4,11 @@
  *
  * | item            | pk               | sk                  | attributes                                           |
  * |-----------------|------------------|---------------------|------------------------------------------------------|
- * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt (ms); dueAt (ms) + dueShard and lastCheck (map) when set |
- * | manifest        | `repo#<name>`    | `manifest#<digest>` | mediaType, size (bytes), storedAt (ms), `body` (Binary) or `bodyKey` |
+ * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt, pulledAt (ms); dueAt (ms) + dueShard and lastCheck (map) when set |
+ * | manifest        | `repo#<name>`    | `manifest#<digest>` | mediaType, size (bytes), storedAt, pulledAt (ms), rule, gen, `body` (Binary) or `bodyKey` |
  * | link            | `repo#<name>`    | `blob#<digest>`     | —                                                    |
  * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
- * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms)                       |
+ * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms); unpublishedAt (ms) on a tombstone (dynamodb-blob-records.ts) |
  * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt, heartbeatAt (ms), `ttl` (epoch s, DynamoDB TTL) |
  * | listing         | `repo#<name>`    | `listing#<key>`     | body (JSON text ≤ `inlineLimitBytes`), fetchedAt (ms) |
  *
@@ -18,6 +18,8 @@
  * one; a tag without `dueAt` has neither attribute and is not in the index. `listDueTags` queries each shard
  * (`dueAt <= now`, ascending) and merges: never a Scan. GSI reads are eventually consistent (DynamoDB offers
  * no other kind), so a tag written a moment ago may be listed a moment late; the refresh tolerates that.
+ *
+ * The lifecycle's items (blob reference items, state, delete journal): see dynamodb-lifecycle.ts.
  *
  * DynamoDB limits respected: an item is ≤ 400 KB (manifest bodies above `inlineLimitBytes` go to the
  * {@link LargeObjectStore} under `manifests/<algorithm>/<hex>` and the item keeps `bodyKey`); BatchWriteItem
@@ -34,18 +36,22 @@
  * of the writers (Lambda clocks are NTP-synced; keep lease TTLs well above any skew).
  */
 import { createDynamoDbContext, type DynamoDbIndexOptions } from './dynamodb-context.js';
+import { createDynamoDbBlobRecords } from './dynamodb-blob-records.js';
+import { createDynamoDbLifecycle } from './dynamodb-lifecycle.js';
 import { createDynamoDbContentIndex } from './dynamodb-records.js';
 import { createDynamoDbTagIndex } from './dynamodb-tags.js';
-import type { BlobLinks, BlobRecords, FillLeases, ListingCache, ManifestStore, TagIndex } from './ports.js';
+import type { BlobLinks, BlobRecords, FillLeases, LifecycleIndex, ListingCache, ManifestStore, TagIndex } from './ports.js';
 
 export { DUE_INDEX, DUE_SHARDS, TABLE_KEY_SCHEMA, TTL_ATTRIBUTE, createTable, deleteTable, dueShardOf } from './dynamodb-table.js';
 export { DEFAULT_INLINE_LIMIT_BYTES, DEFAULT_PAGE, type DynamoDbIndexOptions } from './dynamodb-context.js';
 
 /** The DynamoDB index: every index port over one table. */
-export type DynamoDbIndex = TagIndex & ManifestStore & BlobLinks & BlobRecords & FillLeases & ListingCache;
+export type DynamoDbIndex = TagIndex & ManifestStore & BlobLinks & BlobRecords & FillLeases & ListingCache & LifecycleIndex;
 
 /** Opens the index over an existing table (see {@link createTable}). No request is made until a port is used. */
 export function createDynamoDbIndex(opts: DynamoDbIndexOptions): DynamoDbIndex {
   const ctx = createDynamoDbContext(opts);
-  return { ...createDynamoDbTagIndex(ctx), ...createDynamoDbContentIndex(ctx) };
+  return {
+    ...createDynamoDbTagIndex(ctx), ...createDynamoDbContentIndex(ctx), ...createDynamoDbBlobRecords(ctx), ...createDynamoDbLifecycle(ctx),
+  };
 }

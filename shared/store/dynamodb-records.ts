@@ -1,14 +1,16 @@
 /**
  * The content part of the DynamoDB index: manifest items (bodies inline up to `inlineLimitBytes`, larger ones in
- * the {@link LargeObjectStore} under `manifests/<algorithm>/<hex>`), blob links, cached listings, blob records
- * (first commit wins) and fill leases (conditional puts, expiry by the writers' clocks, DynamoDB TTL to clean up).
+ * the {@link LargeObjectStore} under `manifests/<algorithm>/<hex>`), blob links and the lifecycle's blob
+ * reference items, cached listings and fill leases (conditional puts, expiry by the writers' clocks, DynamoDB TTL
+ * to clean up). Blob records: dynamodb-blob-records.ts.
  * See `dynamodb-index.ts` for the item layout.
  */
-import { DeleteCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
+import { randomBytes } from 'node:crypto';
+import { DeleteCommand, PutCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
 import { parseDigest, type Digest } from '../oci/digest.js';
-import { isConditionFailure, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
+import { blobRefItem, conditionalWrite, isConditionFailure, manifestOfItem, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
 import { TTL_ATTRIBUTE } from './dynamodb-table.js';
-import type { BlobLinks, BlobRecords, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore } from './ports.js';
+import type { BlobLinks, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore } from './ports.js';
 
 /** The lease item of `key` held by `owner`, alive at `t` (ms) and expiring `ttlSeconds` later. */
 function leaseItem(key: string, owner: string, t: number, ttlSeconds: number): Item {
@@ -17,7 +19,7 @@ function leaseItem(key: string, owner: string, t: number, ttlSeconds: number): I
 }
 
 /** The manifest, link, listing, blob-record and lease ports over the index's table. */
-export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore & BlobLinks & BlobRecords & FillLeases & ListingCache {
+export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore & BlobLinks & FillLeases & ListingCache {
   const { doc, TableName, inlineLimit, now, opts, get, markRepository, batchPut } = ctx;
 
   function largeObjectKey(digest: Digest): string {
@@ -38,11 +40,17 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
       } else {
         body = item.body as Uint8Array;
       }
-      return { name, digest, mediaType: item.mediaType as string, size: item.size as number, body: new Uint8Array(body) };
+      return manifestOfItem(name, digest, item, body);
     },
 
-    async putManifest(r: ManifestRecord, referencedBlobs) {
-      const item: Item = { pk: repoPk(r.name), sk: `manifest#${r.digest}`, mediaType: r.mediaType, size: r.size, storedAt: now() };
+    async putManifest(r: ManifestRecord, referencedBlobs, rule = '') {
+      const t = now();
+      // `gen` names this store of the manifest: its reference items carry it, so a garbage collection deleting an
+      // earlier store's references (conditionally on its gen) can never delete the references of a refill.
+      const gen = randomBytes(9).toString('base64url');
+      const item: Item = {
+        pk: repoPk(r.name), sk: `manifest#${r.digest}`, mediaType: r.mediaType, size: r.size, storedAt: t, pulledAt: r.pulledAt ?? t, rule, gen,
+      };
       if (r.body.byteLength <= inlineLimit) {
         item.body = r.body;
       } else {
@@ -57,10 +65,19 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
       // links only, which grant nothing the manifest would not. No TransactWriteItems: it costs twice the
       // write units (a 350 KB manifest item is 350 units already) and concurrent fills of one manifest would
       // cancel each other with TransactionConflict.
-      const links = [...new Set(referencedBlobs)].map((d) => ({ pk: repoPk(r.name), sk: `blob#${d}` }));
-      await batchPut(links);
+      // The lifecycle's reference items (one per blob, in the blob's partition) go in the same batches.
+      const blobs = [...new Set(referencedBlobs)];
+      const links = blobs.map((d) => ({ pk: repoPk(r.name), sk: `blob#${d}` }));
+      await batchPut([...links, ...blobs.map((d) => blobRefItem(d, rule, r.name, r.digest, gen))]);
       await markRepository(r.name);
       await doc.send(new PutCommand({ TableName, Item: item }));
+    },
+
+    async recordManifestPull(name, digest, pulledAt) {
+      return conditionalWrite(() => doc.send(new UpdateCommand({
+        TableName, Key: { pk: repoPk(name), sk: `manifest#${digest}` }, UpdateExpression: 'SET #p = :p',
+        ConditionExpression: 'attribute_exists(#pk)', ExpressionAttributeNames: { '#p': 'pulledAt', '#pk': 'pk' }, ExpressionAttributeValues: { ':p': pulledAt },
+      })));
     },
 
     async isLinked(name, digest) {
@@ -79,23 +96,6 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
     async putListing(name, key, body) {
       if (Buffer.byteLength(body) > inlineLimit) return; // too large for an item: not kept (a cache, not a record)
       await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `listing#${key}`, body, fetchedAt: now() } }));
-    },
-
-    async getBlobRecord(digest) {
-      const item = await get(`blob#${digest}`, 'blob');
-      return item && { size: item.size as number, committedAt: item.committedAt as number };
-    },
-
-    async putBlobRecord(digest, size) {
-      try {
-        // The first commit wins, so committedAt keeps the time the bytes were first verified.
-        await doc.send(new PutCommand({
-          TableName, Item: { pk: `blob#${digest}`, sk: 'blob', size, committedAt: now() },
-          ConditionExpression: 'attribute_not_exists(#pk)', ExpressionAttributeNames: { '#pk': 'pk' },
-        }));
-      } catch (e) {
-        if (!isConditionFailure(e)) throw e;
-      }
     },
 
     async acquireLease(key, owner, ttlSeconds, staleSeconds) {

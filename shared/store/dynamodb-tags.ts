@@ -17,13 +17,14 @@ const byteOrder = (a: string, b: string) => Buffer.compare(Buffer.from(a), Buffe
 const lastCheckItem = (c: LastCheck): Item => ({ at: c.at, result: c.result, ...(c.error === undefined ? {} : { error: c.error }) });
 
 /** The TagRecord of a tag item (table or `due` GSI: the GSI projects ALL). */
-function tagOf(name: string, tag: string, item: Item): TagRecord {
+export function tagOf(name: string, tag: string, item: Item): TagRecord {
   const lc = item.lastCheck as Item | undefined;
   return {
     name, tag, digest: item.digest as Digest, mediaType: item.mediaType as string, size: item.size as number,
     fetchedAt: item.fetchedAt as number, checkedAt: item.checkedAt as number,
     ...(typeof item.dueAt === 'number' ? { dueAt: item.dueAt } : {}),
     ...(lc ? { lastCheck: { at: lc.at as number, result: lc.result as LastCheck['result'], ...(typeof lc.error === 'string' ? { error: lc.error } : {}) } } : {}),
+    ...(typeof item.pulledAt === 'number' ? { pulledAt: item.pulledAt } : {}),
   };
 }
 
@@ -52,6 +53,19 @@ export function createDynamoDbTagIndex(ctx: DynamoDbContext): TagIndex {
     return out;
   }
 
+  /** Sets one number attribute of an existing tag; a no-op (nothing created) when the tag is not there. */
+  async function setIfExists(name: string, tag: string, attribute: string, value: number): Promise<void> {
+    try {
+      await doc.send(new UpdateCommand({
+        TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` },
+        UpdateExpression: 'SET #a = :v', ConditionExpression: 'attribute_exists(#pk)',
+        ExpressionAttributeNames: { '#a': attribute, '#pk': 'pk' }, ExpressionAttributeValues: { ':v': value },
+      }));
+    } catch (e) {
+      if (!isConditionFailure(e)) throw e; // no tag: a no-op, as the port says
+    }
+  }
+
   return {
     async getTag(name, tag) {
       const item = await get(repoPk(name), `tag#${tag}`);
@@ -66,6 +80,7 @@ export function createDynamoDbTagIndex(ctx: DynamoDbContext): TagIndex {
       };
       if (r.dueAt !== undefined) Object.assign(item, { dueAt: r.dueAt, dueShard: dueShardOf(r.name, r.tag) });
       if (r.lastCheck) item.lastCheck = lastCheckItem(r.lastCheck);
+      if (r.pulledAt !== undefined) item.pulledAt = r.pulledAt;
       await doc.send(new PutCommand({ TableName, Item: item }));
     },
 
@@ -106,15 +121,11 @@ export function createDynamoDbTagIndex(ctx: DynamoDbContext): TagIndex {
     },
 
     async touchTag(name, tag, checkedAt) {
-      try {
-        await doc.send(new UpdateCommand({
-          TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` },
-          UpdateExpression: 'SET #checkedAt = :c', ConditionExpression: 'attribute_exists(#pk)',
-          ExpressionAttributeNames: { '#checkedAt': 'checkedAt', '#pk': 'pk' }, ExpressionAttributeValues: { ':c': checkedAt },
-        }));
-      } catch (e) {
-        if (!isConditionFailure(e)) throw e; // no tag: a no-op, as the port says
-      }
+      await setIfExists(name, tag, 'checkedAt', checkedAt);
+    },
+
+    async recordTagPull(name, tag, pulledAt) {
+      await setIfExists(name, tag, 'pulledAt', pulledAt);
     },
 
     async listTags(name, o = {}) {

@@ -35,15 +35,27 @@ import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import { BLOB_READ_CHUNK, openInProgressBlob, type InProgressBlob, type WriteEntry, type WriteState } from './fs-blob-tail.js';
 import { signedBlobUrl, verifyBlobUrl } from './fs-blob-urls.js';
-import type { BlobStore } from './ports.js';
+import { createFsBlobReaper } from './fs-blob-reaper.js';
+import type { BlobReaper, BlobStore } from './ports.js';
+
+/** Age (ms) after which a file in `tmp/` is a crashed write's leftover: a write in progress touches it constantly. */
+const STALE_TMP_MS = 60 * 60 * 1000;
 
 export { LOCAL_BLOB_ROUTE } from './fs-blob-urls.js';
 export { BLOB_READ_CHUNK, IN_PROGRESS_IDLE_MS, type InProgressBlob } from './fs-blob-tail.js';
 
 /** The filesystem blob store plus what the local server needs to serve its signed URLs. */
-export interface FsBlobStore extends BlobStore {
+export interface FsBlobStore extends BlobStore, BlobReaper {
   /** Absolute path of a committed blob (whether or not it exists). */
   pathOf(digest: Digest): string;
+  /** Absolute path of a blob's unpublished copy, kept for the grace period (see fs-blob-reaper.ts). */
+  trashPathOf(digest: Digest): string;
+  /**
+   * Opens the blob a signed URL names: the committed file, else its unpublished copy in `trash/` (a URL handed
+   * out before a GC unpublished it stays good for its lifetime; see fs-blob-reaper.ts). Undefined when neither
+   * exists. The caller closes the handle; once open, a rename or removal of the file does not disturb reading.
+   */
+  openBlob(digest: Digest): Promise<FileHandle | undefined>;
   /**
    * Checks a `/_blobs/...` URL's path and query; returns the digest when the signature is valid and unexpired.
    */
@@ -99,17 +111,31 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
   await fs.mkdir(join(root, 'tmp'), { recursive: true });
   await fs.mkdir(join(root, 'blobs', 'sha256'), { recursive: true });
   await fs.mkdir(join(root, 'blobs', 'sha512'), { recursive: true });
-  // Leftovers of a crash are never visible (they are not at their final path); clear them.
-  for (const f of await fs.readdir(join(root, 'tmp'))) await fs.rm(join(root, 'tmp', f), { force: true });
+  // Leftovers of a crash are never visible (they are not at their final path); clear them. Only old ones: another
+  // process on the same data dir (the server, while a CLI command opens the store) may be writing the fresh ones.
+  const cutoff = Date.now() - STALE_TMP_MS;
+  for (const f of await fs.readdir(join(root, 'tmp'))) {
+    const st = await fs.stat(join(root, 'tmp', f)).catch(() => undefined);
+    if (st && st.mtimeMs < cutoff) await fs.rm(join(root, 'tmp', f), { force: true });
+  }
 
   const pathOf = (digest: Digest) => {
     const { algorithm, encoded } = parseDigest(digest)!;
     return join(root, 'blobs', algorithm, encoded);
   };
   const inProgress = new Map<Digest, WriteEntry>();
+  const reaper = createFsBlobReaper(root, pathOf);
 
   const store: FsBlobStore = {
+    ...reaper,
     pathOf,
+    async openBlob(digest) {
+      for (const path of [pathOf(digest), reaper.trashPathOf(digest)]) {
+        const fh = await fs.open(path).catch(() => undefined);
+        if (fh) return fh;
+      }
+      return undefined;
+    },
     async stat(digest) {
       try {
         const st = await fs.stat(pathOf(digest));

@@ -27,6 +27,12 @@ export interface TagRecord {
   dueAt?: number;
   /** What the last re-check found. */
   lastCheck?: LastCheck;
+  /**
+   * When a client last pulled the tag (GET/HEAD of the manifest by this tag), written at most once per
+   * `lifecycle.touchIntervalSeconds` (shared/registry/pulls.ts), so it may lag by up to that interval. Absent on
+   * records written before the lifecycle existed: read `fetchedAt` then. The lifecycle evicts by it.
+   */
+  pulledAt?: number;
 }
 
 /** The outcome of one upstream re-check of a tag. `error` is a short, credential-free message. */
@@ -43,6 +49,8 @@ export interface TagIndex {
   putTag(record: TagRecord): Promise<void>;
   /** Updates `checkedAt` (ms) only; a no-op when the tag is not there. */
   touchTag(name: string, tag: string, checkedAt: number): Promise<void>;
+  /** Updates `pulledAt` (ms) only; a no-op when the tag is not there. */
+  recordTagPull(name: string, tag: string, pulledAt: number): Promise<void>;
   /**
    * Records a re-check: sets `checkedAt`, `dueAt` (undefined removes it: never due) and `lastCheck`, keeping
    * the digest. A no-op when the tag is not there.
@@ -69,16 +77,29 @@ export interface ManifestRecord {
   /** Body size in bytes. */
   size: number;
   body: Uint8Array;
+  /**
+   * When a client last pulled the manifest by digest, or when it was stored (ms); returned by `getManifest`,
+   * set by `putManifest` (to `now` unless given). Written at most once per `lifecycle.touchIntervalSeconds`.
+   */
+  pulledAt?: number;
 }
 
 /** The manifest store: manifests by repository and digest (DynamoDB item, S3 when large; SQLite `manifests`). */
 export interface ManifestStore {
   getManifest(name: string, digest: Digest): Promise<ManifestRecord | undefined>;
   /**
-   * Stores a verified manifest and links the blobs it references to the repository, in one commit
-   * (the blobs themselves may not be stored yet).
+   * Stores a verified manifest, links the blobs it references to the repository and records them as referenced
+   * by this manifest of rule `rule` (the garbage collector's reference items, see {@link LifecycleIndex}); the
+   * manifest item is written last (the commit point). The blobs themselves may not be stored yet. Storing a
+   * manifest again sets its `pulledAt` again (to `record.pulledAt`, else now).
    */
-  putManifest(record: ManifestRecord, referencedBlobs: string[]): Promise<void>;
+  putManifest(record: ManifestRecord, referencedBlobs: string[], rule?: string): Promise<void>;
+  /**
+   * Updates `pulledAt` (ms) only. Returns false when the manifest is not stored: a writer about to point a tag
+   * at a manifest it did not just store calls this first, so a concurrent garbage collection either sees the new
+   * time (and keeps the manifest) or has already deleted it (and the writer stores it again).
+   */
+  recordManifestPull(name: string, digest: Digest, pulledAt: number): Promise<boolean>;
 }
 
 /** Repository ↔ blob links: a blob is served for a repository only if that repository references it. */
@@ -124,8 +145,18 @@ export interface BlobStore {
  * the digest. (The filesystem store needs none: its rename is the commit.) Sizes in bytes, times in ms.
  */
 export interface BlobRecords {
+  /** The committed record; undefined when there is none or it is unpublished (a tombstone). */
   getBlobRecord(digest: Digest): Promise<{ size: number; committedAt: number } | undefined>;
+  /** Commits a blob: the first commit wins; a tombstone is replaced (a refill after a GC). */
   putBlobRecord(digest: Digest, size: number): Promise<void>;
+  /** The record whatever its state: `unpublishedAt` (ms) set on a tombstone. */
+  getBlobRecordState(digest: Digest): Promise<{ size: number; committedAt: number; unpublishedAt?: number } | undefined>;
+  /** Turns a committed record into a tombstone unpublished at `at` (ms); false when not committed. */
+  unpublishBlobRecord(digest: Digest, at: number): Promise<boolean>;
+  /** Turns a tombstone back into the committed record; false when it is not a tombstone. */
+  republishBlobRecord(digest: Digest): Promise<boolean>;
+  /** Deletes the record (only a tombstone when `onlyUnpublished`); true when this call deleted it. */
+  deleteBlobRecord(digest: Digest, opts: { onlyUnpublished: boolean }): Promise<boolean>;
 }
 
 /**
@@ -189,6 +220,94 @@ export interface ListingCache {
   putListing(name: string, key: string, body: string): Promise<void>;
 }
 
+/**
+ * The index side of the lifecycle (garbage collection, purge, `ls`), over the same index as the ports above.
+ * Listings are paged in key order (byte order), so a pass can stop and resume from the last key it handled.
+ * The deletion rules that make a concurrent pull safe live in shared/registry/lifecycle/ (see gc.ts); this
+ * port only gives conditional, idempotent steps.
+ *
+ * Blob references: `putManifest` records, per referenced blob, that manifest `<name>@<digest>` of rule `<rule>`
+ * references it (DynamoDB `pk=blob#<digest>, sk=ref#<rule>#<name>@<manifest digest>`; SQLite `blob_refs`).
+ * A blob no reference item names is referenced by no stored manifest of any repository.
+ */
+export interface LifecycleIndex {
+  /** A repository's tags, full records, in tag order after `after`, at most `limit`. */
+  listTagRecords(name: string, opts: { after?: string; limit: number }): Promise<TagRecord[]>;
+  /** A repository's manifests with bodies and `pulledAt`, in digest order after `after`, at most `limit`. */
+  listManifestRecords(name: string, opts: { after?: string; limit: number }): Promise<ManifestRecord[]>;
+  /**
+   * Deletes the tag if it still points at `expect.digest` and, when `expect.pulledAt` is given, was last pulled
+   * then (a pull or a move since keeps it). True when this call deleted it.
+   */
+  deleteTagIf(name: string, tag: string, expect: { digest: Digest; pulledAt?: number }): Promise<boolean>;
+  /**
+   * Deletes a manifest: the manifest item first (only if its `pulledAt` is still `ifPulledAt`, when given), then
+   * its blob reference items (`referencedBlobs`, as given to `putManifest`) and its large body, if any. True when
+   * this call deleted the item; false when it was gone or pulled since (then nothing else is touched).
+   */
+  deleteManifest(name: string, digest: Digest, opts: { referencedBlobs: string[]; ifPulledAt?: number }): Promise<boolean>;
+  /**
+   * Removes what is left of a repository with no tags and no manifests (blob links, kept listings, its catalog
+   * entry). Returns false, touching nothing, when it still has a tag or a manifest.
+   */
+  dropRepositoryIfEmpty(name: string): Promise<boolean>;
+  /**
+   * Records that manifest `<name>@<digest>` of rule `rule` references `blobs` (what `putManifest` does for new
+   * manifests; used to record the references of manifests stored before the lifecycle existed). Idempotent.
+   */
+  addBlobReferences(name: string, digest: Digest, rule: string, blobs: string[]): Promise<void>;
+  /**
+   * Finishes manifest deletions a crash interrupted (their reference items; see the DynamoDB adapter's journal).
+   * Returns how many it finished; 0 for stores whose deletes are one transaction.
+   */
+  finishInterruptedDeletes(): Promise<number>;
+  /** The distinct rules whose stored manifests reference `digest`, sorted; [] when none does. */
+  blobReferrers(digest: Digest): Promise<string[]>;
+  /** A small JSON value of the lifecycle's own (GC progress, last usage report), by key; undefined when unset. */
+  getLifecycleState(key: string): Promise<string | undefined>;
+  /** Sets (or with `undefined`, removes) a lifecycle state value (JSON text, ≤ ~300 KB). */
+  putLifecycleState(key: string, value: string | undefined): Promise<void>;
+}
+
+/** A stored blob object as the garbage collector sees it. Sizes in bytes, times in ms. */
+export interface StoredBlob {
+  digest: Digest;
+  size: number;
+  /**
+   * `committed`: visible (served); `unpublished`: taken out of the index by a GC, its object kept for the grace
+   * period so URLs already handed out still work; `orphan`: an object no record commits (a fill that crashed
+   * between upload and commit; a GC that crashed part-way).
+   */
+  state: 'committed' | 'unpublished' | 'orphan';
+  /** When it entered that state: committed at, unpublished at, or the object's last modification. */
+  since: number;
+}
+
+/**
+ * The storage side of the lifecycle, implemented by each blob store (filesystem: the blob files plus a
+ * `trash/` directory; S3: the objects plus their DynamoDB records). Every step is idempotent.
+ */
+export interface BlobReaper {
+  /** Every stored blob object in digest order after `after` (lazily, paged underneath). */
+  listStoredBlobs(after?: Digest): AsyncIterable<StoredBlob>;
+  /** The state of one digest's object (undefined: no object). */
+  storedBlob(digest: Digest): Promise<StoredBlob | undefined>;
+  /**
+   * Index first: a committed blob stops being visible (`stat` → undefined, so the next pull refills it) while its
+   * object stays, so URLs handed out before still work. `at` (ms) is recorded as the unpublish time. False when
+   * it was not committed.
+   */
+  unpublishBlob(digest: Digest, at: number): Promise<boolean>;
+  /** Undoes {@link unpublishBlob} while the object is still there; false when it was not unpublished. */
+  republishBlob(digest: Digest): Promise<boolean>;
+  /** Deletes the object of a blob that is not committed (unpublished or orphan), and its tombstone. */
+  removeBlobObject(digest: Digest): Promise<void>;
+  /** The stored bytes of a committed blob (for `verify`), or undefined. */
+  readBlob(digest: Digest): Promise<Readable | undefined>;
+  /** Drops a damaged committed blob at once, record and object (`verify --repair`): the next pull refills it. */
+  dropBlob(digest: Digest): Promise<void>;
+}
+
 /** Everything the registry core needs from storage. */
 export interface Stores {
   tags: TagIndex;
@@ -197,4 +316,8 @@ export interface Stores {
   blobs: BlobStore;
   leases: FillLeases;
   listings: ListingCache;
+  /** The lifecycle's view of the index (GC, purge, ls); absent in stores that do not support it. */
+  lifecycle?: LifecycleIndex;
+  /** The lifecycle's view of blob storage; absent in stores that do not support it. */
+  reaper?: BlobReaper;
 }

@@ -30,7 +30,8 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { Transform, pipeline, type Readable } from 'node:stream';
 import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
-import type { BlobRecords, BlobStore, LargeObjectStore } from './ports.js';
+import type { BlobReaper, BlobRecords, BlobStore, LargeObjectStore } from './ports.js';
+import { createS3BlobReaper } from './s3-blob-reaper.js';
 
 /** S3's smallest part (bytes) for every part of a multipart upload but the last. */
 export const S3_MIN_PART_BYTES = 5 * 1024 * 1024;
@@ -69,7 +70,7 @@ export function blobKey(digest: Digest): string {
  * @throws Error when `partSizeBytes` is outside 5 MiB–5 GiB or `queueSize` < 1 (configuration errors).
  * `write` throws a plain Error (not a RegistryError) when `expectedSize` exceeds `partSizeBytes × 10,000`.
  */
-export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeObjectStore {
+export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeObjectStore & BlobReaper {
   const { client, bucket, records } = opts;
   const partSize = opts.partSizeBytes ?? DEFAULT_PART_BYTES;
   const queueSize = opts.queueSize ?? 2;
@@ -82,6 +83,8 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
   const maxBlobBytes = partSize * S3_MAX_PARTS;
 
   return {
+    ...createS3BlobReaper({ client, bucket, records, blobKey }),
+
     async stat(digest) {
       const record = await records.getBlobRecord(digest);
       return record && { size: record.size };

@@ -4,7 +4,8 @@
  */
 import type { Digest } from '../oci/digest.js';
 import { openDatabase } from './sqlite-binding.js';
-import type { BlobLinks, FillLeases, LastCheck, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+import type { BlobLinks, FillLeases, LastCheck, LifecycleIndex, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+import { createSqliteLifecycle, LIFECYCLE_SCHEMA } from './sqlite-lifecycle.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tags (
@@ -23,15 +24,23 @@ CREATE TABLE IF NOT EXISTS leases (
 export const DEFAULT_PAGE = 1000;
 
 /** Opens (creating when needed) the SQLite index at `file` (`:memory:` works for tests). */
-export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & { close(): void } {
+export function openSqliteIndex(
+  file: string,
+  opts: { now?: () => number } = {},
+): TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & LifecycleIndex & { close(): void } {
+  const now = opts.now ?? Date.now;
   const db = openDatabase(file);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = NORMAL');
   db.exec(SCHEMA);
+  db.exec(LIFECYCLE_SCHEMA);
   // Columns added after the first release of the schema: add them to existing data dirs.
-  const columns = new Set((db.prepare('PRAGMA table_info(tags)').all() as Array<{ name: string }>).map((c) => c.name));
+  const columnsOf = (table: string) => new Set((db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>).map((c) => c.name));
+  const columns = columnsOf('tags');
   if (!columns.has('due_at')) db.exec('ALTER TABLE tags ADD COLUMN due_at INTEGER');
   if (!columns.has('last_check')) db.exec('ALTER TABLE tags ADD COLUMN last_check TEXT');
+  if (!columns.has('pulled_at')) db.exec('ALTER TABLE tags ADD COLUMN pulled_at INTEGER');
+  if (!columnsOf('manifests').has('pulled_at')) db.exec('ALTER TABLE manifests ADD COLUMN pulled_at INTEGER');
   db.exec('CREATE INDEX IF NOT EXISTS tags_due ON tags (due_at) WHERE due_at IS NOT NULL');
   // Leases of an older release have no heartbeat (0): stale, so a new process may take them over.
   const leaseColumns = new Set((db.prepare('PRAGMA table_info(leases)').all() as Array<{ name: string }>).map((c) => c.name));
@@ -39,22 +48,26 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
 
   const getTag = db.prepare('SELECT * FROM tags WHERE name = ? AND tag = ?');
   const putTag = db.prepare(
-    `INSERT INTO tags (name, tag, digest, media_type, size, fetched_at, checked_at, due_at, last_check) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    `INSERT INTO tags (name, tag, digest, media_type, size, fetched_at, checked_at, due_at, last_check, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT (name, tag) DO UPDATE SET digest = excluded.digest, media_type = excluded.media_type,
        size = excluded.size, fetched_at = excluded.fetched_at, checked_at = excluded.checked_at,
-       due_at = excluded.due_at, last_check = excluded.last_check`,
+       due_at = excluded.due_at, last_check = excluded.last_check, pulled_at = excluded.pulled_at`,
   );
   const recordCheck = db.prepare('UPDATE tags SET checked_at = ?, due_at = ?, last_check = ? WHERE name = ? AND tag = ?');
   const deleteTag = db.prepare('DELETE FROM tags WHERE name = ? AND tag = ?');
   const listDue = db.prepare('SELECT * FROM tags WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?');
   const touchTag = db.prepare('UPDATE tags SET checked_at = ? WHERE name = ? AND tag = ?');
+  const recordTagPull = db.prepare('UPDATE tags SET pulled_at = ? WHERE name = ? AND tag = ?');
+  const recordManifestPull = db.prepare('UPDATE manifests SET pulled_at = ? WHERE name = ? AND digest = ?');
   const listTags = db.prepare('SELECT tag FROM tags WHERE name = ? AND tag > ? ORDER BY tag LIMIT ?');
   const listRepos = db.prepare(
     `SELECT name FROM (SELECT name FROM tags UNION SELECT name FROM manifests) WHERE name > ? ORDER BY name LIMIT ?`,
   );
   const getManifest = db.prepare('SELECT * FROM manifests WHERE name = ? AND digest = ?');
+  // Storing a manifest again keeps its bytes (the same digest) and sets its last-pulled time again.
   const putManifest = db.prepare(
-    'INSERT OR IGNORE INTO manifests (name, digest, media_type, size, body, stored_at) VALUES (?, ?, ?, ?, ?, ?)',
+    `INSERT INTO manifests (name, digest, media_type, size, body, stored_at, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT (name, digest) DO UPDATE SET pulled_at = excluded.pulled_at`,
   );
   const isLinked = db.prepare('SELECT 1 FROM blob_links WHERE name = ? AND digest = ?');
   const link = db.prepare('INSERT OR IGNORE INTO blob_links (name, digest) VALUES (?, ?)');
@@ -73,22 +86,29 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     `INSERT INTO listings (name, key, body, fetched_at) VALUES (?, ?, ?, ?)
      ON CONFLICT (name, key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at`,
   );
-  const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[]) => {
-    putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), Date.now());
-    for (const d of blobs) link.run(r.name, d);
-  });
-
   type TagRow = {
     name: string; tag: string; digest: string; media_type: string; size: number; fetched_at: number; checked_at: number;
-    due_at: number | null; last_check: string | null;
+    due_at: number | null; last_check: string | null; pulled_at: number | null;
   };
   const tagOf = (row: TagRow): TagRecord => ({
     name: row.name, tag: row.tag, digest: row.digest as Digest, mediaType: row.media_type, size: row.size,
     fetchedAt: row.fetched_at, checkedAt: row.checked_at,
     ...(row.due_at === null ? {} : { dueAt: row.due_at }),
     ...(row.last_check === null ? {} : { lastCheck: JSON.parse(row.last_check) as LastCheck }),
+    ...(row.pulled_at === null ? {} : { pulledAt: row.pulled_at }),
   });
-  type ManifestRow = { name: string; digest: string; media_type: string; size: number; body: Buffer };
+  type ManifestRow = { name: string; digest: string; media_type: string; size: number; body: Buffer; stored_at: number; pulled_at: number | null };
+  const manifestOf = (row: ManifestRow): ManifestRecord => ({
+    name: row.name, digest: row.digest as Digest, mediaType: row.media_type, size: row.size, body: new Uint8Array(row.body),
+    pulledAt: row.pulled_at ?? row.stored_at,
+  });
+  const lifecycle = createSqliteLifecycle(db, tagOf as (row: never) => TagRecord, manifestOf as (row: never) => ManifestRecord);
+  const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[], rule: string) => {
+    const t = now();
+    putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), t, r.pulledAt ?? t);
+    for (const d of blobs) link.run(r.name, d);
+    lifecycle.insertRefs(r.name, r.digest, rule, blobs);
+  });
 
   return {
     async getTag(name, tag) {
@@ -96,7 +116,7 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
       return row && tagOf(row);
     },
     async putTag(r: TagRecord) {
-      putTag.run(r.name, r.tag, r.digest, r.mediaType, r.size, r.fetchedAt, r.checkedAt, r.dueAt ?? null, r.lastCheck ? JSON.stringify(r.lastCheck) : null);
+      putTag.run(r.name, r.tag, r.digest, r.mediaType, r.size, r.fetchedAt, r.checkedAt, r.dueAt ?? null, r.lastCheck ? JSON.stringify(r.lastCheck) : null, r.pulledAt ?? null);
     },
     async recordCheck(name, tag, check) {
       recordCheck.run(check.checkedAt, check.dueAt ?? null, JSON.stringify(check.lastCheck), name, tag);
@@ -110,6 +130,12 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     async touchTag(name, tag, checkedAt) {
       touchTag.run(checkedAt, name, tag);
     },
+    async recordTagPull(name, tag, pulledAt) {
+      recordTagPull.run(pulledAt, name, tag);
+    },
+    async recordManifestPull(name, digest, pulledAt) {
+      return recordManifestPull.run(pulledAt, name, digest).changes === 1;
+    },
     async listTags(name, opts = {}) {
       return (listTags.all(name, opts.last ?? '', opts.n ?? DEFAULT_PAGE) as Array<{ tag: string }>).map((r) => r.tag);
     },
@@ -118,10 +144,10 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     },
     async getManifest(name, digest) {
       const row = getManifest.get(name, digest) as ManifestRow | undefined;
-      return row && { name: row.name, digest: row.digest as Digest, mediaType: row.media_type, size: row.size, body: new Uint8Array(row.body) };
+      return row && manifestOf(row);
     },
-    async putManifest(record, blobs) {
-      putManifestTx(record, blobs);
+    async putManifest(record, blobs, rule) {
+      putManifestTx(record, [...new Set(blobs)], rule ?? '');
     },
     async isLinked(name, digest) {
       return isLinked.get(name, digest) !== undefined;
@@ -152,6 +178,7 @@ export function openSqliteIndex(file: string): TagIndex & ManifestStore & BlobLi
     async putListing(name, key, body) {
       putListing.run(name, key, body, Date.now());
     },
+    ...lifecycle,
     close() {
       db.close();
     },

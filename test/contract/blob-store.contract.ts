@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
 import { isRegistryError } from '../../shared/oci/errors.js';
-import type { BlobStore } from '../../shared/store/ports.js';
+import type { BlobReaper, BlobStore } from '../../shared/store/ports.js';
 
 /** What an adapter's test supplies. */
 export interface BlobStoreFixture {
@@ -176,6 +176,72 @@ export function describeBlobStoreContract(label: string, open: () => Promise<Blo
       const err = await f.store.write(digest, chunked(bad), bad.length).catch((e: unknown) => e);
       expect(isRegistryError(err, 'DIGEST_INVALID')).toBe(true);
       await expectServed(digest, good);
+    });
+
+    describe('BlobReaper (the garbage collector\'s view)', () => {
+      const reaper = () => f.store as BlobStore & BlobReaper;
+      const listed = async (digest: Digest) => {
+        const out = [];
+        for await (const b of reaper().listStoredBlobs()) if (b.digest === digest) out.push(b);
+        return out;
+      };
+
+      it('unpublish hides a blob from new pulls, a location handed out before still serves it; republish; remove the object', async (ctx) => {
+        if (!('unpublishBlob' in f.store)) ctx.skip();
+        const bytes = randomBytes(300 * 1024);
+        const digest = digestOf(bytes);
+        await f.store.write(digest, chunked(bytes), bytes.length);
+        expect((await listed(digest)).map((b) => [b.state, b.size])).toEqual([['committed', bytes.length]]);
+        const handedOut = await f.store.locate(digest);
+        const at = Date.now() - 5000;
+        expect(await reaper().unpublishBlob(digest, at)).toBe(true);
+        expect(await reaper().unpublishBlob(digest, at)).toBe(false);
+        expect(await f.store.stat(digest)).toBeUndefined();
+        const stale = await f.fetchLocation(handedOut.url);
+        expect(stale.status).toBe(200);
+        expect(stale.body.equals(bytes)).toBe(true);
+        expect(await listed(digest)).toEqual([{ digest, size: bytes.length, state: 'unpublished', since: at }]);
+        expect(await reaper().storedBlob(digest)).toEqual({ digest, size: bytes.length, state: 'unpublished', since: at });
+        expect(await reaper().republishBlob(digest)).toBe(true);
+        await expectServed(digest, bytes);
+        const read = reaper().readBlob(digest);
+        const chunks: Buffer[] = [];
+        for await (const c of (await read)!) chunks.push(c as Buffer);
+        expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
+        await reaper().unpublishBlob(digest, at);
+        await reaper().removeBlobObject(digest);
+        expect(await listed(digest)).toEqual([]);
+        expect(await reaper().storedBlob(digest)).toBeUndefined();
+        expect((await f.fetchLocation(handedOut.url)).status).not.toBe(200);
+        expect(await reaper().republishBlob(digest)).toBe(false);
+        expect(await reaper().readBlob(digest)).toBeUndefined();
+      });
+
+      it('a refill after unpublish is served, and removing the unpublished copy leaves it alone; dropBlob removes it', async (ctx) => {
+        if (!('unpublishBlob' in f.store)) ctx.skip();
+        const bytes = randomBytes(64 * 1024);
+        const digest = digestOf(bytes);
+        await f.store.write(digest, chunked(bytes), bytes.length);
+        await reaper().unpublishBlob(digest, Date.now());
+        await f.store.write(digest, chunked(bytes), bytes.length);
+        await reaper().removeBlobObject(digest);
+        await expectServed(digest, bytes);
+        expect((await listed(digest)).map((b) => b.state)).toEqual(['committed']);
+        await reaper().dropBlob(digest);
+        expect(await f.store.stat(digest)).toBeUndefined();
+        expect(await listed(digest)).toEqual([]);
+      });
+
+      it('lists stored blobs in digest order, resuming after a digest', async (ctx) => {
+        if (!('unpublishBlob' in f.store)) ctx.skip();
+        const all: Digest[] = [];
+        for await (const b of reaper().listStoredBlobs()) all.push(b.digest);
+        expect(all.length).toBeGreaterThan(3);
+        expect([...all].sort()).toEqual(all);
+        const rest: Digest[] = [];
+        for await (const b of reaper().listStoredBlobs(all[1])) rest.push(b.digest);
+        expect(rest).toEqual(all.slice(2));
+      });
     });
   });
 }

@@ -13,19 +13,8 @@ import type { Digest } from '../../shared/oci/digest.js';
 import type { BlobRecords } from '../../shared/store/ports.js';
 import { createS3BlobStore, S3_MIN_PART_BYTES } from '../../shared/store/s3-blob-store.js';
 import { describeBlobStoreContract } from '../contract/blob-store.contract.js';
+import { memoryBlobRecords } from '../support/memory-blob-records.js';
 import { createBucket, s3ClientFor, startS3rver, type S3rverInstance } from '../support/s3rver.js';
-
-function memoryBlobRecords(): BlobRecords {
-  const records = new Map<Digest, { size: number; committedAt: number }>();
-  return {
-    async getBlobRecord(digest) {
-      return records.get(digest);
-    },
-    async putBlobRecord(digest, size) {
-      records.set(digest, { size, committedAt: Date.now() });
-    },
-  };
-}
 
 describeBlobStoreContract('S3 (s3rver)', async () => {
   const s3rver = await startS3rver();
@@ -100,7 +89,7 @@ describe('S3 blob store specifics (s3rver)', () => {
     const order: string[] = [];
     const records = memoryBlobRecords();
     const store = open({
-      getBlobRecord: records.getBlobRecord,
+      ...records,
       async putBlobRecord(digest, size) {
         order.push(...sent, 'putBlobRecord');
         await records.putBlobRecord(digest, size);

@@ -13,6 +13,7 @@ import {
 } from '../../shared/store/dynamodb-index.js';
 import type { LargeObjectStore } from '../../shared/store/ports.js';
 import { describeIndexContract } from '../contract/index-ports.contract.js';
+import { describeLifecycleIndexContract } from '../contract/lifecycle-index.contract.js';
 import { DYNAMODB_LOCAL_CLIENT_CONFIG, startDynamoDbLocal, type DynamoDbLocal } from '../support/dynamodb-local.js';
 
 let ddb: DynamoDbLocal;
@@ -60,6 +61,11 @@ describeIndexContract('DynamoDB Local, small pages, no large objects', async () 
   // queryLimit 2 makes every listing follow LastEvaluatedKey across many Query pages.
   const { index, close } = await openTable({ queryLimit: 2 });
   return { index, close, largeManifests: false };
+});
+
+describeLifecycleIndexContract('DynamoDB Local, small pages', async () => {
+  const { index, close } = await openTable({ queryLimit: 2, largeObjects: mapLargeObjects() });
+  return { index, close };
 });
 
 describe('DynamoDB index: what only this adapter has', () => {

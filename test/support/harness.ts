@@ -10,6 +10,8 @@ import { join } from 'node:path';
 import { buildClientAuth } from '../../shared/auth/setup.js';
 import { parseConfig, type PullThroughCacheRule } from '../../shared/config.js';
 import { createRegistry } from '../../shared/registry/app.js';
+import { graceSecondsFor } from '../../shared/config-lifecycle.js';
+import { createLifecycle } from '../../shared/registry/lifecycle/index.js';
 import { createRefresher } from '../../shared/registry/refresh.js';
 import type { FillJob, Log, RegistryDeps, TagChange } from '../../shared/registry/deps.js';
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
@@ -65,6 +67,8 @@ export async function createHarness(
     refresh?: { batchSize?: number; maxRunSeconds?: number; rateLimitRetries?: number; maxRetryAfterSeconds?: number };
     /** The `auth` config section (e.g. `{ mode: 'token', users: [...] }`). */
     auth?: unknown;
+    /** The `lifecycle` config section. */
+    lifecycle?: unknown;
     /**
      * Simulate AWS's asynchronous fill function: blob misses are dispatched (recorded in `fillJobs`) and run
      * `delayMs` later by the same `blobs.fill` code functions/fill.ts runs, instead of in the request.
@@ -86,7 +90,7 @@ export async function createHarness(
   const storeCalls: StoreCall[] = [];
   let dispatchFailures = extra.dispatchFill?.failTimes ?? 0;
   const deps: RegistryDeps = {
-    stores: countCalls({ tags: index, manifests: index, links: index, blobs, leases: index, listings: index }, storeCalls),
+    stores: countCalls({ tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs }, storeCalls),
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor: (rule) => {
@@ -97,6 +101,7 @@ export async function createHarness(
     fill: config.blobFill,
     log: silentLog,
     now: () => clock.now,
+    lifecycle: { touchIntervalSeconds: config.lifecycle.touchIntervalSeconds },
     onTagMoved: (change) => {
       changes.push(change);
     },
@@ -123,6 +128,8 @@ export async function createHarness(
   const { app, manifests, blobs: blobService } = createRegistry(deps, { auth });
   fillFunction = (job) => blobService.fill(job.name, job.digest, job.leaseOwner);
   const refresher = createRefresher(deps, manifests, config.refresh);
+  // The fs store's signed URLs live 900 s (its default): the grace period must be at least twice that.
+  const lifecycle = createLifecycle(deps, config, graceSecondsFor(config.lifecycle, 900));
 
   async function request(
     method: string,
@@ -140,11 +147,16 @@ export async function createHarness(
     const [path, query] = location.split('?');
     const digest = blobs.verifyUrl(path, new URLSearchParams(query));
     if (!digest) throw new Error(`bad signed URL ${location}`);
-    return readFileSync(blobs.pathOf(digest));
+    // As the local server's blob route: the committed file, else the copy a GC unpublished into trash/.
+    try {
+      return readFileSync(blobs.pathOf(digest));
+    } catch {
+      return readFileSync(blobs.trashPathOf(digest));
+    }
   }
 
   return {
-    app, refresher, changes, fillJobs, index, blobs, blobService, clock, dir, dbPath, request, readLocation, storeCalls,
+    app, refresher, lifecycle, deps, changes, fillJobs, index, blobs, blobService, clock, dir, dbPath, request, readLocation, storeCalls,
     bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
     jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
     close() {

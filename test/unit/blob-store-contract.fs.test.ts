@@ -30,7 +30,9 @@ describeBlobStoreContract('filesystem', async () => {
       const u = new URL(url, 'http://registry.invalid');
       const digest = store.verifyUrl(u.pathname, u.searchParams);
       if (!digest) return { status: 403, body: Buffer.alloc(0), headers: new Headers() };
-      const bytes = await fs.readFile(store.pathOf(digest)).catch(() => undefined);
+      // As the blob route: the committed file, else the copy an unpublish kept in trash/.
+      const fh = await store.openBlob(digest);
+      const bytes = fh && (await fh.readFile().finally(() => fh.close()));
       if (!bytes) return { status: 404, body: Buffer.alloc(0), headers: new Headers() };
       const range = Object.entries(headers).find(([k]) => k.toLowerCase() === 'range')?.[1];
       const parsed = range ? parseRange(bytes.length, range, { combine: true }) : -2;

@@ -5,6 +5,7 @@
 import { join } from 'node:path';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
 import { describeIndexContract } from '../contract/index-ports.contract.js';
+import { describeLifecycleIndexContract } from '../contract/lifecycle-index.contract.js';
 import { scratchDir } from '../support/scratch.js';
 
 describeIndexContract('SQLite :memory:', async () => {
@@ -14,5 +15,10 @@ describeIndexContract('SQLite :memory:', async () => {
 
 describeIndexContract('SQLite file', async () => {
   const index = openSqliteIndex(join(scratchDir('sqlite-index-'), 'index.db'));
+  return { index, close: async () => index.close() };
+});
+
+describeLifecycleIndexContract('SQLite file', async () => {
+  const index = openSqliteIndex(join(scratchDir('sqlite-lifecycle-'), 'index.db'));
   return { index, close: async () => index.close() };
 });

@@ -122,6 +122,7 @@ function countingTags(inner: TagIndex): { tags: TagIndex; reads: IndexReads } {
     getTag: (name, tag) => (reads.getTag++, inner.getTag(name, tag)),
     putTag: (r) => (reads.putTag++, inner.putTag(r)),
     touchTag: (name, tag, at) => (reads.touchTag++, inner.touchTag(name, tag, at)),
+    recordTagPull: (name, tag, at) => inner.recordTagPull(name, tag, at),
     recordCheck: (name, tag, c) => (reads.recordCheck++, inner.recordCheck(name, tag, c)),
     deleteTag: (name, tag) => (reads.deleteTag++, inner.deleteTag(name, tag)),
     listTags: (name, o) => (reads.listTags++, inner.listTags(name, o)),

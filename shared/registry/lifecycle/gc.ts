@@ -1,0 +1,241 @@
+/**
+ * Garbage collection: one pass keeps the store inside its budgets and policies and removes what nothing needs.
+ *
+ * ## Why a pull can never be hurt (the design)
+ * - **Index records first, bytes last.** A blob is first *unpublished* (its DynamoDB record becomes a tombstone; its
+ *   file moves to `trash/`): from that instant a pull sees a miss and refills it from the upstream. Its bytes are
+ *   deleted by a later pass only after the grace period `G` (`lifecycle.graceSeconds`, at least twice the signed-URL
+ *   lifetime `PULLTHROUGH_URL_TTL_SECONDS`), so every URL handed out before still finds its object.
+ * - **Never while a fill holds the digest.** Unpublishing and deleting happen under the digest's fill lease (the
+ *   one the miss path takes), so no fill of that digest runs meanwhile; a held lease means "skip, next pass".
+ * - **Only what nothing references.** A blob is unpublished only when no reference item names it (every stored
+ *   manifest of every repository records one per blob it references: blobs are shared across repositories and
+ *   rules). The check runs before and after the unpublish; a reference that appeared in between puts the blob
+ *   back. A reference that appears later is a new manifest meeting a blob already gone: an ordinary miss.
+ * - **Fills that commit during the sweep.** A blob committed within `G` with no reference is left alone (its
+ *   manifest is being stored, or a client fetches it); manifests and tags pulled or stored within the
+ *   protection window (touch interval + `G`) are never evicted by expiry or a budget.
+ * - **Races with pulls and refreshes.** Tags and manifests are deleted conditionally: only if their last-pulled
+ *   time (and a tag's digest) is what the pass read. A pull updates that time at least once per touch interval, a
+ *   refill rewrites the manifest, and a refresh that points a tag at an already stored manifest first touches it
+ *   (manifests.ts): each makes the delete fail, or finds the manifest gone and fetches it again.
+ * - **Killed half-way.** Every step is idempotent and ordered so that a crash leaves garbage, never a reference to
+ *   something missing: a manifest's reference items go after the manifest (DynamoDB journals the two steps and the
+ *   next pass finishes them), a tombstone goes before its object (an object left behind is an orphan, deleted
+ *   after `G`). The pass saves its phase and cursor (`lifecycle` state `gc`) as it goes; the next run resumes it.
+ * - **Caches in memory.** A process may remember a blob record or a manifest for at most `G/2` seconds (the
+ *   contract for in-process caches of immutable records): so it forgets a blob before the pass that deletes its
+ *   bytes, and never hands out a URL that outlives them. The registry's own memory today holds only in-flight fills
+ *   (protected by the lease) and upstream "not found" answers (not about stored content).
+ *
+ * ## A pass
+ * 1. finish interrupted manifest deletes; record references of manifests stored before the lifecycle existed;
+ * 2. repositories (paged): expiry (`expireAfterUnpulledDays`, `keepTags`), counting the kept manifests' bytes;
+ * 3. blobs (every stored object, paged): unpublish unreferenced ones, delete the bytes of those unpublished `G`
+ *    ago and of orphans, count the referenced ones per rule (a blob counts once in every rule that references it,
+ *    once in the cache-wide total);
+ * 4. budgets (budget.ts): evict least recently pulled first until every `maxBytes` fits.
+ * No set grows with the store: a repository is held one at a time, blobs are streamed, budgets keep a bounded
+ * candidate list. Memory is bounded by the largest repository.
+ */
+import pLimit from 'p-limit';
+import type { Digest } from '../../oci/digest.js';
+import type { LifecycleIndex, StoredBlob } from '../../store/ports.js';
+import type { RegistryDeps } from '../deps.js';
+import { enforceBudgets, type OverBudget, type Usage } from './budget.js';
+import { collectRepository, emptyCounts, releaseBlobs, unpublishIfUnreferenced, withBlobLease, type Collector, type Counts } from './collect.js';
+import { ruleOfName, type LifecycleSettings, type Policy } from './policy.js';
+import { readRepository } from './repository.js';
+
+/** What a pass did. Counts; bytes; `ms` wall-clock milliseconds. */
+export interface GcReport extends Counts {
+  dryRun: boolean;
+  /** False when the pass stopped at its deadline; the next pass resumes it. */
+  complete: boolean;
+  /** Bytes stored and served after the pass: blobs counted once, plus manifest bodies. */
+  storedBytes: number;
+  /** Bytes of unpublished blobs still waiting for the grace period before their objects go. */
+  pendingBytes: number;
+  /** Stored bytes per rule (a shared blob counts in each rule referencing it), with the rule's budget. */
+  rules: Record<string, { storedBytes: number; maxBytes?: number }>;
+  /** Budgets still exceeded by kept content alone (keepTags, or pulled within the protection window). */
+  overBudget: OverBudget[];
+  ms: number;
+}
+
+/** State saved between runs of one pass (lifecycle state `gc`). */
+interface PassState {
+  startedAt: number;
+  phase: 'repositories' | 'blobs' | 'budgets';
+  cursor?: string;
+  manifestBytes: Record<string, number>;
+  blobBytes: Record<string, number>;
+  totalBlobBytes: number;
+  pendingBytes: number;
+  counts: Counts;
+}
+
+const STATE_KEY = 'gc';
+/** Lifecycle state key of the last usage a pass measured (for `ls`/`stats`). */
+export const USAGE_KEY = 'usage';
+const REFS_KEY = 'references';
+/** A saved pass older than this is started afresh rather than resumed (ms). */
+const STALE_PASS_MS = 7 * 24 * 60 * 60 * 1000;
+/** Items between two saves of the pass state. */
+const SAVE_EVERY = 500;
+
+/** The garbage collector. */
+export interface GarbageCollector {
+  /** One pass (or the rest of an interrupted one) until done or `deadline` (ms epoch). */
+  run(opts?: { dryRun?: boolean; deadline?: number }): Promise<GcReport>;
+}
+
+/** Creates the collector over the registry's stores. */
+export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSettings, policyOf: (rule: string) => Policy): GarbageCollector {
+  const { stores } = deps;
+  if (!stores.lifecycle || !stores.reaper) throw new Error('this store does not support the lifecycle (GC, purge)');
+  const index: LifecycleIndex = stores.lifecycle;
+  const reaper = stores.reaper;
+  const add = (m: Record<string, number>, k: string, v: number) => void (m[k] = (m[k] ?? 0) + v);
+
+  async function backfillReferences(c: Collector): Promise<void> {
+    if ((await index.getLifecycleState(REFS_KEY)) === 'v1') return;
+    for (let last: string | undefined, page = 0; page < 100_000; page++) {
+      const names = await stores.tags.listRepositories({ last, n: 1000 });
+      for (const name of names) {
+        const rule = ruleOfName(deps, name);
+        const repo = await readRepository(index, name);
+        for (const m of repo.manifests.values()) await index.addBlobReferences(name, m.digest, rule, m.blobs.map((b) => b.digest));
+      }
+      if (names.length < 1000) break;
+      last = names[names.length - 1];
+    }
+    if (!c.dryRun) await index.putLifecycleState(REFS_KEY, 'v1');
+  }
+
+  return {
+    async run(opts = {}) {
+      const started = Date.now();
+      const dryRun = opts.dryRun ?? false;
+      const deadline = opts.deadline ?? started + settings.maxRunMs;
+      const now = deps.now();
+      const saved = dryRun ? undefined : await index.getLifecycleState(STATE_KEY);
+      let state: PassState = saved ? (JSON.parse(saved) as PassState) : undefined!;
+      if (!state || now - state.startedAt > STALE_PASS_MS) {
+        state = { startedAt: now, phase: 'repositories', manifestBytes: {}, blobBytes: {}, totalBlobBytes: 0, pendingBytes: 0, counts: emptyCounts() };
+      }
+      const c: Collector = { index, reaper, leases: stores.leases, log: deps.log, now: deps.now, dryRun, counts: state.counts };
+      const save = async () => {
+        if (!dryRun) await index.putLifecycleState(STATE_KEY, JSON.stringify(state));
+      };
+      const stopped = () => Date.now() >= deadline;
+
+      await index.finishInterruptedDeletes();
+      await backfillReferences(c);
+
+      if (state.phase === 'repositories') {
+        let handled = 0;
+        for (let page = 0; page < 100_000 && !stopped(); page++) {
+          const names = await stores.tags.listRepositories({ last: state.cursor, n: 1000 });
+          for (const name of names) {
+            if (stopped()) break;
+            const rule = ruleOfName(deps, name);
+            const policy = policyOf(rule);
+            const rules = {
+              now, keepTags: policy.keepTags, protectFrom: now - settings.protectMs,
+              ...(policy.expireAfterMs === undefined ? {} : { expireBefore: now - policy.expireAfterMs }),
+            };
+            const { released, keptManifests } = await collectRepository(c, name, rules, { conditional: true });
+            await releaseBlobs(c, released);
+            for (const m of keptManifests) add(state.manifestBytes, rule, m.size);
+            state.cursor = name;
+            if (++handled % SAVE_EVERY === 0) await save();
+          }
+          if (names.length < 1000) {
+            state.phase = 'blobs';
+            state.cursor = undefined;
+            break;
+          }
+        }
+        await save();
+      }
+
+      if (state.phase === 'blobs' && !stopped()) {
+        const limit = pLimit(settings.concurrency);
+        let batch: Array<Promise<void>> = [];
+        let handled = 0;
+        const graceFrom = now - settings.graceMs;
+        const sweep = async (b: StoredBlob) => {
+          if (b.state === 'committed') {
+            const referrers = await index.blobReferrers(b.digest);
+            if (referrers.length > 0) {
+              for (const r of referrers) add(state.blobBytes, r, b.size);
+              state.totalBlobBytes += b.size;
+            } else if ((await unpublishIfUnreferenced(c, b.digest, { committedBefore: graceFrom })) === undefined) {
+              state.totalBlobBytes += b.size; // fresh, or referenced meanwhile: still stored
+            } else {
+              state.pendingBytes += b.size;
+            }
+          } else if (b.since < graceFrom) {
+            await removeObject(b.digest, b.state);
+          } else {
+            state.pendingBytes += b.size;
+          }
+        };
+        const removeObject = async (digest: Digest, expected: StoredBlob['state']) => {
+          await withBlobLease(c, digest, async (held) => {
+            const now2 = await reaper.storedBlob(digest);
+            if (now2?.state !== expected || now2.since >= graceFrom) return;
+            if (!dryRun && !(await held())) return;
+            if (!dryRun) await reaper.removeBlobObject(digest);
+            c.counts.removedObjects++;
+          });
+        };
+        let listed = true;
+        for await (const b of reaper.listStoredBlobs(state.cursor as Digest | undefined)) {
+          if (stopped()) {
+            listed = false;
+            break;
+          }
+          batch.push(limit(() => sweep(b)));
+          if (batch.length >= 64) {
+            await Promise.all(batch);
+            batch = [];
+            state.cursor = b.digest;
+            if ((handled += 64) >= SAVE_EVERY) {
+              handled = 0;
+              await save();
+            }
+          }
+        }
+        await Promise.all(batch);
+        if (listed) {
+          state.phase = 'budgets';
+          state.cursor = undefined;
+        }
+        await save();
+      }
+
+      let overBudget: OverBudget[] = [];
+      const usage: Usage = { rules: {}, total: state.totalBlobBytes };
+      for (const [r, v] of Object.entries(state.manifestBytes)) {
+        add(usage.rules, r, v);
+        usage.total += v;
+      }
+      for (const [r, v] of Object.entries(state.blobBytes)) add(usage.rules, r, v);
+      const complete = state.phase === 'budgets' && !stopped();
+      if (complete) {
+        overBudget = await enforceBudgets(c, deps, settings, policyOf, usage, deadline);
+        if (!dryRun) await index.putLifecycleState(STATE_KEY, undefined);
+      }
+      const report: GcReport = {
+        dryRun, complete, ...c.counts, storedBytes: usage.total, pendingBytes: state.pendingBytes,
+        rules: Object.fromEntries(Object.entries(usage.rules).map(([r, b]) => [r, { storedBytes: b, ...(policyOf(r).maxBytes === undefined ? {} : { maxBytes: policyOf(r).maxBytes }) }])),
+        overBudget, ms: Date.now() - started,
+      };
+      if (complete && !dryRun) await index.putLifecycleState(USAGE_KEY, JSON.stringify({ at: deps.now(), storedBytes: report.storedBytes, rules: report.rules }));
+      deps.log.info('gc pass done', { ...report });
+      return report;
+    },
+  };
+}

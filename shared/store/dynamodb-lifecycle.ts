@@ -1,0 +1,210 @@
+/**
+ * The DynamoDB index's {@link LifecycleIndex} (GC, purge, ls). Items it adds to the layout of dynamodb-index.ts:
+ *
+ * | item            | pk              | sk                                     | attributes                         |
+ * |-----------------|-----------------|----------------------------------------|------------------------------------|
+ * | blob reference  | `blob#<digest>` | `ref#<rule>#<name>@<manifest digest>`  | gen (the manifest store it belongs to) |
+ * | lifecycle state | `lifecycle`     | `state#<key>`                          | value (JSON text)                  |
+ * | delete journal  | `lifecycle`     | `pending#<name>@<manifest digest>`     | rule, gen, blobs (list)            |
+ *
+ * Manifest items carry `rule`, `gen` (random per store) and `pulledAt`. A manifest is deleted item first, then
+ * its reference items, each conditionally on the deleted item's `gen`: a refill that stored the manifest again
+ * (a new `gen`) keeps its own references, whatever the interleaving. A journal item written before and deleted
+ * after makes the two steps finish even if the process dies between them ({@link finishInterruptedDeletes}).
+ * "Which rules reference this blob" is a skip-scan of the blob's partition: one Query per rule found, plus one.
+ * Repository markers (`repos`) are kept when a repository empties: the catalog may list an emptied repository
+ * (its next pull refills it), but a process that remembers having written a marker never leaves new content
+ * without one.
+ */
+import { BatchWriteCommand, DeleteCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import type { Digest } from '../oci/digest.js';
+import { blobRefItem, conditionalWrite, manifestOfItem, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
+import { tagOf } from './dynamodb-tags.js';
+import type { LifecycleIndex } from './ports.js';
+
+/** Rules looked for per blob before the skip-scan gives up (a guard; configs have a handful). */
+const MAX_RULES = 1000;
+
+/** The {@link LifecycleIndex} port over the index's table. */
+export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
+  const { doc, TableName, ConsistentRead, opts, get } = ctx;
+
+  /** Items of `pk` whose sort key starts with `prefix`, after `prefix + after`, in key order, at most `limit`. */
+  async function queryItems(pk: string, prefix: string, after: string, limit: number): Promise<Item[]> {
+    const from = `${prefix}${after}`;
+    const to = `${prefix.slice(0, -1)}${String.fromCharCode(prefix.charCodeAt(prefix.length - 1) + 1)}`;
+    const out: Item[] = [];
+    let startKey: QueryCommandInput['ExclusiveStartKey'];
+    for (let page = 0; page < limit + 2 && out.length < limit; page++) {
+      const res = await doc.send(new QueryCommand({
+        TableName, KeyConditionExpression: '#pk = :pk AND #sk BETWEEN :from AND :to',
+        ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' }, ExpressionAttributeValues: { ':pk': pk, ':from': from, ':to': to },
+        ConsistentRead, ExclusiveStartKey: startKey, Limit: Math.min(limit - out.length + 1, opts.queryLimit ?? Infinity),
+      }));
+      for (const item of res.Items ?? []) if (item.sk !== from && out.length < limit) out.push(item);
+      startKey = res.LastEvaluatedKey;
+      if (!startKey) break;
+    }
+    return out;
+  }
+
+  /** Deletes items by key, 25 per BatchWriteItem, retrying what DynamoDB leaves unprocessed (bounded). */
+  async function batchDelete(keys: Array<{ pk: string; sk: string }>): Promise<void> {
+    for (let i = 0; i < keys.length; i += 25) {
+      let requests = keys.slice(i, i + 25).map((Key) => ({ DeleteRequest: { Key } }));
+      for (let attempt = 1; requests.length > 0; attempt++) {
+        if (attempt > 8) throw new Error(`DynamoDB left ${requests.length} deletes unprocessed`);
+        if (attempt > 1) await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 2000)));
+        const res = await doc.send(new BatchWriteCommand({ RequestItems: { [TableName]: requests } }));
+        requests = (res.UnprocessedItems?.[TableName] ?? []) as typeof requests;
+      }
+    }
+  }
+
+  const conditional = conditionalWrite;
+
+  /** Deletes a manifest's reference items that belong to store `gen` (undefined: written before gens). */
+  async function deleteRefs(name: string, digest: string, rule: string, gen: string | undefined, blobs: string[]): Promise<void> {
+    for (const b of new Set(blobs)) {
+      const { pk, sk } = blobRefItem(b, rule, name, digest);
+      await conditional(() => doc.send(new DeleteCommand({
+        TableName, Key: { pk, sk },
+        ConditionExpression: gen === undefined ? 'attribute_not_exists(#g)' : '#g = :g', ExpressionAttributeNames: { '#g': 'gen' },
+        ...(gen === undefined ? {} : { ExpressionAttributeValues: { ':g': gen } }),
+      })));
+    }
+  }
+
+  const journalKey = (name: string, digest: string) => ({ pk: 'lifecycle', sk: `pending#${name}@${digest}` });
+
+  return {
+    async listTagRecords(name, { after, limit }) {
+      const items = await queryItems(repoPk(name), 'tag#', after ?? '', limit);
+      return items.map((item) => tagOf(name, (item.sk as string).slice('tag#'.length), item));
+    },
+
+    async listManifestRecords(name, { after, limit }) {
+      const items = await queryItems(repoPk(name), 'manifest#', after ?? '', limit);
+      const out = [];
+      for (const item of items) {
+        const digest = (item.sk as string).slice('manifest#'.length) as Digest;
+        const body = typeof item.bodyKey === 'string' ? await opts.largeObjects?.getObject(item.bodyKey) : (item.body as Uint8Array);
+        if (body) out.push(manifestOfItem(name, digest, item, body));
+      }
+      return out;
+    },
+
+    async deleteTagIf(name, tag, expect) {
+      const names: Record<string, string> = { '#d': 'digest' };
+      const values: Record<string, unknown> = { ':d': expect.digest };
+      let condition = '#d = :d';
+      if (expect.pulledAt !== undefined) {
+        // Tags written before the lifecycle have no pulledAt: their fetch time stands for it (as tagOf reports).
+        condition += ' AND (#p = :p OR (attribute_not_exists(#p) AND #f = :p))';
+        Object.assign(names, { '#p': 'pulledAt', '#f': 'fetchedAt' });
+        values[':p'] = expect.pulledAt;
+      }
+      return conditional(() => doc.send(new DeleteCommand({
+        TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` }, ConditionExpression: condition,
+        ExpressionAttributeNames: names, ExpressionAttributeValues: values,
+      })));
+    },
+
+    async deleteManifest(name, digest, { referencedBlobs, ifPulledAt }) {
+      const item = await get(repoPk(name), `manifest#${digest}`);
+      if (!item) return false;
+      if (ifPulledAt !== undefined && (item.pulledAt ?? item.storedAt) !== ifPulledAt) return false;
+      const rule = (item.rule as string | undefined) ?? '';
+      const gen = item.gen as string | undefined;
+      const blobs = [...new Set(referencedBlobs)];
+      await doc.send(new PutCommand({ TableName, Item: { ...journalKey(name, digest), rule, ...(gen ? { gen } : {}), blobs } }));
+      // Deleted only if it is still the store we read (same gen, not pulled since).
+      const deleted = await conditional(() => doc.send(new DeleteCommand({
+        TableName, Key: { pk: repoPk(name), sk: `manifest#${digest}` },
+        ConditionExpression: gen === undefined ? 'attribute_exists(#pk) AND attribute_not_exists(#g)' : '#g = :g',
+        ExpressionAttributeNames: gen === undefined ? { '#pk': 'pk', '#g': 'gen' } : { '#g': 'gen' },
+        ...(gen === undefined ? {} : { ExpressionAttributeValues: { ':g': gen } }),
+      })));
+      if (deleted) await deleteRefs(name, digest, rule, gen, blobs);
+      await doc.send(new DeleteCommand({ TableName, Key: journalKey(name, digest) }));
+      return deleted;
+    },
+
+    async finishInterruptedDeletes() {
+      let finished = 0;
+      for (let page = 0; page < 10_000; page++) {
+        const entries = await queryItems('lifecycle', 'pending#', '', 100);
+        for (const e of entries) {
+          const key = (e.sk as string).slice('pending#'.length);
+          const at = key.lastIndexOf('@');
+          const name = key.slice(0, at);
+          const digest = key.slice(at + 1);
+          const item = await get(repoPk(name), `manifest#${digest}`);
+          // Still the same store: its delete never happened, so its references stay. Otherwise (gone, or a refill
+          // with a new gen) the references of the deleted store go; a refill's own ones do not match its gen.
+          if (!item || item.gen !== e.gen) await deleteRefs(name, digest, e.rule as string, e.gen as string | undefined, e.blobs as string[]);
+          await doc.send(new DeleteCommand({ TableName, Key: { pk: 'lifecycle', sk: e.sk as string } }));
+          finished++;
+        }
+        if (entries.length < 100) break;
+      }
+      return finished;
+    },
+
+    async dropRepositoryIfEmpty(name) {
+      const hasContent = async () => (await queryItems(repoPk(name), 'manifest#', '', 1)).length > 0 || (await queryItems(repoPk(name), 'tag#', '', 1)).length > 0;
+      if (await hasContent()) return false;
+      for (const prefix of ['blob#', 'listing#']) {
+        for (let page = 0; page < 100_000; page++) {
+          const items = await queryItems(repoPk(name), prefix, '', 500);
+          await batchDelete(items.map((i) => ({ pk: i.pk as string, sk: i.sk as string })));
+          if (items.length < 500) break;
+        }
+      }
+      return true;
+    },
+
+    async addBlobReferences(name, digest, rule, blobs) {
+      const item = await get(repoPk(name), `manifest#${digest}`);
+      if (!item) return;
+      const gen = item.gen as string | undefined;
+      await ctx.batchPut([...new Set(blobs)].map((b) => blobRefItem(b, rule, name, digest, gen)));
+      // The item names the rule its references are keyed by (deleteManifest reads it): set it when it has none.
+      if (!item.rule) {
+        await conditional(() => doc.send(new UpdateCommand({
+          TableName, Key: { pk: repoPk(name), sk: `manifest#${digest}` }, UpdateExpression: 'SET #r = :r',
+          ConditionExpression: 'attribute_exists(#pk) AND (attribute_not_exists(#r) OR #r = :none)', ExpressionAttributeNames: { '#r': 'rule', '#pk': 'pk' },
+          ExpressionAttributeValues: { ':r': rule, ':none': '' },
+        })));
+      }
+    },
+
+    async blobReferrers(digest) {
+      const rules: string[] = [];
+      let from = 'ref#';
+      for (let i = 0; i < MAX_RULES; i++) {
+        const res = await doc.send(new QueryCommand({
+          TableName, KeyConditionExpression: '#pk = :pk AND #sk BETWEEN :from AND :to',
+          ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' }, ExpressionAttributeValues: { ':pk': `blob#${digest}`, ':from': from, ':to': 'ref$' },
+          ProjectionExpression: '#sk', ConsistentRead, Limit: 1,
+        }));
+        const sk = res.Items?.[0]?.sk as string | undefined;
+        if (!sk) break;
+        const rule = sk.slice('ref#'.length, sk.indexOf('#', 'ref#'.length));
+        rules.push(rule);
+        // '~' sorts after every character of names and digests: the next key belongs to another rule.
+        from = `ref#${rule}#~`;
+      }
+      return rules;
+    },
+
+    async getLifecycleState(key) {
+      return (await get('lifecycle', `state#${key}`))?.value as string | undefined;
+    },
+
+    async putLifecycleState(key, value) {
+      if (value === undefined) await doc.send(new DeleteCommand({ TableName, Key: { pk: 'lifecycle', sk: `state#${key}` } }));
+      else await doc.send(new PutCommand({ TableName, Item: { pk: 'lifecycle', sk: `state#${key}`, value } }));
+    },
+  };
+}
