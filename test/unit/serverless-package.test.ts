@@ -11,7 +11,7 @@
  * - the zips (one per function): an ESM bundle with the AWS SDK inside, its source map and
  *   pullthrough.config.yml, no node_modules and no better-sqlite3;
  * - the bundles, unzipped each into a task root with no node_modules above it and run in a plain Node process,
- *   the way the Lambda runtime loads them: with the default params all three refuse the shipped config (auth mode
+ *   the way the Lambda runtime loads them: with the default params all four refuse the shipped config (auth mode
  *   none); with anonymous clients allowed, registry answers `GET /v2/` with 200 and reads the packaged config,
  *   refresh runs a scheduled pass against a loopback DynamoDB stand-in (only indexes the table has, only
  *   operations its role allows), fill loads; in token mode with the key in a loopback Secrets Manager stand-in,
@@ -41,7 +41,7 @@ import { scratchDir } from '../support/scratch.js';
 import { DUMMY_AWS, EVERY_OPTION, oslsPackage, ROOT, TOKEN_KEY_KMS_KEY, unzipInto, type CfnTemplate, type Packaged } from '../support/serverless-package.js';
 
 const run = promisify(execFile);
-const FUNCTIONS = ['registry', 'fill', 'refresh'] as const;
+const FUNCTIONS = ['registry', 'fill', 'refresh', 'gc'] as const;
 type FunctionName = (typeof FUNCTIONS)[number];
 /** A production deploy: client auth required (the default), the token key in Secrets Manager (by name). */
 const SECURED = ['--param', 'tokenKey=secretsmanager:pullthrough-token-key'];
@@ -385,16 +385,16 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
     expect(invokers.map((p) => p.FunctionName)).toEqual([getAtt('RegistryLambdaFunction')]);
   });
 
-  it('runs the refresh function on an EventBridge schedule of rate(1 day)', () => {
+  it('runs the refresh and gc functions on EventBridge schedules of rate(1 day) each', () => {
     const rules = resources('AWS::Events::Rule').map(([, r]) => r.Properties);
-    expect(rules).toHaveLength(1);
-    expect(rules[0]).toMatchObject({ ScheduleExpression: 'rate(1 day)', State: 'ENABLED' });
-    expect(rules[0].Targets.map((t: { Arn: unknown }) => t.Arn)).toEqual([getAtt('RefreshLambdaFunction')]);
+    expect(rules).toHaveLength(2);
+    for (const r of rules) expect(r).toMatchObject({ ScheduleExpression: 'rate(1 day)', State: 'ENABLED' });
+    expect(rules.map((r) => r.Targets.map((t: { Arn: unknown }) => t.Arn))).toEqual([[getAtt('RefreshLambdaFunction')], [getAtt('GcLambdaFunction')]]);
     const permissions = resources('AWS::Lambda::Permission').map(([, p]) => p.Properties).filter((p) => p.Principal === 'events.amazonaws.com');
-    expect(permissions.map((p) => p.FunctionName)).toEqual([getAtt('RefreshLambdaFunction')]);
+    expect(permissions.map((p) => p.FunctionName)).toEqual([getAtt('RefreshLambdaFunction'), getAtt('GcLambdaFunction')]);
   });
 
-  it('declares the three functions: nodejs22.x on arm64, their handlers, timeouts, roles and environment', () => {
+  it('declares the four functions: nodejs22.x on arm64, their handlers, timeouts, roles and environment', () => {
     const fns = resources('AWS::Lambda::Function');
     expect(fns.map(([id]) => id).sort()).toEqual(FUNCTIONS.map(fnLogicalId).sort());
     for (const [, fn] of fns) expect(fn.Properties).toMatchObject({ Runtime: 'nodejs22.x', Architectures: ['arm64'] });
@@ -402,6 +402,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
     expect(props('registry')).toMatchObject({ Handler: 'functions/registry.handler', MemorySize: 1024, Timeout: 29, Role: getAtt('RegistryRole') });
     expect(props('fill')).toMatchObject({ Handler: 'functions/fill.handler', MemorySize: 1024, Timeout: 900, Role: getAtt('FillRole') });
     expect(props('refresh')).toMatchObject({ Handler: 'functions/refresh.handler', Timeout: 900, Role: getAtt('RefreshRole') });
+    expect(props('gc')).toMatchObject({ Handler: 'functions/gc.handler', Timeout: 900, Role: getAtt('GcRole') });
     for (const fn of FUNCTIONS) {
       expect(props(fn).Code.S3Key).toMatch(new RegExp(`/${fn}\\.zip$`));
       expect(props(fn).Environment.Variables).toEqual({
@@ -417,8 +418,8 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         NODE_OPTIONS: '--enable-source-maps',
         // Only the registry starts fills; the fill function itself fills in process.
         ...(fn === 'registry' ? { PULLTHROUGH_FILL_FUNCTION: { Ref: 'FillLambdaFunction' } } : {}),
-        // Tags move on a pull's re-check or on the refresh; the fill moves none.
-        ...(fn !== 'fill' ? { PULLTHROUGH_EVENT_BUS: '' } : {}),
+        // Tags move on a pull's re-check or on the refresh; the fill and the gc move none.
+        ...(fn === 'registry' || fn === 'refresh' ? { PULLTHROUGH_EVENT_BUS: '' } : {}),
       });
     }
     // The fill is invoked asynchronously and not retried by Lambda (a failed fill releases its lease).
@@ -534,7 +535,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
 
     it('one role per function, no shared default role, only Allow statements without wildcard actions', () => {
       expect(template.Resources).not.toHaveProperty('IamRoleLambdaExecution');
-      expect(resources('AWS::IAM::Role').map(([id]) => id).sort()).toEqual(['FillRole', 'RefreshRole', 'RegistryRole']);
+      expect(resources('AWS::IAM::Role').map(([id]) => id).sort()).toEqual(['FillRole', 'GcRole', 'RefreshRole', 'RegistryRole']);
       for (const fn of FUNCTIONS) {
         for (const s of TEMPLATES().flatMap((t) => statements(fn, t))) {
           expect(s.Effect).toBe('Allow');
@@ -590,9 +591,27 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(allowed('refresh', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
     });
 
-    it('every role may read the upstream credential secrets under upstreamSecretsPrefix (empty: none), and no other service', () => {
+    it('gc: the table; lists blobs/, reads and deletes blob objects, reads large manifests; no upstream secret, invokes nothing', () => {
+      expect(actions('gc', 'dynamodb')).toEqual([
+        'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem',
+      ]);
+      for (const a of allowed('gc', 'dynamodb')) expect(a.resources).toEqual(TABLE);
+      expect(allowed('gc', 's3')).toEqual([
+        { action: 's3:ListBucket', resources: [getAtt('Bucket')] },
+        { action: 's3:GetObject', resources: [BLOBS] },
+        { action: 's3:DeleteObject', resources: [BLOBS] },
+        { action: 's3:GetObject', resources: [MANIFESTS] },
+      ]);
+      const list = template.Resources.GcRole.Properties.Policies[0].PolicyDocument.Statement.find((st: any) => st.Sid === 'ListBlobs');
+      expect(list.Condition).toEqual({ StringLike: { 's3:prefix': 'blobs/*' } });
+      for (const t of TEMPLATES()) {
+        for (const service of ['lambda', 'secretsmanager', 'ssm', 'kms', 'events']) expect(allowed('gc', service, t)).toEqual([]);
+      }
+    });
+
+    it('every role but gc may read the upstream credential secrets under upstreamSecretsPrefix (empty: none), and no other service', () => {
       const services = (fn: FunctionName, t: CfnTemplate) => [...new Set(statements(fn, t).flatMap((s) => s.Action.map((a) => a.split(':')[0])))].sort();
-      for (const fn of FUNCTIONS) {
+      for (const fn of FUNCTIONS.filter((f) => f !== 'gc')) {
         expect(allowed(fn, 'secretsmanager', withOptions.template).filter((a) => fn !== 'registry' || !JSON.stringify(a).includes('token-key'))).toEqual(
           upstreamSecrets('registry/upstreams/'),
         );
@@ -663,9 +682,10 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       const bus = { 'Fn::Sub': 'arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/platform-events' };
       for (const fn of FUNCTIONS) {
         expect(allowed(fn, 'events')).toEqual([]);
-        expect(allowed(fn, 'events', withOptions.template)).toEqual(fn === 'fill' ? [] : [{ action: 'events:PutEvents', resources: [bus] }]);
+        const publishes = fn === 'registry' || fn === 'refresh';
+        expect(allowed(fn, 'events', withOptions.template)).toEqual(publishes ? [{ action: 'events:PutEvents', resources: [bus] }] : []);
         const env = withOptions.template.Resources[fnLogicalId(fn)].Properties.Environment.Variables;
-        expect(env.PULLTHROUGH_EVENT_BUS).toBe(fn === 'fill' ? undefined : 'platform-events');
+        expect(env.PULLTHROUGH_EVENT_BUS).toBe(publishes ? 'platform-events' : undefined);
       }
     });
   });
@@ -752,6 +772,20 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       dynamoUrl = `http://127.0.0.1:${(dynamo.address() as AddressInfo).port}`;
     });
     afterAll(() => new Promise<void>((r) => (dynamo ? dynamo.close(() => r()) : r())));
+    /** An S3 stand-in for the gc run: records each request and lists no objects. */
+    let s3: Server;
+    let s3Url: string;
+    const s3Calls: string[] = [];
+    beforeAll(async () => {
+      s3 = createServer((req, res) => {
+        s3Calls.push(`${req.method} ${req.url}`);
+        res.writeHead(200, { 'content-type': 'application/xml' });
+        res.end('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><KeyCount>0</KeyCount><IsTruncated>false</IsTruncated></ListBucketResult>');
+      });
+      await new Promise<void>((r) => s3.listen(0, '127.0.0.1', r));
+      s3Url = `http://127.0.0.1:${(s3.address() as AddressInfo).port}`;
+    });
+    afterAll(() => new Promise<void>((r) => (s3 ? s3.close(() => r()) : r())));
 
     /** Unzips `fn`'s artifact into a fresh task root and returns it. */
     const unzip = (fn: FunctionName, name: string = fn): string => {
@@ -822,7 +856,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
     };
     const body = (res: { body: string; isBase64Encoded?: boolean }) => (res.isBase64Encoded === false ? res.body : Buffer.from(res.body, 'base64').toString());
 
-    it('with the default params, all three refuse the shipped pullthrough.config.yml (auth.mode none) at start-up', async () => {
+    it('with the default params, all four refuse the shipped pullthrough.config.yml (auth.mode none) at start-up', async () => {
       const refusals = FUNCTIONS.map((fn) => expect(invoke(fn, unzip(fn, `${fn}-default-params`), null, { template: plain.template })).rejects.toThrow(
         /client auth is required here \(PULLTHROUGH_REQUIRE_AUTH=true\) but the config has auth\.mode: none/,
       ));
@@ -866,6 +900,24 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       );
       for (const call of dynamoCalls) expect(refreshActions).toContain(`dynamodb:${call.op}`);
     }, 30_000);
+    it('gc runs a scheduled pass against its (empty) table and bucket, with only operations its role allows', async () => {
+      const scheduled = { 'detail-type': 'Scheduled Event', source: 'aws.events', detail: {} };
+      const from = dynamoCalls.length;
+      const report = await invoke('gc', unzip('gc'), scheduled, { endpoints: { AWS_ENDPOINT_URL_DYNAMODB: dynamoUrl, AWS_ENDPOINT_URL_S3: s3Url } });
+      expect(report).toMatchObject({ dryRun: false, complete: true, evictedTags: 0, deletedManifests: 0, deletedBlobs: 0, storedBytes: 0, overBudget: [] });
+      const gcActions = new Set(
+        template.Resources.GcRole.Properties.Policies[0].PolicyDocument.Statement.flatMap((st: { Action: string | string[] }) => [st.Action].flat()),
+      );
+      const ops = dynamoCalls.slice(from);
+      expect(ops.length).toBeGreaterThan(0);
+      for (const call of ops) {
+        expect(gcActions).toContain(`dynamodb:${call.op}`);
+        expect(call.body.TableName).toBe(NAMES.Table);
+      }
+      // The blob sweep: one listing of blobs/ in the stack's bucket (path-style on a custom endpoint).
+      expect(s3Calls).toEqual([`GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=blobs%2F`]);
+    }, 30_000);
+
 
     describe('in token mode with the signing key in Secrets Manager (the production deploy: client auth required)', () => {
       /** A Secrets Manager stand-in holding the token key set under the name the secured deploy gives. */

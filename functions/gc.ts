@@ -1,0 +1,34 @@
+/**
+ * The lifecycle Lambda (garbage collection, budgets, purge). Two ways in:
+ * - its EventBridge schedule (`gcSchedule`, default `rate(1 day)`): one GC pass, stopping ~30 s before the
+ *   Lambda's 15 minutes (or at `lifecycle.maxRunSeconds`); a pass that did not finish saved where it was, and
+ *   the next run resumes it;
+ * - a direct invocation (see README): `{"action":"gc","dryRun":true}` runs a pass (or reports what one would do),
+ *   `{"action":"purge","target":"<name>[:<tag>|@<digest>] | <rule prefix>"}` purges.
+ * Returns the report (the same JSON as `npx pullthrough gc --json` / `purge --json`).
+ */
+import middy from '@middy/core';
+import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
+import type { Context } from 'aws-lambda';
+import type { GcReport, PurgeReport } from '../shared/registry/lifecycle/index.js';
+import { getRuntime } from '../shared/runtime.js';
+
+const runtime = await getRuntime();
+
+/** Milliseconds kept in hand before the Lambda's own timeout. */
+const SAFETY_MS = 30_000;
+
+/** What an invocation may ask for; a scheduled event (or `{}`) is a GC pass. */
+export type GcEvent = { action?: 'gc'; dryRun?: boolean; 'detail-type'?: string } | { action: 'purge'; target: string };
+
+/** Entry point. A purge target that names nothing cached answers `repositories: 0`; a malformed one throws. */
+export const handler = middy<GcEvent, GcReport | PurgeReport, Error, Context>()
+  .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
+  .handler(async (event, context) => {
+    if (event.action === 'purge') {
+      if (typeof event.target !== 'string' || event.target === '') throw new Error('purge needs a target: <name>[:<tag>|@<digest>] or a rule prefix');
+      return runtime.lifecycle.purge(event.target);
+    }
+    const deadline = Date.now() + Math.max(1000, context.getRemainingTimeInMillis() - SAFETY_MS);
+    return runtime.lifecycle.gc({ dryRun: event.dryRun === true, deadline });
+  });
