@@ -137,6 +137,10 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         const lease = await stores.leases.getLease(fillLeaseKey(digest));
         free = !isLive(lease, Date.now(), deps.fill);
         dead = lease;
+        // A fill may have committed and released its lease since the caller's miss: read the blob after the lease
+        // (a fill committing later must hold a live lease, so the take below would fail).
+        const stored = free ? await stores.blobs.stat(digest) : undefined;
+        if (stored) return { streaming: false, size: stored.size, proof };
       }
       if (free) {
         // Our own fill function ended without a commit: is the blob there at all (404 → BLOB_UNKNOWN now)? One

@@ -3,11 +3,12 @@
  * digest (key `blob:<digest>`, whatever the repository), so concurrent misses across requests, processes and
  * Lambda instances make one upstream download.
  *
- * - **Take.** A request that finds the blob neither committed nor under a live lease takes the lease with one
- *   conditional write (`acquireLease` with `staleLeaseSeconds`) and starts the fill: in this process, or by
- *   dispatching the fill function (AWS, {@link dispatchWithRetry}). A dispatch that fails is retried with backoff;
- *   if it still fails, the lease is released at once and the client gets a retryable 503, never a 500 and never a
- *   lease left behind for `leaseSeconds`.
+ * - **Take.** A request that finds no live lease and then no committed blob (read in that order: a fill that
+ *   commits later holds a live lease) takes the lease with one conditional write (`acquireLease` with
+ *   `staleLeaseSeconds`) and starts the fill: in this process, or by dispatching the fill function (AWS,
+ *   {@link dispatchWithRetry}). A dispatch that fails is retried with backoff; if it still fails, the lease is
+ *   released at once and the client gets a retryable 503, never a 500 and never a lease left behind for
+ *   `leaseSeconds`.
  * - **Heartbeat.** The process running the fill (the local server, or the fill function), never a waiter, writes
  *   `heartbeatLease` every `staleLeaseSeconds / 4` while the fill makes progress ({@link startFillWatchdog}): the
  *   upstream has not answered yet (bounded by the rule's upstream timeout), bytes arrived since the last heartbeat,

@@ -168,6 +168,24 @@ describe('a running fill', () => {
   });
 });
 
+describe('a miss racing a fill that just finished', () => {
+  it('a fill that committed and released its lease after the request missed is not downloaded again', async () => {
+    const { layer, digest } = await setUp();
+    await h.request('GET', '/v2/p/app/manifests/v1'); // links the layer to p/app
+    const getLease = h.index.getLease.bind(h.index);
+    // Between the request's miss and its lease read, another fill commits the blob and releases its lease.
+    vi.spyOn(h.index, 'getLease').mockImplementationOnce(async (key) => {
+      await h.blobs.write(digest, Readable.from([layer]));
+      return getLease(key);
+    });
+    const res = await h.request('GET', `/v2/p/app/blobs/${digest}`);
+    expect(res.status).toBe(307);
+    expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);
+    expect(up.count({ kind: 'blob' })).toBe(0);
+    expect(h.storeCalls.filter((c) => c.method === 'acquireLease')).toEqual([]);
+  });
+});
+
 describe('a request waiting for a fill held elsewhere', () => {
   it('reads with backoff: under 2 store requests per waited second, no lease writes while the fill is alive', async () => {
     const { layer, digest, key } = await setUp({ blobFill: { waitSeconds: 30 } });
