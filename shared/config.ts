@@ -12,6 +12,7 @@ import { parsePasswordHash } from './auth/passwords.js';
 import { lifecycleSchema, regexSource, ruleLifecycleSchema } from './config-lifecycle.js';
 
 export { parseTokenKeySource, readEnvironment, type Environment, type TokenKeySource } from './config-environment.js';
+export { assertServable, LAMBDA_MAX_MANIFEST_BYTES, LAMBDA_RESPONSE_BYTES } from './config-limits.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
 
@@ -157,7 +158,10 @@ const configSchema = z
      * Docker Hub names such as `library/nginx`). Unset: such names are `NAME_UNKNOWN`.
      */
     defaultRule: z.string().optional(),
-    /** Maximum manifest size in bytes (the spec expects at least 4 MiB to work). */
+    /**
+     * Maximum manifest size in bytes (the spec expects at least 4 MiB to work); on Lambda at most
+     * {@link LAMBDA_MAX_MANIFEST_BYTES} (see {@link assertServable}).
+     */
     maxManifestBytes: z.number().int().positive().default(4 * 1024 * 1024),
     /** The blob miss path under API Gateway's ~30 s limit (DESIGN.md, "The miss path"). */
     blobFill: z

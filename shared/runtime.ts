@@ -17,7 +17,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
-import { loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
+import { assertServable, loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
@@ -101,8 +101,10 @@ function eventBridgePublisher(bus: string): (change: TagChange) => Promise<void>
 
 /** Builds a runtime from explicit settings (tests use this with their own data dir and rules). */
 export async function buildRuntime(env: Environment, config: RegistryConfig = loadConfig(env.configPath)): Promise<Runtime> {
-  // Refuses auth.mode none where auth is required (PULLTHROUGH_REQUIRE_AUTH), before anything is opened.
+  // Refuses auth.mode none where auth is required (PULLTHROUGH_REQUIRE_AUTH), and manifests larger than a Lambda
+  // response can carry, before anything is opened.
   assertAuthAllowed(env, config);
+  assertServable(env, config);
   // Refuses a lifecycle grace period a signed URL could outlive (before anything is opened).
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);

@@ -6,16 +6,19 @@
  * Invoke stand-in for the registry's asynchronous fill invocations, and the EventBridge schedule fired on
  * demand. Debian's docker-registry is the upstream, behind a counting proxy; skopeo is the client.
  *
- * The packaged pullthrough.config.yml is the operator's part: one rule to the local upstream (defaults
- * otherwise), `nightly` re-checked after 1 s so the scheduled refresh has something due.
+ * The packaged pullthrough.config.yml is the operator's part: one rule to the local upstream, `nightly`
+ * re-checked after 1 s so the scheduled refresh has something due, and the largest maxManifestBytes a Lambda
+ * deploy accepts; defaults otherwise.
  */
 import { DynamoDBClient, GetItemCommand } from '@aws-sdk/client-dynamodb';
 import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LAMBDA_MAX_MANIFEST_BYTES, LAMBDA_RESPONSE_BYTES } from '../../shared/config.js';
 import { startCountingProxy, type CountingProxy } from '../support/counting-proxy.js';
 import { startDeployedShape, type DeployedShape } from '../support/deployed/deployed-shape.js';
-import { pushSinglePlatformImage, type PushedImage } from '../support/images.js';
+import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { MediaTypes, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { pullImage, sha256, type PulledImage } from '../support/pull.js';
 import { imageRef } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
@@ -24,6 +27,8 @@ const LAYERS = ['/usr/share/common-licenses', '/usr/share/zoneinfo', '/usr/share
 
 let upstream: UpstreamRegistry;
 let proxy: CountingProxy;
+/** An in-process upstream for what Debian's registry refuses (manifests over 4 MiB). */
+let large: FakeUpstream;
 let shape: DeployedShape;
 let app: PushedImage;
 /** The deployed function names. */
@@ -48,11 +53,18 @@ const upstreamBlobGets = (digest: string) => proxy.requests.filter((r) => r.meth
 
 beforeAll(async () => {
   upstream = await startUpstreamRegistry();
-  [proxy, app] = await Promise.all([
+  [proxy, app, large] = await Promise.all([
     startCountingProxy(upstream.url),
     pushSinglePlatformImage(upstream.url, 'team/app', 'v1', { format: 'oci', arch: 'amd64', layerSources: LAYERS }),
+    startFakeUpstream(),
   ]);
-  const config = { rules: [{ prefix: 'local', upstream: proxy.url, frequentTags: { pattern: '^nightly$', ttlSeconds: 1 } }] };
+  const config = {
+    rules: [
+      { prefix: 'local', upstream: proxy.url, frequentTags: { pattern: '^nightly$', ttlSeconds: 1 } },
+      { prefix: 'large', upstream: large.url },
+    ],
+    maxManifestBytes: LAMBDA_MAX_MANIFEST_BYTES,
+  };
   shape = await startDeployedShape({ params: { allowAnonymousClients: 'true' }, config: stringify(config) });
   const names = [...shape.stack.functions.values()];
   [fill, registry, refresh] = ['Fill', 'Registry', 'Refresh'].map((id) => names.find((f) => f.logicalId === `${id}LambdaFunction`)!.name);
@@ -61,6 +73,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await shape?.stop();
   await proxy?.stop();
+  await large?.close();
   await upstream?.stop();
 });
 
@@ -127,8 +140,43 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     expectSameImage(await pull('local/team/app', 'nightly'), nightly2);
   });
 
+  it(`a manifest of the largest size a Lambda response can carry (maxManifestBytes = ${LAMBDA_MAX_MANIFEST_BYTES}) is served byte-exact`, async () => {
+    // app's own manifest, padded with an annotation to exactly the bound.
+    const manifest = JSON.parse(app.manifest.toString('utf8')) as Record<string, unknown>;
+    const pad = (n: number) => Buffer.from(JSON.stringify({ ...manifest, annotations: { 'org.example.pad': 'x'.repeat(n) } }));
+    const big = pad(LAMBDA_MAX_MANIFEST_BYTES - pad(0).length);
+    expect(big.length).toBe(LAMBDA_MAX_MANIFEST_BYTES);
+    // Debian's distribution 2.8 refuses manifests over 4 MiB, so the in-process fake upstream serves this one.
+    const digest = large.putManifest('team/app', 'big', { body: big, contentType: MediaTypes.ociManifest });
+    // By tag (fetched from the upstream and stored in S3: too large for an item), then by digest from the store.
+    for (const reference of ['big', digest]) {
+      const res = await fetch(`${shape.front.url}/v2/large/team/app/manifests/${reference}`, { headers: { accept: MediaTypes.ociManifest } });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('docker-content-digest')).toBe(digest);
+      expect(Buffer.from(await res.arrayBuffer()).equals(big)).toBe(true);
+      const answered = shape.runtime.invocations.filter((i) => i.functionName === registry).at(-1)!;
+      expect(answered.payloadBytes).toBeGreaterThan(LAMBDA_RESPONSE_BYTES - 32 * 1024);
+      expect(answered.payloadBytes).toBeLessThanOrEqual(LAMBDA_RESPONSE_BYTES);
+    }
+  });
+
+  it('an unexpected error is logged with a readable stack trace, without --enable-source-maps', async () => {
+    expect(shape.stack.functions.get(registry)!.environment.NODE_OPTIONS ?? '').not.toContain('--enable-source-maps');
+    shape.gate.denyNext(registry, 'dynamodb:GetItem');
+    const res = await fetch(`${shape.front.url}/v2/local/team/unseen/manifests/v1`);
+    expect(res.status).toBe(500);
+    expect((await res.json()).errors[0].code).toBe('UNKNOWN');
+    const line = shape.runtime.log(registry).split('\n').filter((l) => l.includes('"unexpected error"')).at(-1)!;
+    const { error } = JSON.parse(line) as { error: { name: string; location: string; stack: string } };
+    expect(error.name).toBe('AccessDeniedException');
+    // Paths are relative to where the stack was packaged (here a scratch copy whose folders link to the repository).
+    expect(error.location).toMatch(/^(\S+\/)?(shared|node_modules)\/\S+\.[jt]s:\d+$/);
+    expect(error.stack).toMatch(/\((\S+\/)?shared\/store\/dynamodb-[a-z-]+\.ts:\d+:\d+\)/);
+    expect(error.stack).not.toContain('.mjs:');
+  });
+
   it('every AWS request the functions made was one their roles allow (presigned blob URLs included)', () => {
-    const denied = shape.gate.decisions.filter((d) => !d.allowed);
+    const denied = shape.gate.decisions.filter((d) => !d.allowed && !d.injected);
     expect(denied).toEqual([]);
     const kinds = new Set(shape.gate.decisions.map((d) => `${d.caller} ${d.action}${d.presigned ? ' (presigned)' : ''}`));
     expect(kinds).toContain(`${registry} s3:GetObject (presigned)`);
@@ -149,7 +197,7 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     expect(sha256(Buffer.from(await (await fetch(presigned)).arrayBuffer()))).toBe(layer.digest);
     presigned.searchParams.set('X-Amz-Expires', '604800');
     expect((await fetch(presigned)).status).toBe(403);
-    expect(shape.gate.decisions.filter((d) => !d.allowed).map((d) => `${d.caller} ${d.action}${d.presigned ? ' (presigned)' : ''}`)).toEqual([
+    expect(shape.gate.decisions.filter((d) => !d.allowed && !d.injected).map((d) => `${d.caller} ${d.action}${d.presigned ? ' (presigned)' : ''}`)).toEqual([
       `${fill} s3:GetObject`,
       `${registry} s3:GetObject (presigned)`,
     ]);

@@ -415,7 +415,8 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         // Client auth required (allowAnonymousClients defaults to false), no token key.
         PULLTHROUGH_REQUIRE_AUTH: 'true',
         PULLTHROUGH_TOKEN_KEY: '',
-        NODE_OPTIONS: '--enable-source-maps',
+        // No --enable-source-maps (it costs every cold start): the logger maps logged errors (shared/stack-trace.ts).
+        NODE_OPTIONS: '',
         // Only the registry starts fills; the fill function itself fills in process.
         ...(fn === 'registry' ? { PULLTHROUGH_FILL_FUNCTION: { Ref: 'FillLambdaFunction' } } : {}),
         // Tags move on a pull's re-check or on the refresh; the fill and the gc move none.

@@ -32,6 +32,8 @@ export interface GateDecision {
   resources: string[];
   allowed: boolean;
   presigned: boolean;
+  /** Denied by {@link IamGate.denyNext}, not by the role. */
+  injected?: true;
 }
 
 /** The running gate. */
@@ -40,6 +42,11 @@ export interface IamGate {
   url: string;
   /** Every request of a function, in order. */
   decisions: GateDecision[];
+  /**
+   * Denies the next `count` requests of `functionName` for `action` (e.g. `dynamodb:GetItem`) as if its role
+   * lacked it: a fault for tests of the error path.
+   */
+  denyNext(functionName: string, action: string, count?: number): void;
   stop(): Promise<void>;
 }
 
@@ -153,6 +160,7 @@ async function presignedValid(url: URL, method: string, host: string, signer: De
 /** Starts the gate in front of `motoUrl` (Lambda Invoke to `lambdaUrl`) for the functions of `stack`. */
 export async function startIamGate(stack: DeployedStack, targets: { moto: string; lambda: () => string }): Promise<IamGate> {
   const decisions: GateDecision[] = [];
+  const faults = new Map<string, number>();
   const byKey = new Map([...stack.functions.values()].map((f) => [f.credentials.accessKeyId, f]));
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 });
 
@@ -199,8 +207,11 @@ export async function startIamGate(stack: DeployedStack, targets: { moto: string
         return deny('Request has expired or the signature does not match');
       }
       for (const ask of asks) {
-        const allowed = ask.resources.every((r) => policiesAllow(caller.policies, ask.action, r));
-        decisions.push({ caller: caller.name, service, action: ask.action, resources: ask.resources, allowed, presigned });
+        const fault = `${caller.name} ${ask.action}`;
+        const injected = (faults.get(fault) ?? 0) > 0;
+        if (injected) faults.set(fault, faults.get(fault)! - 1);
+        const allowed = !injected && ask.resources.every((r) => policiesAllow(caller.policies, ask.action, r));
+        decisions.push({ caller: caller.name, service, action: ask.action, resources: ask.resources, allowed, presigned, ...(injected ? { injected } : {}) });
         if (!allowed) return deny(`User: ${caller.roleArn}/${caller.name} is not authorized to perform: ${ask.action} on resource: ${ask.resources.join(', ')}`);
       }
     } else if (presigned) {
@@ -223,6 +234,9 @@ export async function startIamGate(stack: DeployedStack, targets: { moto: string
   return {
     url,
     decisions,
+    denyNext(functionName, action, count = 1) {
+      faults.set(`${functionName} ${action}`, (faults.get(`${functionName} ${action}`) ?? 0) + count);
+    },
     stop: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());

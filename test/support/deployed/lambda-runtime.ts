@@ -38,6 +38,8 @@ export const ASYNC_PAYLOAD_LIMIT = 256 * 1024;
 export interface InvocationResult {
   /** The handler's JSON result (`null` for undefined); absent on an error. */
   payload?: string;
+  /** The size of that result in bytes, as Lambda measures it against its response limit. */
+  payloadBytes?: number;
   /** Lambda's error object (`errorType`, `errorMessage`, `trace`), set when the function failed. */
   error?: { errorType: string; errorMessage: string; trace?: string[] };
 }
@@ -49,9 +51,16 @@ export interface InvocationRecord extends InvocationResult {
   requestId: string;
   /** The event as the handler received it. */
   event: unknown;
-  /** Whether it started a new environment, and that environment's init time (ms). */
+  /**
+   * Whether it started a new environment; then that environment's init time (the handler module's import, as
+   * Lambda reports `Init Duration`) and start time (spawn until ready: Node's own start-up plus the init), ms.
+   */
   cold: boolean;
   initMs?: number;
+  startMs?: number;
+  /** CPU time (user + system, ms) of the init, and of the environment's process until ready. */
+  initCpuMs?: number;
+  startCpuMs?: number;
   durationMs: number;
   /** For asynchronous invocations: 0 for the first attempt, then the retries. */
   attempt: number;
@@ -82,6 +91,11 @@ export interface LambdaRuntime {
   /** The function's log so far. */
   log(functionName: string): string;
   logPath(functionName: string): string;
+  /**
+   * Ends the idle environments of `functionName` (every function when absent), as Lambda reclaims idle ones: the
+   * next invocation starts cold. Resolves once they exited.
+   */
+  recycle(functionName?: string): Promise<void>;
   /** Ends every environment (SIGKILL). */
   stop(): Promise<void>;
 }
@@ -89,6 +103,9 @@ export interface LambdaRuntime {
 interface Environment {
   proc: TrackedChild;
   initMs: number;
+  startMs: number;
+  initCpuMs: number;
+  startCpuMs: number;
   frozen: boolean;
   /** The pending reply of the running invocation. */
   reply?: (message: { type: string; payload?: string; error?: InvocationResult['error']; fatal?: boolean }) => void;
@@ -150,10 +167,11 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
       PATH: '/usr/local/bin:/usr/bin:/bin',
       ...opts.endpoints,
     };
+    const spawned = performance.now();
     const proc = spawnTracked(process.execPath, [BOOTSTRAP], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
     const child: ChildProcess = proc.child;
     for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (c: Buffer) => writeLog(f.name, c.toString('utf8')));
-    const environment: Environment = { proc, initMs: 0, frozen: false };
+    const environment: Environment = { proc, initMs: 0, startMs: 0, initCpuMs: 0, startCpuMs: 0, frozen: false };
     all.add(environment);
     child.on('message', (m: any) => environment.reply?.(m));
     void proc.exited.then(() => {
@@ -162,8 +180,9 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
       idle.set(f.name, (idle.get(f.name) ?? []).filter((e) => e !== environment));
       environment.reply?.({ type: 'error', error: { errorType: 'Runtime.ExitError', errorMessage: `RequestId: exited (${proc.exit?.code ?? proc.exit?.signal})` }, fatal: true });
     });
-    const init = await new Promise<{ initMs?: number; error?: InvocationResult['error'] }>((resolve) => {
-      environment.reply = (m) => resolve(m as { initMs?: number; error?: InvocationResult['error'] });
+    type Init = { initMs?: number; initCpuMs?: number; startCpuMs?: number; error?: InvocationResult['error'] };
+    const init = await new Promise<Init>((resolve) => {
+      environment.reply = (m) => resolve(m as Init);
     });
     environment.reply = undefined;
     if (init.error) {
@@ -171,6 +190,9 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
       throw Object.assign(new Error(init.error.errorMessage), { lambdaError: init.error });
     }
     environment.initMs = init.initMs ?? 0;
+    environment.startMs = performance.now() - spawned;
+    environment.initCpuMs = init.initCpuMs ?? 0;
+    environment.startCpuMs = init.startCpuMs ?? 0;
     return environment;
   }
 
@@ -211,11 +233,14 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
   async function run(name: string, event: unknown, type: InvocationRecord['type'], attempt = 0): Promise<InvocationResult> {
     const f = fn(name);
     const requestId = randomUUID();
-    const started = performance.now();
-    const record = (result: InvocationResult, cold: boolean, initMs?: number) => {
-      const durationMs = performance.now() - started - (initMs ?? 0);
-      invocations.push({ functionName: name, type, requestId, event, cold, initMs, durationMs, attempt, ...result });
-      writeLog(name, `END RequestId: ${requestId}\nREPORT RequestId: ${requestId}\tDuration: ${durationMs.toFixed(2)} ms${cold ? `\tInit Duration: ${initMs?.toFixed(2)} ms` : ''}`);
+    /** When the event went to the environment (the invocation's duration runs from there). */
+    let sent = performance.now();
+    const record = (result: InvocationResult, cold: boolean, environment?: Environment) => {
+      const e = cold ? environment : undefined;
+      const started = e ? { initMs: e.initMs, startMs: e.startMs, initCpuMs: e.initCpuMs, startCpuMs: e.startCpuMs } : {};
+      const durationMs = performance.now() - sent;
+      invocations.push({ functionName: name, type, requestId, event, cold, ...started, durationMs, attempt, ...result });
+      writeLog(name, `END RequestId: ${requestId}\nREPORT RequestId: ${requestId}\tDuration: ${durationMs.toFixed(2)} ms${e ? `\tInit Duration: ${e.initMs.toFixed(2)} ms` : ''}`);
       return result;
     };
     let acquired: Awaited<ReturnType<typeof acquire>>;
@@ -232,6 +257,7 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
     });
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), f.timeoutSeconds * 1000)));
+    sent = performance.now();
     environment.proc.child.send({ type: 'invoke', id: requestId, event: JSON.stringify(event), deadline, requestId, invokedFunctionArn: f.arn });
     const outcome = await Promise.race([reply, timedOut]);
     clearTimeout(timer);
@@ -240,14 +266,17 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
     if (outcome === 'timeout') {
       await environment.proc.stop(0, 2000);
       result = { error: { errorType: 'Sandbox.Timedout', errorMessage: `Task timed out after ${f.timeoutSeconds.toFixed(2)} seconds` } };
-    } else if (outcome.type === 'result' && type === 'RequestResponse' && Buffer.byteLength(outcome.payload ?? '') > SYNC_PAYLOAD_LIMIT) {
-      result = { error: { errorType: 'Function.ResponseSizeTooLarge', errorMessage: `Response payload size exceeded maximum allowed payload size (${SYNC_PAYLOAD_LIMIT} bytes).` } };
+    } else if (outcome.type !== 'result') {
+      result = { error: outcome.error };
     } else {
-      result = outcome.type === 'result' ? { payload: outcome.payload } : { error: outcome.error };
+      const payloadBytes = Buffer.byteLength(outcome.payload ?? '');
+      result = type === 'RequestResponse' && payloadBytes > SYNC_PAYLOAD_LIMIT
+        ? { payloadBytes, error: { errorType: 'Function.ResponseSizeTooLarge', errorMessage: `Response payload size exceeded maximum allowed payload size (${SYNC_PAYLOAD_LIMIT} bytes).` } }
+        : { payload: outcome.payload, payloadBytes };
     }
     if (outcome !== 'timeout' && outcome.fatal) await environment.proc.exited;
     release(f, environment.proc.exit ? undefined : environment);
-    return record(result, cold, cold ? environment.initMs : undefined);
+    return record(result, cold, environment);
   }
 
   function tooLarge(event: unknown, limit: number) {
@@ -279,6 +308,12 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
     invocations,
     log: (name) => (existsSync(logPath(name)) ? readFileSync(logPath(name), 'utf8') : ''),
     logPath,
+    async recycle(functionName) {
+      const names = functionName === undefined ? [...idle.keys()] : [functionName];
+      const reclaimed = names.flatMap((n) => idle.get(n) ?? []);
+      for (const n of names) idle.set(n, []);
+      await Promise.all(reclaimed.map((e) => e.proc.stop(0, 2000)));
+    },
     async stop() {
       await Promise.all([...all].map((e) => e.proc.stop(0, 2000)));
     },
