@@ -11,7 +11,7 @@
  * deploy accepts; defaults otherwise.
  */
 import { DynamoDBClient, GetItemCommand } from '@aws-sdk/client-dynamodb';
-import { GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LAMBDA_MAX_MANIFEST_BYTES, LAMBDA_RESPONSE_BYTES } from '../../shared/config.js';
@@ -104,9 +104,7 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     expect(shape.invoke.requests.length).toBe(invocations);
   });
 
-  // Skipped until the miss-path fix (issue 11 item 1: a failed dispatch releases the fill lease and is retried)
-  // is on main: today the registry answers 500 UNKNOWN and the lease it took wedges the blob for leaseSeconds.
-  it.skip('the first fill Invoke failing (IAM still propagating) does not wedge the blob: the pull succeeds within a minute', async () => {
+  it('the first fill Invoke failing (IAM still propagating) does not wedge the blob: the pull succeeds within a minute', async () => {
     const flaky = await pushSinglePlatformImage(upstream.url, 'team/flaky', 'v1', { format: 'oci', arch: 'amd64', layerSources: LAYERS.slice(0, 1), salt: 'flaky' });
     const before = shape.invoke.requests.length;
     shape.invoke.failNext(fill, 1);
@@ -138,6 +136,23 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     db.destroy();
     expect(Item?.digest?.S).toBe(nightly2.digest);
     expectSameImage(await pull('local/team/app', 'nightly'), nightly2);
+  });
+
+  it('the gc bundle runs a complete pass by its own schedule, and keeps everything pulled', async () => {
+    const gc = [...shape.stack.functions.values()].find((f) => f.logicalId === 'GcLambdaFunction');
+    expect(gc, 'serverless.yml has a gc function').toBeDefined();
+    const schedule = shape.stack.schedules.find((x) => x.targets.some((t) => t.functionName === gc!.name));
+    const [run] = await shape.fireSchedule(schedule);
+    expect(run.error).toBeUndefined();
+    // Its blob sweep listed `blobs/`, which its role allows on that prefix only (a policy condition).
+    expect(shape.gate.decisions.filter((d) => d.caller === gc!.name && d.action === 's3:ListBucket').map((d) => d.allowed)).toContain(true);
+    const report = JSON.parse(run.payload!) as { complete: boolean; dryRun: boolean; storedBytes: number };
+    expect(report).toMatchObject({ complete: true, dryRun: false });
+    // Nothing is over a budget or expired: every blob pulled so far is still stored.
+    expect(report.storedBytes).toBeGreaterThanOrEqual(app.blobs.reduce((n, b) => n + b.size, 0));
+    proxy.reset();
+    expectSameImage(await pull('local/team/app', 'v1'), app);
+    expect(proxy.requests).toEqual([]);
   });
 
   it(`a manifest of the largest size a Lambda response can carry (maxManifestBytes = ${LAMBDA_MAX_MANIFEST_BYTES}) is served byte-exact`, async () => {
@@ -190,6 +205,10 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     const key = `blobs/sha256/${layer.digest.slice('sha256:'.length)}`;
     await expect(asFill.send(new GetObjectCommand({ Bucket: shape.stack.physicalIds.Bucket, Key: key }))).rejects.toMatchObject({ name: 'AccessDenied' });
     asFill.destroy();
+    const gc = [...shape.stack.functions.values()].find((f) => f.logicalId === 'GcLambdaFunction')!;
+    const asGc = new S3Client({ ...shape.stack.clientConfig, endpoint: shape.gate.url, forcePathStyle: true, credentials: gc.credentials });
+    await expect(asGc.send(new ListObjectsV2Command({ Bucket: shape.stack.physicalIds.Bucket, Prefix: 'manifests/' }))).rejects.toMatchObject({ name: 'AccessDenied' });
+    asGc.destroy();
     const res = await fetch(`${shape.front.url}/v2/local/team/app/blobs/${layer.digest}`, { redirect: 'manual' });
     expect(res.status).toBe(307);
     const presigned = new URL(res.headers.get('location')!);
@@ -199,6 +218,7 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     expect((await fetch(presigned)).status).toBe(403);
     expect(shape.gate.decisions.filter((d) => !d.allowed && !d.injected).map((d) => `${d.caller} ${d.action}${d.presigned ? ' (presigned)' : ''}`)).toEqual([
       `${fill} s3:GetObject`,
+      `${gc.name} s3:ListBucket`,
       `${registry} s3:GetObject (presigned)`,
     ]);
   });

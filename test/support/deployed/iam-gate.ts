@@ -22,7 +22,8 @@ import http from 'node:http';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { listenOnLoopback } from '../reverse-proxy.js';
 import { MOTO_ACCOUNT, MOTO_REGION } from './moto.js';
-import { policiesAllow, type DeployedFunction, type DeployedStack } from './stack.js';
+import { policiesAllow } from './iam-policy.js';
+import type { DeployedFunction, DeployedStack } from './stack.js';
 
 /** One checked request. */
 export interface GateDecision {
@@ -71,8 +72,15 @@ class Sha256 {
 
 const ARN = (service: string, resource: string) => `arn:aws:${service}:${MOTO_REGION}:${MOTO_ACCOUNT}:${resource}`;
 
+/** What a request asks: an IAM action on resources, with the condition keys the request supplies. */
+interface Ask {
+  action: string;
+  resources: string[];
+  context?: Record<string, string>;
+}
+
 /** The S3 action and resource of a path-style request (IAM's names: HeadObject is s3:GetObject, parts are s3:PutObject…). */
-function s3Request(method: string, url: URL, body: Buffer | undefined): { action: string; resources: string[] } {
+function s3Request(method: string, url: URL, body: Buffer | undefined): Ask {
   const [, bucket = '', ...rest] = url.pathname.split('/');
   const key = decodeURIComponent(rest.join('/'));
   const q = url.searchParams;
@@ -84,7 +92,11 @@ function s3Request(method: string, url: URL, body: Buffer | undefined): { action
       return { action: 's3:DeleteObject', resources: keys };
     }
     if (method === 'GET' && q.has('uploads')) return { action: 's3:ListBucketMultipartUploads', resources: [bucketArn] };
-    if (method === 'GET' || method === 'HEAD') return { action: 's3:ListBucket', resources: [bucketArn] };
+    if (method === 'GET' || method === 'HEAD') {
+      // ListObjects(V2)'s condition keys (the ones a policy may scope a listing with).
+      const context = Object.fromEntries(['prefix', 'delimiter', 'max-keys'].flatMap((k) => (q.has(k) ? [[`s3:${k}`, q.get(k)!]] : [])));
+      return { action: 's3:ListBucket', resources: [bucketArn], context };
+    }
     return { action: `s3:${method} bucket`, resources: [bucketArn] };
   }
   if (method === 'GET' && q.has('uploadId')) return { action: 's3:ListMultipartUploadParts', resources: [object] };
@@ -95,7 +107,7 @@ function s3Request(method: string, url: URL, body: Buffer | undefined): { action
 }
 
 /** The IAM actions and resources of a DynamoDB request (`X-Amz-Target: DynamoDB_20120810.<Operation>`). */
-function dynamoDbRequest(target: string, body: any): { action: string; resources: string[] }[] {
+function dynamoDbRequest(target: string, body: any): Ask[] {
   const op = target.split('.').pop() ?? '';
   const table = (name: string, index?: string) => ARN('dynamodb', `table/${name}${index ? `/index/${index}` : ''}`);
   if (op === 'BatchWriteItem' || op === 'BatchGetItem') return [{ action: `dynamodb:${op}`, resources: Object.keys(body.RequestItems ?? {}).map((t) => table(t)) }];
@@ -109,7 +121,7 @@ function dynamoDbRequest(target: string, body: any): { action: string; resources
 }
 
 /** What a JSON-protocol request of `service` asks, or undefined when the gate has no rule for it. */
-function jsonRequest(service: string, target: string, body: any): { action: string; resources: string[] }[] | undefined {
+function jsonRequest(service: string, target: string, body: any): Ask[] | undefined {
   const op = target.split('.').pop() ?? '';
   if (service === 'dynamodb') return dynamoDbRequest(target, body);
   if (service === 'events' && op === 'PutEvents') {
@@ -186,7 +198,7 @@ export async function startIamGate(stack: DeployedStack, targets: { moto: string
     };
 
     if (caller) {
-      let asks: { action: string; resources: string[] }[] | undefined;
+      let asks: Ask[] | undefined;
       if (service === 's3') asks = [s3Request(method, url, body)];
       else if (service === 'lambda') {
         const m = /^\/2015-03-31\/functions\/([^/]+)\/invocations$/.exec(url.pathname);
@@ -210,7 +222,7 @@ export async function startIamGate(stack: DeployedStack, targets: { moto: string
         const fault = `${caller.name} ${ask.action}`;
         const injected = (faults.get(fault) ?? 0) > 0;
         if (injected) faults.set(fault, faults.get(fault)! - 1);
-        const allowed = !injected && ask.resources.every((r) => policiesAllow(caller.policies, ask.action, r));
+        const allowed = !injected && ask.resources.every((r) => policiesAllow(caller.policies, ask.action, r, ask.context));
         decisions.push({ caller: caller.name, service, action: ask.action, resources: ask.resources, allowed, presigned, ...(injected ? { injected } : {}) });
         if (!allowed) return deny(`User: ${caller.roleArn}/${caller.name} is not authorized to perform: ${ask.action} on resource: ${ask.resources.join(', ')}`);
       }

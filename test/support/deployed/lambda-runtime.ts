@@ -20,16 +20,13 @@
  *
  * Local Node is 20, Lambda's runtime nodejs22.x: the bundles target node22 (esbuild), so only APIs both have work.
  */
-import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { spawnTracked, type TrackedChild } from '../child-processes.js';
 import { unzipInto } from '../serverless-package.js';
-import { MOTO_REGION } from './moto.js';
+import { startEnvironment, type BootstrapMessage, type Environment } from './lambda-environment.js';
 import type { DeployedFunction, DeployedStack } from './stack.js';
 
-const BOOTSTRAP = join(import.meta.dirname, 'lambda-bootstrap.mjs');
 /** Lambda's payload limits, bytes: synchronous request and response 6 MB, asynchronous event 256 KB. */
 export const SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024;
 export const ASYNC_PAYLOAD_LIMIT = 256 * 1024;
@@ -100,17 +97,6 @@ export interface LambdaRuntime {
   stop(): Promise<void>;
 }
 
-interface Environment {
-  proc: TrackedChild;
-  initMs: number;
-  startMs: number;
-  initCpuMs: number;
-  startCpuMs: number;
-  frozen: boolean;
-  /** The pending reply of the running invocation. */
-  reply?: (message: { type: string; payload?: string; error?: InvocationResult['error']; fatal?: boolean }) => void;
-}
-
 /** Starts the service for every function of `stack` (their task roots unzipped from their own artifacts). */
 export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOptions): LambdaRuntime {
   const max = opts.maxEnvironments ?? 16;
@@ -143,57 +129,19 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
     return root;
   };
 
-  /** Starts an environment: resolves once its init ended (or rejects with the init error). */
+  /** Starts an environment of `f` (see ./lambda-environment.ts), tracked until it exits. */
   async function coldStart(f: DeployedFunction): Promise<Environment> {
-    const root = taskRoot(f);
-    const env: NodeJS.ProcessEnv = {
-      ...f.environment,
-      AWS_LAMBDA_FUNCTION_NAME: f.name,
-      AWS_LAMBDA_FUNCTION_VERSION: '$LATEST',
-      AWS_LAMBDA_FUNCTION_MEMORY_SIZE: String(f.memoryMb),
-      AWS_LAMBDA_LOG_GROUP_NAME: `/aws/lambda/${f.name}`,
-      AWS_LAMBDA_LOG_STREAM_NAME: `local/[$LATEST]${randomUUID().replaceAll('-', '')}`,
-      AWS_LAMBDA_INITIALIZATION_TYPE: 'on-demand',
-      AWS_EXECUTION_ENV: `AWS_Lambda_${f.runtime}`,
-      AWS_REGION: MOTO_REGION,
-      AWS_DEFAULT_REGION: MOTO_REGION,
-      AWS_ACCESS_KEY_ID: f.credentials.accessKeyId,
-      AWS_SECRET_ACCESS_KEY: f.credentials.secretAccessKey,
-      AWS_SESSION_TOKEN: f.credentials.sessionToken,
-      LAMBDA_TASK_ROOT: root,
-      _HANDLER: f.handler,
-      TZ: ':UTC',
-      LANG: 'en_US.UTF-8',
-      PATH: '/usr/local/bin:/usr/bin:/bin',
-      ...opts.endpoints,
-    };
-    const spawned = performance.now();
-    const proc = spawnTracked(process.execPath, [BOOTSTRAP], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe', 'ipc'] });
-    const child: ChildProcess = proc.child;
-    for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (c: Buffer) => writeLog(f.name, c.toString('utf8')));
-    const environment: Environment = { proc, initMs: 0, startMs: 0, initCpuMs: 0, startCpuMs: 0, frozen: false };
-    all.add(environment);
-    child.on('message', (m: any) => environment.reply?.(m));
-    void proc.exited.then(() => {
-      all.delete(environment);
-      counts.set(f.name, (counts.get(f.name) ?? 1) - 1);
-      idle.set(f.name, (idle.get(f.name) ?? []).filter((e) => e !== environment));
-      environment.reply?.({ type: 'error', error: { errorType: 'Runtime.ExitError', errorMessage: `RequestId: exited (${proc.exit?.code ?? proc.exit?.signal})` }, fatal: true });
+    return startEnvironment(f, {
+      taskRoot: taskRoot(f),
+      endpoints: opts.endpoints,
+      log: (text) => writeLog(f.name, text),
+      onStart: (environment) => all.add(environment),
+      onExit: (environment) => {
+        all.delete(environment);
+        counts.set(f.name, (counts.get(f.name) ?? 1) - 1);
+        idle.set(f.name, (idle.get(f.name) ?? []).filter((e) => e !== environment));
+      },
     });
-    type Init = { initMs?: number; initCpuMs?: number; startCpuMs?: number; error?: InvocationResult['error'] };
-    const init = await new Promise<Init>((resolve) => {
-      environment.reply = (m) => resolve(m as Init);
-    });
-    environment.reply = undefined;
-    if (init.error) {
-      await proc.stop(0, 2000);
-      throw Object.assign(new Error(init.error.errorMessage), { lambdaError: init.error });
-    }
-    environment.initMs = init.initMs ?? 0;
-    environment.startMs = performance.now() - spawned;
-    environment.initCpuMs = init.initCpuMs ?? 0;
-    environment.startCpuMs = init.startCpuMs ?? 0;
-    return environment;
   }
 
   /** An idle environment (thawed) or a new one; waits while the function is at `max`. */
@@ -252,7 +200,7 @@ export function startLambdaRuntime(stack: DeployedStack, opts: LambdaRuntimeOpti
     const { environment, cold } = acquired;
     writeLog(name, `START RequestId: ${requestId} Version: $LATEST`);
     const deadline = Date.now() + f.timeoutSeconds * 1000;
-    const reply = new Promise<{ type: string; payload?: string; error?: InvocationResult['error']; fatal?: boolean }>((resolve) => {
+    const reply = new Promise<BootstrapMessage>((resolve) => {
       environment.reply = resolve;
     });
     let timer: NodeJS.Timeout | undefined;

@@ -18,6 +18,7 @@ import { AssumeRoleCommand, STSClient } from '@aws-sdk/client-sts';
 import { readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import type { CfnTemplate, Packaged, ZipEntry } from '../serverless-package.js';
+import type { PolicyDocument } from './iam-policy.js';
 import { MOTO_REGION, type Moto } from './moto.js';
 
 /** AWS credentials (temporary ones carry a session token). */
@@ -25,11 +26,6 @@ export interface Credentials {
   accessKeyId: string;
   secretAccessKey: string;
   sessionToken?: string;
-}
-
-/** An IAM policy document (the parts the harness evaluates). */
-export interface PolicyDocument {
-  Statement: { Effect: 'Allow' | 'Deny'; Action: string | string[]; Resource: string | string[]; Condition?: unknown }[];
 }
 
 /** One deployed function: what Lambda knows of it, the credentials of its role, and its code. */
@@ -99,19 +95,6 @@ async function rolePolicies(iam: IAMClient, roleName: string): Promise<PolicyDoc
     docs.push((raw.trimStart().startsWith('{"') ? JSON.parse(raw) : policyFromPythonRepr(raw)) as PolicyDocument);
   }
   return docs;
-}
-
-/**
- * Whether `policies` allow `action` on `resource`: an explicit Deny wins, then any Allow; `*` and `?` wildcards in
- * actions and resources. Statements with a Condition are not evaluated (treated as not matching).
- */
-export function policiesAllow(policies: PolicyDocument[], action: string, resource: string): boolean {
-  const glob = (pattern: string, flags = '') => new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, flags);
-  // Action names are case-insensitive, resource ARNs are not.
-  const matches = (s: PolicyDocument['Statement'][number]) =>
-    s.Condition === undefined && [s.Action].flat().some((a) => glob(a, 'i').test(action)) && [s.Resource].flat().some((r) => glob(r).test(resource));
-  const statements = policies.flatMap((p) => p.Statement);
-  return !statements.some((s) => s.Effect === 'Deny' && matches(s)) && statements.some((s) => s.Effect === 'Allow' && matches(s));
 }
 
 /** The stack's status in moto (its DescribeStacks fails on Outputs naming resources it skipped, ListStacks does not). */
