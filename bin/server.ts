@@ -6,8 +6,6 @@
  * Before listening the server warms up its blob path (warm-up.ts).
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { randomUUID } from 'node:crypto';
-import type { Context } from 'aws-lambda';
 import { buildHttpApiEvent } from '../shared/http/lambda-event.js';
 import { RegistryError } from '../shared/oci/errors.js';
 import { LOCAL_BLOB_ROUTE } from '../shared/store/fs-blob-store.js';
@@ -26,10 +24,10 @@ function cannotStart(message: string): never {
 
 const runtime = await getRuntime().catch((err: unknown) => cannotStart((err as Error).message));
 // Imported after the runtime built: the handler module builds the same (memoised) runtime at load.
-const { handler } = await import('../functions/registry.js');
+const { serveHttpApiEvent } = await import('../functions/registry.js');
 const { blobStore } = runtime;
-// The server's own lines (blob route, malformed requests, lifecycle) use a logger of their own: the handler's
-// logger carries the last Lambda invocation's context (function_request_id), which is not theirs.
+// The server's lines (requests, blob route, malformed requests, lifecycle) use a logger of their own, without the
+// Lambda fields (function_arn, cold_start, …) the Lambda handler's logger carries.
 const logger = createLogger(runtime.env.logLevel);
 // This server's blob route tails writes in progress: blob misses may be answered before the fill commits.
 blobStore?.enableStreamWhileFilling();
@@ -38,24 +36,6 @@ const serveBlob = createBlobRoute({ blobStore, logger });
 
 /** Largest request body read (bytes): the cache accepts no uploads, so anything more is cut off. */
 const MAX_BODY_BYTES = 64 * 1024;
-
-function lambdaContext(): Context {
-  const deadline = Date.now() + 15 * 60 * 1000;
-  return {
-    callbackWaitsForEmptyEventLoop: false,
-    functionName: 'pullthrough-local',
-    functionVersion: '$LATEST',
-    invokedFunctionArn: 'arn:aws:lambda:local:000000000000:function:pullthrough-local',
-    memoryLimitInMB: '1024',
-    awsRequestId: randomUUID(),
-    logGroupName: 'local',
-    logStreamName: 'local',
-    getRemainingTimeInMillis: () => Math.max(0, deadline - Date.now()),
-    done: () => undefined,
-    fail: () => undefined,
-    succeed: () => undefined,
-  };
-}
 
 async function readBody(req: IncomingMessage): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -87,7 +67,7 @@ async function onRequest(req: IncomingMessage, res: ServerResponse): Promise<voi
     body,
     sourceIp: req.socket.remoteAddress,
   });
-  const result = await handler(event, lambdaContext());
+  const result = await serveHttpApiEvent(event, logger);
   const payload = result.body ? Buffer.from(result.body, result.isBase64Encoded ? 'base64' : 'utf8') : undefined;
   res.writeHead(result.statusCode ?? 200, result.headers as Record<string, string>);
   res.end(req.method === 'HEAD' ? undefined : payload);

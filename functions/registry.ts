@@ -1,12 +1,14 @@
 /**
  * The registry Lambda (API Gateway HTTP API, payload 2.0): `/v2/...` in, OCI responses out. Thin: builds the
- * runtime once per container, converts the event, calls the core, converts back. The local server calls this
- * same handler.
+ * runtime once per container, converts the event, calls the core, converts back. The local server serves its
+ * requests through the same {@link serveHttpApiEvent}, with a logger of its own (no Lambda context on its lines).
  */
 import middy from '@middy/core';
 import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import type { APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2 } from 'aws-lambda';
 import { fromHttpApiEvent, toHttpApiResult } from '../shared/http/lambda-event.js';
+import type { Log } from '../shared/observe/log.js';
+import { inScope, newScope } from '../shared/observe/request-scope.js';
 import { getRuntime } from '../shared/runtime.js';
 
 const runtime = await getRuntime();
@@ -22,30 +24,35 @@ function redactQuery(raw: string | undefined): string | undefined {
   return q.toString().slice(0, 500);
 }
 
-/** Logs one structured line per request: method, path, status, duration in ms. */
-const accessLog = (): middy.MiddlewareObj<APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2> => {
-  const started = new WeakMap<object, number>();
-  return {
-    before: (req) => {
-      started.set(req.event, performance.now());
-    },
-    after: (req) => {
-      const e = req.event.requestContext.http;
-      runtime.logger.info('request', {
-        method: e.method,
-        path: req.event.rawPath,
-        query: redactQuery(req.event.rawQueryString),
-        status: req.response?.statusCode,
-        ms: Math.round((performance.now() - (started.get(req.event) ?? performance.now())) * 10) / 10,
-        sourceIp: e.sourceIp,
-        userAgent: e.userAgent,
-      });
-    },
-  };
-};
+const round = (ms: number) => Math.round(ms * 10) / 10;
+
+/**
+ * Serves one event and writes its request line on `log`: method, path, status, ms, and what the cache did —
+ * `cache` (hit | miss | stale | revalidated | refreshed | none, shared/observe/metrics.ts), `rule`, and the
+ * upstream requests the request caused (`upstreamRequests`, `upstreamMs`: their times to response headers).
+ */
+export async function serveHttpApiEvent(event: APIGatewayProxyEventV2, log: Log): Promise<APIGatewayProxyStructuredResultV2> {
+  const started = performance.now();
+  const scope = newScope();
+  const res = await inScope(scope, () => runtime.app(fromHttpApiEvent(event)));
+  const e = event.requestContext.http;
+  log.info('request', {
+    method: e.method,
+    path: event.rawPath,
+    query: redactQuery(event.rawQueryString),
+    status: res.status,
+    ms: round(performance.now() - started),
+    cache: scope.cache ?? 'none',
+    rule: scope.rule,
+    upstreamRequests: scope.upstreamRequests,
+    upstreamMs: round(scope.upstreamMs),
+    sourceIp: e.sourceIp,
+    userAgent: e.userAgent,
+  });
+  return toHttpApiResult(res);
+}
 
 /** The Lambda entry point. */
 export const handler = middy<APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
-  .use(accessLog())
-  .handler(async (event) => toHttpApiResult(await runtime.app(fromHttpApiEvent(event))));
+  .handler((event) => serveHttpApiEvent(event, runtime.logger));

@@ -20,6 +20,7 @@ import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
 import { assertServable, loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
+import { noMetrics, type Metrics as CoreMetrics } from './observe/metrics.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
 import type { FillJob, TagChange } from './registry/deps.js';
@@ -109,11 +110,15 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
+  const coreMetrics: CoreMetrics = noMetrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
     let c = clients.get(rule.prefix);
-    if (!c) clients.set(rule.prefix, (c = createUpstreamClient(rule, { credentials: credentialsForRule(rule, readSecret), proxy: env.proxy })));
+    if (!c) {
+      c = createUpstreamClient(rule, { credentials: credentialsForRule(rule, readSecret), proxy: env.proxy, observer: { metrics: coreMetrics, log: logger } });
+      clients.set(rule.prefix, c);
+    }
     return c;
   };
   const metrics = new Metrics({ namespace: 'pullthrough', serviceName: 'pullthrough' });
@@ -127,6 +132,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
     fill: config.blobFill,
     dispatchFill: env.fillFunction ? lambdaFillDispatcher(env.fillFunction) : undefined,
     log: logger,
+    metrics: coreMetrics,
     now: Date.now,
     onTagMoved: async (change: TagChange) => {
       metrics.addMetric('TagMoved', MetricUnit.Count, 1);

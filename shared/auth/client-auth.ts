@@ -6,7 +6,7 @@
  */
 import type { AuthConfig } from '../config.js';
 import type { RegistryRequest, RegistryResponse } from '../http/types.js';
-import type { Log } from '../registry/deps.js';
+import type { Log } from '../observe/log.js';
 import { createGuard, type GuardedResource } from './guard.js';
 import type { TokenKeyProvider } from './keys.js';
 import { createLoginLimiter } from './login-limiter.js';

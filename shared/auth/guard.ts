@@ -9,7 +9,7 @@
 import type { RegistryRequest } from '../http/types.js';
 import { assertName } from '../oci/reference.js';
 import { RegistryError } from '../oci/errors.js';
-import type { Log } from '../registry/deps.js';
+import type { Log } from '../observe/log.js';
 import { bearerChallenge, serviceFor, type ChallengeSettings } from './challenge.js';
 import type { TokenKeyProvider } from './keys.js';
 import { hasAccess } from './scopes.js';

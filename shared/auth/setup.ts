@@ -9,7 +9,7 @@ import { isIP } from 'node:net';
 import { join, resolve } from 'node:path';
 import ipaddr from 'ipaddr.js';
 import type { Environment, RegistryConfig } from '../config.js';
-import type { Log } from '../registry/deps.js';
+import type { Log } from '../observe/log.js';
 import { createClientAuth, type ClientAuth } from './client-auth.js';
 import { createFileKeyProvider, type TokenKeyProvider } from './keys.js';
 import type { NameResolution } from './scopes.js';

@@ -13,7 +13,7 @@
 import type { RegistryRequest, RegistryResponse } from '../http/types.js';
 import { API_VERSION_HEADER } from '../http/types.js';
 import { RegistryError } from '../oci/errors.js';
-import type { Log } from '../registry/deps.js';
+import type { Log } from '../observe/log.js';
 import { basicChallenge, serviceFor, type ChallengeSettings } from './challenge.js';
 import type { TokenKeyProvider } from './keys.js';
 import type { LoginLimiter } from './login-limiter.js';

@@ -11,16 +11,24 @@ import { API_VERSION_HEADER, type RegistryRequest, type RegistryResponse } from 
 import { OCI_INDEX } from '../oci/media-types.js';
 import { RegistryError } from '../oci/errors.js';
 import { isStorageFull, storageFullError } from '../store/storage-full.js';
+import { NO_RULE, noMetrics, type RequestKind } from '../observe/metrics.js';
+import { currentScope, inScope, newScope, noteCache, noteRule, type RequestScope } from '../observe/request-scope.js';
 import { createBlobService, HOP_PARAM, type BlobService } from './blobs.js';
 import type { RegistryDeps } from './deps.js';
 import { createManifestService, type ManifestService } from './manifests.js';
 import { getReferrers } from './referrers.js';
 import { listCatalog, listTags, parsePageSize, type Page } from './tags.js';
 
-/** Handles one request; never throws (errors become OCI error responses). */
+/**
+ * Handles one request; never throws (errors become OCI error responses). What the cache did is recorded in the
+ * current request scope (shared/observe/request-scope.ts): a caller that wants it for its log line runs the app
+ * inside a scope of its own (`inScope`); otherwise the app makes one. Each request of a {@link RequestKind} route
+ * is counted in `deps.metrics` (`pullthrough_requests_total`, `pullthrough_served_bytes_total`).
+ */
 export type RegistryApp = (req: RegistryRequest) => Promise<RegistryResponse>;
 
 const READ_METHODS = new Set(['GET', 'HEAD']);
+const COUNTED: ReadonlySet<string> = new Set<RequestKind>(['manifest', 'blob', 'tags', 'referrers', 'catalog']);
 
 /** Builds the app from its dependencies. */
 export function createRegistryApp(deps: RegistryDeps): RegistryApp {
@@ -39,6 +47,17 @@ export function createRegistry(
   options: RegistryOptions = {},
 ): { app: RegistryApp; blobs: BlobService; manifests: ManifestService } {
   const { auth } = options;
+  const metrics = deps.metrics ?? noMetrics;
+  // Every name resolved for a request names its rule in the request's scope (the log's `rule` field).
+  const resolve = deps.resolve;
+  deps = {
+    ...deps,
+    resolve(name) {
+      const resolved = resolve(name);
+      noteRule(resolved.rule.prefix);
+      return resolved;
+    },
+  };
   const manifests = createManifestService(deps);
   const blobs = createBlobService(deps);
 
@@ -98,8 +117,7 @@ export function createRegistry(
     }
   }
 
-  async function route(req: RegistryRequest): Promise<RegistryResponse> {
-    const route = parseRoute(req.path);
+  async function answer(req: RegistryRequest, route: Route, scope: RequestScope): Promise<RegistryResponse> {
     if (route.kind === 'token') {
       if (!auth) throw new RegistryError('NAME_UNKNOWN', 'client authentication is off: no token endpoint', { status: 404 });
       return auth.token(req);
@@ -115,6 +133,8 @@ export function createRegistry(
       case 'catalog': {
         const n = parsePageSize(req.query.get('n'));
         const page = await listCatalog(deps, { n, last: req.query.get('last') ?? undefined });
+        noteCache('hit');
+        scope.rule = undefined; // the catalog spans every rule (listing resolved each name)
         return json(200, { repositories: page.items }, req.method, linkHeader(req, page, n));
       }
       case 'tags': {
@@ -124,6 +144,7 @@ export function createRegistry(
       }
       case 'manifest': {
         const m = await manifests.get(cacheName(route.name, req), route.reference);
+        if (req.method !== 'HEAD') scope.servedBytes = m.size;
         return {
           status: 200,
           headers: {
@@ -147,6 +168,8 @@ export function createRegistry(
         const hopParam = req.query.get(HOP_PARAM) ?? '';
         const hop = /^\d{1,2}$/.test(hopParam) ? Number(hopParam) : 0;
         const b = await blobs.locate(cacheName(route.name, req), route.digest, hop);
+        // The bytes a client fetches from the stored blob (a redirect back to itself or the upstream serves none).
+        if (b.kind === 'blob') scope.servedBytes = b.size ?? 0;
         return {
           status: 307,
           headers: {
@@ -175,9 +198,19 @@ export function createRegistry(
     }
   }
 
-  const app: RegistryApp = async (req) => {
+  async function respond(req: RegistryRequest, scope: RequestScope): Promise<RegistryResponse> {
+    const route = parseRoute(req.path);
+    const res = await answerOrError(req, route, scope);
+    if (COUNTED.has(route.kind)) {
+      const result = res.status >= 400 ? 'error' : (scope.cache ?? 'none');
+      metrics.request({ rule: scope.rule ?? NO_RULE, kind: route.kind as RequestKind, result, servedBytes: res.status >= 400 ? 0 : scope.servedBytes });
+    }
+    return res;
+  }
+
+  async function answerOrError(req: RegistryRequest, route: Route, scope: RequestScope): Promise<RegistryResponse> {
     try {
-      return await route(req);
+      return await answer(req, route, scope);
     } catch (thrown) {
       // Storage exhaustion anywhere (a manifest or lease write on a full disk): a retryable 503, never 500.
       const err = !(thrown instanceof RegistryError) && isStorageFull(thrown) ? storageFullError(30, thrown) : thrown;
@@ -192,6 +225,13 @@ export function createRegistry(
       const { unexpected: _unexpected, ...rest } = res;
       return rest;
     }
+  }
+
+  const app: RegistryApp = (req) => {
+    const scope = currentScope();
+    if (scope) return respond(req, scope);
+    const own = newScope();
+    return inScope(own, () => respond(req, own));
   };
   return { app, blobs, manifests };
 }

@@ -25,6 +25,7 @@
 import { randomUUID } from 'node:crypto';
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
+import { noteCache } from '../observe/request-scope.js';
 import type { BlobLocation, FillLease } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import { createConfirmations, type Confirmed } from './blob-confirm.js';
@@ -169,6 +170,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
     const stored = await stores.blobs.stat(digest);
+    noteCache(stored ? 'hit' : 'miss');
     if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');

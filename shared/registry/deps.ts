@@ -3,17 +3,13 @@
  * a logger and a clock. Built once per process by the composition root (`shared/runtime.ts`).
  */
 import type { PullThroughCacheRule } from '../config.js';
+import type { Log } from '../observe/log.js';
+import type { Metrics } from '../observe/metrics.js';
 import type { Stores } from '../store/ports.js';
 import type { UpstreamClient } from '../upstream/client.js';
 import type { ResolvedName } from './rules.js';
 
-/** The logging surface the core uses (Powertools `Logger` satisfies it). */
-export interface Log {
-  debug(message: string, ...extra: Record<string, unknown>[]): void;
-  info(message: string, ...extra: Record<string, unknown>[]): void;
-  warn(message: string, ...extra: Record<string, unknown>[]): void;
-  error(message: string, ...extra: Record<string, unknown>[]): void;
-}
+export type { Log } from '../observe/log.js';
 
 /** A blob fill to run: the cache-side name (its rule gives the upstream) and the digest. */
 export interface FillJob {
@@ -57,6 +53,8 @@ export interface RegistryDeps {
    */
   dispatchFill?: (job: FillJob) => Promise<void>;
   log: Log;
+  /** Where the core counts what it does (shared/observe/metrics.ts); absent: nowhere. */
+  metrics?: Metrics;
   now(): number;
   /** Told about every tag move (metrics, EventBridge); the structured log line is written regardless. */
   onTagMoved?: (change: TagChange) => Promise<void> | void;

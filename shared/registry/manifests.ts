@@ -9,6 +9,7 @@
  */
 import { digestLike, isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
+import { noteCache } from '../observe/request-scope.js';
 import { classifyManifest, referencedBlobs } from '../oci/media-types.js';
 import { parseReference } from '../oci/reference.js';
 import type { LastCheck, ManifestRecord, TagRecord } from '../store/ports.js';
@@ -103,6 +104,7 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
 
   async function byDigest(resolved: ResolvedName, digest: Digest): Promise<ManifestRecord> {
     const cached = await stores.manifests.getManifest(resolved.name, digest);
+    noteCache(cached ? 'hit' : 'miss');
     if (cached) {
       await pulls.manifestPulled(cached);
       return cached;
@@ -149,7 +151,14 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     }
   }
 
+  /** Counts each re-check's outcome (`deps.metrics.tagCheck`). */
   async function checkTag(entry: TagRecord, opts: { timeoutMs?: number } = {}): Promise<TagCheck> {
+    const check = await checkTagOnce(entry, opts);
+    deps.metrics?.tagCheck({ rule: deps.resolve(entry.name).rule.prefix, result: check.result });
+    return check;
+  }
+
+  async function checkTagOnce(entry: TagRecord, opts: { timeoutMs?: number }): Promise<TagCheck> {
     const resolved = deps.resolve(entry.name);
     const { tag, digest: current } = entry;
     const record = async (result: LastCheck['result'], error?: string) => {
@@ -205,7 +214,10 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     const cached = entry && (await stores.manifests.getManifest(resolved.name, entry.digest));
     if (entry && cached) {
       await pulls.tagPulled(entry);
-      if (isFresh(resolved.rule, tag, entry.checkedAt, deps.now())) return cached;
+      if (isFresh(resolved.rule, tag, entry.checkedAt, deps.now())) {
+        noteCache('hit');
+        return cached;
+      }
       const timeoutMs = resolved.rule.revalidateTimeoutSeconds * 1000;
       const running = flights.run(`${resolved.name}:${tag}?check`, () => checkTag(entry, { timeoutMs }));
       const check = await withinMs(running, timeoutMs);
@@ -214,14 +226,20 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
         // in the background (its GET bounded by upstreamTimeoutSeconds) and moves the tag once verified.
         running.catch((err: unknown) => log.warn('background re-check failed', { name: resolved.name, tag, reason: (err as Error).message }));
         log.warn('serving stale tag', { name: resolved.name, tag, digest: entry.digest, reason: `re-check still running after ${timeoutMs} ms` });
+        noteCache('stale');
         return cached;
       }
-      if (check.record) return check.record;
+      if (check.record) {
+        noteCache(check.result === 'moved' ? 'refreshed' : 'revalidated');
+        return check.record;
+      }
       if (check.result === 'gone' && resolved.rule.onUpstreamDelete === 'stop') throw new RegistryError('MANIFEST_UNKNOWN');
       // Upstream down, slow, rate-limited, or the tag gone upstream (policy keep): never worse than stale.
       log.warn('serving stale tag', { name: resolved.name, tag, digest: entry.digest, reason: check.error?.message });
+      noteCache('stale');
       return cached;
     }
+    noteCache('miss');
     try {
       return await rememberingMisses(resolved, `tag:${tag}`, () => fillTag(resolved, tag));
     } catch (err) {

@@ -6,6 +6,7 @@
  */
 import { assertDigest } from '../oci/digest.js';
 import { OCI_INDEX } from '../oci/media-types.js';
+import { noteCache } from '../observe/request-scope.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 
@@ -25,6 +26,8 @@ export async function getReferrers(deps: RegistryDeps, name: string, rawDigest: 
   const digest = assertDigest(rawDigest);
   const key = `referrers/${digest}`;
   let manifests: unknown[];
+  // From the upstream (`miss`), or the index kept for an outage (`stale`).
+  noteCache('miss');
   try {
     ({ manifests } = await deps.upstreamFor(resolved.rule).getReferrers(resolved.upstreamRepository, digest, deps.maxManifestBytes));
     // Kept only for subjects this repository has cached, and only when there is something to keep: requests
@@ -37,6 +40,7 @@ export async function getReferrers(deps: RegistryDeps, name: string, rawDigest: 
     const kept = err instanceof UpstreamError && err.failure !== 'not-found' ? await deps.stores.listings.getListing(resolved.name, key) : undefined;
     if (!kept) throw toRegistryError(err, 'MANIFEST_UNKNOWN');
     deps.log.warn('serving kept referrers', { name: resolved.name, digest, reason: (err as Error).message });
+    noteCache('stale');
     manifests = JSON.parse(kept.body) as unknown[];
   }
   const filtered = artifactType !== undefined;

@@ -3,6 +3,7 @@
  * answers (so the list is the upstream's, not just what is cached), else from the tag index.
  */
 import { RegistryError } from '../oci/errors.js';
+import { noteCache } from '../observe/request-scope.js';
 import { isValidTag } from '../oci/reference.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
@@ -58,6 +59,8 @@ export async function listTags(deps: RegistryDeps, name: string, opts: { n?: num
   const resolved = deps.resolve(name);
   if (opts.n === 0) return { items: [] };
   if (opts.last !== undefined && opts.last.length > 256) throw new RegistryError('UNSUPPORTED', 'last is too long', { status: 400 });
+  // Tag lists come from the upstream (`miss`: the cache cannot answer them alone), or what was kept (`stale`).
+  noteCache('miss');
   try {
     const asked = { ...opts, ...(opts.n === undefined ? {} : { n: Math.min(opts.n, MAX_PAGE) }) };
     const page = await deps.upstreamFor(resolved.rule).listTags(resolved.upstreamRepository, asked);
@@ -73,11 +76,13 @@ export async function listTags(deps: RegistryDeps, name: string, opts: { n?: num
     const seen = await deps.stores.listings.getListing(resolved.name, FULL_LIST_KEY);
     if (seen) {
       deps.log.warn('serving the last tag list seen', { name: resolved.name, reason: err.message });
+      noteCache('stale');
       return paginate(JSON.parse(seen.body) as string[], opts);
     }
     const cached = await deps.stores.tags.listTags(resolved.name, { n: 100_000 });
     if (cached.length === 0) throw toRegistryError(err, 'NAME_UNKNOWN');
     deps.log.warn('serving cached tag list', { name: resolved.name, reason: err.message });
+    noteCache('stale');
     return paginate(cached, opts);
   }
 }

@@ -17,6 +17,7 @@ import { staticCredentials, type CredentialsProvider } from './credentials.js';
 import { createUpstreamDispatcher, type ProxySettings, type Resolver } from './dispatcher.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
 import { createExchange } from './exchange.js';
+import type { UpstreamObserver } from './observed-send.js';
 import { parseNextLink, readCapped } from './response-body.js';
 import { discard, fetchSend, undiciSend, type UpstreamResponse } from './transport.js';
 
@@ -41,6 +42,8 @@ export interface UpstreamClientOptions {
   fetchImpl?: typeof fetch;
   /** Tests: the DNS resolver of the dispatcher's address checks. */
   resolve?: Resolver;
+  /** Where every upstream request is counted and logged (observed-send.ts); default: nowhere. */
+  observer?: Omit<UpstreamObserver, 'rule'>;
 }
 
 const ok = (res: UpstreamResponse) => res.status >= 200 && res.status < 300;
@@ -59,7 +62,7 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamC
   const policy = createHostPolicy(rule);
   const send = opts.fetchImpl ? fetchSend(opts.fetchImpl) : undiciSend(createUpstreamDispatcher({ policy, proxy: opts.proxy, resolve: opts.resolve }));
   const credentials = opts.credentials ?? staticCredentials(rule.username !== undefined ? { username: rule.username, password: rule.accessToken ?? '' } : undefined);
-  const exchange = createExchange({ rule, policy, send, credentials, auth: opts.auth });
+  const exchange = createExchange({ rule, policy, send, credentials, auth: opts.auth, observer: opts.observer });
   const urlOf = (path: string) => new URL(`${base.pathname.replace(/\/$/, '')}${path}`, base);
   /** A redirect to another registry's blob URL (a vanity host, a regional registry), not to a CDN. */
   const isBlobApi = (url: URL, digest: Digest) => /\/v2\/.+\/blobs\/[^/]+$/.test(url.pathname) && url.pathname.endsWith(`/blobs/${digest}`);

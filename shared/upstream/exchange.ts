@@ -1,7 +1,9 @@
 /**
  * Upstream requests of one rule with redirects and the auth dance: {@link createExchange}. Every upstream
  * request of the client — manifests, blobs, tag lists, referrers, token realms — goes through its `send`
- * wrapper ({@link Exchange.send}), the one place to observe them all (method, host, status, timing).
+ * wrapper ({@link Exchange.send}), the one place to observe them all: observed-send.ts counts each in the metrics
+ * and the current request's scope and logs it at DEBUG (method, host, path, status, ms, bytes; the cause of a
+ * failure).
  *
  * Redirects (registry.k8s.io answers every manifest request with a redirect to a regional registry, blobs go to
  * S3 or a CDN, vanity hosts redirect the whole `/v2/` API) are followed up to {@link MAX_REDIRECTS} hops:
@@ -20,7 +22,10 @@ import { assertLiteralAllowed, type HostPolicy } from './address-policy.js';
 import { createTokenAuth, type CredentialsProvider, type TokenAuth } from './auth.js';
 import { parseChallenge } from './challenge.js';
 import { UpstreamError } from './errors.js';
+import { observedSend, upstreamKindOf, type UpstreamObserver } from './observed-send.js';
 import { discard, type UpstreamRequest, type UpstreamResponse, type UpstreamSend } from './transport.js';
+import type { UpstreamKind } from '../observe/metrics.js';
+import { noMetrics } from '../observe/metrics.js';
 
 /** Most redirects followed for one request (Go's http client allows 10). */
 export const MAX_REDIRECTS = 10;
@@ -62,13 +67,17 @@ export interface Exchange {
   ): Promise<Exchanged>;
 }
 
-/** Builds the exchange of `rule` over `send`; `auth` replaces the token auth built from `credentials`. */
+/**
+ * Builds the exchange of `rule` over `send`; `auth` replaces the token auth built from `credentials`; `observer`
+ * receives every request's metrics and log line (default: metrics nowhere, no log).
+ */
 export function createExchange(deps: {
   rule: PullThroughCacheRule;
   policy: HostPolicy;
   send: UpstreamSend;
   credentials?: CredentialsProvider;
   auth?: TokenAuth;
+  observer?: Omit<UpstreamObserver, 'rule'>;
 }): Exchange {
   const { rule, policy } = deps;
   const base = new URL(rule.upstream);
@@ -76,16 +85,12 @@ export function createExchange(deps: {
   const credentialHosts = new Set(rule.credentialHosts.map((h) => h.toLowerCase()));
   const credentialed = (url: URL) => url.origin === base.origin || credentialHosts.has(url.host.toLowerCase());
 
-  async function send(req: UpstreamRequest): Promise<UpstreamResponse> {
-    try {
-      assertLiteralAllowed(req.url, policy);
-      return await deps.send(req);
-    } catch (err) {
-      if (err instanceof UpstreamError) throw err;
-      const cause = (err as Error & { cause?: unknown }).cause;
-      if (cause instanceof UpstreamError) throw cause; // a refused address, raised inside the dispatcher
-      throw new UpstreamError('unavailable', `${req.method} ${req.url.host}${req.url.pathname}: ${(err as Error).message}`);
-    }
+  const observed = observedSend(deps.send, { rule: rule.prefix, metrics: deps.observer?.metrics ?? noMetrics, log: deps.observer?.log });
+
+  /** Sends one request (an internal literal address is refused before anything is sent, and not counted). */
+  async function send(req: UpstreamRequest, kind?: UpstreamKind): Promise<UpstreamResponse> {
+    assertLiteralAllowed(req.url, policy);
+    return observed(req, kind);
   }
 
   /** GETs a token realm, following its redirects; `authorization` only while on the realm's own origin. */
@@ -93,7 +98,7 @@ export function createExchange(deps: {
     const signal = AbortSignal.timeout(timeoutMs);
     let url = realm;
     for (let hop = 0; ; hop++) {
-      const res = await send({ method: 'GET', url, signal, headers: { Accept: 'application/json', ...(authorization && url.origin === realm.origin ? { Authorization: authorization } : {}) } });
+      const res = await send({ method: 'GET', url, signal, headers: { Accept: 'application/json', ...(authorization && url.origin === realm.origin ? { Authorization: authorization } : {}) } }, 'token');
       const location = res.status >= 300 && res.status < 400 ? res.header('location') : null;
       if (!location || hop >= MAX_REDIRECTS) return res;
       await discard(res);
@@ -104,9 +109,9 @@ export function createExchange(deps: {
   const auth = deps.auth ?? createTokenAuth({ credentials: deps.credentials, fetchToken });
 
   /** One hop: the request, and on a 401 challenge the answer for that host and one retry. */
-  async function hop(method: 'GET' | 'HEAD', url: URL, scope: string, headers: Record<string, string>, signal: AbortSignal): Promise<UpstreamResponse> {
+  async function hop(method: 'GET' | 'HEAD', url: URL, scope: string, headers: Record<string, string>, signal: AbortSignal, kind: UpstreamKind): Promise<UpstreamResponse> {
     const withAuth = (authorization: string | undefined) => ({ 'Accept-Encoding': 'identity', ...headers, ...(authorization ? { Authorization: authorization } : {}) });
-    const res = await send({ method, url, headers: withAuth(await auth.headerFor(url.origin, scope)), signal });
+    const res = await send({ method, url, headers: withAuth(await auth.headerFor(url.origin, scope)), signal }, kind);
     if (res.status !== 401) return res;
     const challenge = parseChallenge(res.header('www-authenticate'));
     if (!challenge) return res;
@@ -119,7 +124,7 @@ export function createExchange(deps: {
       }
     }
     const retry = await auth.answer(url.origin, challenge, scope, credentialed(url));
-    return retry ? send({ method, url, headers: withAuth(retry), signal }) : res;
+    return retry ? send({ method, url, headers: withAuth(retry), signal }, kind) : res;
   }
 
   /** Refuses a redirect target the rule does not allow (plain http to a host not listed, an internal literal). */
@@ -132,7 +137,7 @@ export function createExchange(deps: {
   }
 
   return {
-    send,
+    send: (req) => send(req),
     redirectAllowed(from, to) {
       try {
         checkRedirect(from, to);
@@ -143,8 +148,10 @@ export function createExchange(deps: {
     },
     async request(first, opts) {
       let url = first;
+      // A hop to a CDN keeps the kind of the request it continues.
+      const kind = upstreamKindOf(first) ?? 'other';
       for (let hops = 0; ; hops++) {
-        const res = await hop(opts.method, url, pullScopeFor(url, opts.repository), opts.headers ?? {}, opts.signal);
+        const res = await hop(opts.method, url, pullScopeFor(url, opts.repository), opts.headers ?? {}, opts.signal, kind);
         const location = res.status >= 300 && res.status < 400 ? res.header('location') : null;
         if (!location) return { res, url };
         let next: URL;

@@ -16,6 +16,7 @@ import { createRefresher } from '../../shared/registry/refresh.js';
 import type { FillJob, Log, RegistryDeps, TagChange } from '../../shared/registry/deps.js';
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
 import type { RegistryResponse } from '../../shared/http/types.js';
+import type { Metrics } from '../../shared/observe/metrics.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
 import type { Stores } from '../../shared/store/ports.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
@@ -74,9 +75,11 @@ export async function createHarness(
      * `delayMs` later by the same `blobs.fill` code functions/fill.ts runs, instead of in the request.
      */
     dispatchFill?: { delayMs: number; failTimes?: number };
+    /** Where the core and the upstream clients count (shared/observe/metrics.ts); default: nowhere. */
+    metrics?: Metrics;
   } = {},
 ) {
-  const { dispatchFill: _dispatchFill, ...configExtra } = extra;
+  const { dispatchFill: _dispatchFill, metrics, ...configExtra } = extra;
   const config = parseConfig({ rules, ...configExtra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
   const dbPath = join(dir, 'index.db');
@@ -94,12 +97,13 @@ export async function createHarness(
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor: (rule) => {
-      if (!clients.has(rule.prefix)) clients.set(rule.prefix, createUpstreamClient(rule));
+      if (!clients.has(rule.prefix)) clients.set(rule.prefix, createUpstreamClient(rule, metrics ? { observer: { metrics, log: silentLog } } : {}));
       return clients.get(rule.prefix)!;
     },
     maxManifestBytes: config.maxManifestBytes,
     fill: config.blobFill,
     log: silentLog,
+    metrics,
     now: () => clock.now,
     lifecycle: { touchIntervalSeconds: config.lifecycle.touchIntervalSeconds },
     onTagMoved: (change) => {
