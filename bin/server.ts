@@ -13,6 +13,7 @@ import { createLogger } from '../shared/logger.js';
 import { exposureWarning } from '../shared/auth/setup.js';
 import { getRuntime } from '../shared/runtime.js';
 import { createBlobRoute } from './blob-route.js';
+import { startMetricsListener } from './metrics-listener.js';
 import { warmUp } from './warm-up.js';
 import { writeError } from './write-error.js';
 
@@ -118,11 +119,21 @@ const server = await startServer(runtime.env.port, runtime.env.host).catch((err:
   if (err.code === 'EACCES') cannotStart(`no permission to listen on ${where} (ports below 1024 need privileges)`);
   return cannotStart(`listening on ${where} failed: ${err.message}`);
 });
+// The Prometheus listener (PULLTHROUGH_METRICS_PORT), on its own port.
+const metricsServer = runtime.prometheus && runtime.env.metricsPort !== undefined
+  ? await startMetricsListener(runtime.prometheus, runtime.env.metricsPort, runtime.env.metricsHost, logger).catch((err: NodeJS.ErrnoException) => {
+    const where = `${runtime.env.metricsHost}:${runtime.env.metricsPort}`;
+    if (err.code === 'EADDRINUSE') cannotStart(`${where} (PULLTHROUGH_METRICS_PORT) is already in use`);
+    return cannotStart(`the metrics listener on ${where} failed: ${err.message}`);
+  })
+  : undefined;
+const metricsAddress = metricsServer?.address();
 const address = server.address();
 logger.info('pullthrough listening', {
   port: typeof address === 'object' && address ? address.port : runtime.env.port,
   dataDir: runtime.env.dataDir,
   rules: runtime.config.rules.map((r) => `${r.prefix} -> ${r.upstream}`),
+  ...(metricsAddress && typeof metricsAddress === 'object' ? { metrics: `http://${metricsAddress.address}:${metricsAddress.port}/metrics` } : {}),
 });
 
 let stopping = false;
@@ -132,6 +143,8 @@ function stop(signal: string): void {
   logger.info('stopping', { signal });
   const force = setTimeout(() => process.exit(1), 10_000);
   force.unref();
+  metricsServer?.close();
+  metricsServer?.closeAllConnections();
   server.close(() => {
     runtime.close();
     logger.info('stopped');

@@ -6,6 +6,8 @@
  * - `PULLTHROUGH_DATA_DIR`: embedded storage directory (default `./.data`)
  * - `PULLTHROUGH_PORT`: local server port (default 5000)
  * - `PULLTHROUGH_HOST`: local server address (default 127.0.0.1; `0.0.0.0` to serve other machines)
+ * - `PULLTHROUGH_METRICS_PORT`: port of the local server's Prometheus listener (`GET /metrics`); unset = off
+ * - `PULLTHROUGH_METRICS_HOST`: its address (default 127.0.0.1)
  * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR | SILENT, any case (default INFO); anything else stops the start
  * - `PULLTHROUGH_BACKEND`: `embedded` (SQLite + filesystem, default) or `aws` (DynamoDB + S3)
  * - `PULLTHROUGH_TABLE`, `PULLTHROUGH_BUCKET`: the DynamoDB table and S3 bucket (backend `aws`); endpoints come
@@ -50,6 +52,10 @@ export interface Environment {
   port: number;
   /** Address the local server listens on. */
   host: string;
+  /** Port of the Prometheus listener (`/metrics`); undefined = no listener. */
+  metricsPort?: number;
+  /** Address of the Prometheus listener. */
+  metricsHost: string;
   /** One of {@link LOG_LEVELS}, upper-case. */
   logLevel: string;
   backend: 'embedded' | 'aws';
@@ -84,11 +90,17 @@ function proxyVariable(env: NodeJS.ProcessEnv, name: string): string | undefined
   return value;
 }
 
+/** A port number variable (0-65535). */
+function portNumber(name: string, text: string): number {
+  const port = Number(text);
+  if (!/^\d{1,5}$/.test(text) || port > 65535) throw new Error(`${name} must be a port number (0-65535), got ${JSON.stringify(text)}`);
+  return port;
+}
+
 /** Reads the process environment (the only place that does). */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
-  const portText = env.PULLTHROUGH_PORT || '5000';
-  const port = Number(portText);
-  if (!/^\d{1,5}$/.test(portText) || port > 65535) throw new Error(`PULLTHROUGH_PORT must be a port number (0-65535), got ${JSON.stringify(portText)}`);
+  const port = portNumber('PULLTHROUGH_PORT', env.PULLTHROUGH_PORT || '5000');
+  const metricsPort = env.PULLTHROUGH_METRICS_PORT ? portNumber('PULLTHROUGH_METRICS_PORT', env.PULLTHROUGH_METRICS_PORT) : undefined;
   const logLevel = (env.PULLTHROUGH_LOG_LEVEL || 'INFO').toUpperCase();
   if (!LOG_LEVELS.includes(logLevel)) throw new Error(`PULLTHROUGH_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(env.PULLTHROUGH_LOG_LEVEL)}`);
   const backend = env.PULLTHROUGH_BACKEND || 'embedded';
@@ -110,6 +122,8 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
     port,
     host: env.PULLTHROUGH_HOST || '127.0.0.1',
+    metricsPort,
+    metricsHost: env.PULLTHROUGH_METRICS_HOST || '127.0.0.1',
     logLevel,
     backend,
     table: env.PULLTHROUGH_TABLE || undefined,

@@ -21,6 +21,7 @@ import { assertServable, loadConfig, readEnvironment, type Environment, type Pul
 import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
 import { noMetrics, type Metrics as CoreMetrics } from './observe/metrics.js';
+import { createPrometheusMetrics, type PrometheusMetrics } from './observe/prometheus.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
 import type { FillJob, TagChange } from './registry/deps.js';
@@ -47,6 +48,8 @@ export interface Runtime {
   logger: Logger;
   /** Powertools metrics (EMF): `TagMoved` per digest change; handlers flush them. */
   metrics: Metrics;
+  /** The Prometheus output of the core's metrics, when `PULLTHROUGH_METRICS_PORT` asks for it (local server). */
+  prometheus?: PrometheusMetrics;
   /** The embedded blob store, whose signed URLs the local server serves (embedded backend only). */
   blobStore?: FsBlobStore;
   close(): void;
@@ -110,7 +113,9 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
-  const coreMetrics: CoreMetrics = noMetrics;
+  // Prometheus only where it is served (the local server's metrics listener); Lambda writes EMF.
+  const prometheus = env.metricsPort !== undefined && !env.inLambda ? createPrometheusMetrics() : undefined;
+  const coreMetrics: CoreMetrics = prometheus ?? noMetrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
@@ -145,7 +150,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const { app, blobs, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
   const lifecycle = createLifecycle(deps, config, graceSeconds);
-  return { env, config, app, blobs, refresher, lifecycle, logger, metrics, blobStore, close };
+  return { env, config, app, blobs, refresher, lifecycle, logger, metrics, prometheus, blobStore, close };
 }
 
 let current: Promise<Runtime> | undefined;

@@ -3,7 +3,7 @@
  * CNCF distribution 2.8 (`/usr/bin/docker-registry`), filesystem storage,
  * plain HTTP on 127.0.0.1.
  */
-import { existsSync, openSync, closeSync, writeFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import net from 'node:net';
 import http from 'node:http';
@@ -53,6 +53,11 @@ export interface UpstreamRegistryOptions {
   tokenAuth?: { realm: string; service: string; issuer: string; certPath: string };
   /** Readiness timeout in ms (default 10 000). */
   startTimeoutMs?: number;
+  /**
+   * Turns distribution's access log on (one combined-format line per request it answered, in `logPath`): read it
+   * with {@link readAccessLog}, e.g. to compare the requests the cache says it sent with those the registry saw.
+   */
+  accessLog?: boolean;
 }
 
 /** A running upstream registry. `url` has no trailing slash. */
@@ -99,7 +104,7 @@ function probe(url: string, timeoutMs = 1000): Promise<number> {
   });
 }
 
-function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string; tokenAuth?: UpstreamRegistryOptions['tokenAuth'] }): string {
+function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string; tokenAuth?: UpstreamRegistryOptions['tokenAuth']; accessLog?: boolean }): string {
   // YAML written by hand: values are paths/ports we control (quoted).
   const lines = [
     'version: 0.1',
@@ -107,7 +112,7 @@ function renderConfig(o: { port: number; dataDir: string; htpasswdPath?: string;
     '  level: warn',
     '  formatter: text',
     '  accesslog:',
-    '    disabled: true',
+    `    disabled: ${o.accessLog ? 'false' : 'true'}`,
     'storage:',
     '  filesystem:',
     `    rootdirectory: ${JSON.stringify(o.dataDir)}`,
@@ -160,7 +165,7 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
     }
   }
   const configPath = join(workDir, 'config.yml');
-  writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath, tokenAuth: opts.tokenAuth }));
+  writeFileSync(configPath, renderConfig({ port, dataDir, htpasswdPath, tokenAuth: opts.tokenAuth, accessLog: opts.accessLog }));
   const logPath = join(workDir, 'registry.log');
   const logFd = openSync(logPath, 'a');
   // Under setpriv --pdeathsig KILL (./child-processes.ts): the registry dies with the thread that spawned it,
@@ -195,4 +200,29 @@ async function startOnce(opts: UpstreamRegistryOptions): Promise<UpstreamRegistr
     throw new Error(`docker-registry did not become ready on ${url}${exited}; log tail:\n${logTail(logPath)}`);
   }
   return { url, port, dataDir, pid: proc.child.pid!, configPath, logPath, stop };
+}
+
+/** One request distribution logged in its access log (Apache combined format). `bytes`: body bytes it wrote. */
+export interface AccessLogEntry {
+  method: string;
+  /** Path and query as requested. */
+  path: string;
+  status: number;
+  bytes: number;
+  userAgent: string;
+}
+
+const ACCESS_LINE = /^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) (\d+|-) "[^"]*" "([^"]*)"$/;
+
+/**
+ * The requests a registry started with `accessLog: true` has logged so far (its other log lines are skipped).
+ * Distribution writes a line once the response is complete.
+ */
+export function readAccessLog(registry: Pick<UpstreamRegistry, 'logPath'>): AccessLogEntry[] {
+  const entries: AccessLogEntry[] = [];
+  for (const line of readFileSync(registry.logPath, 'utf8').split('\n')) {
+    const m = ACCESS_LINE.exec(line);
+    if (m) entries.push({ method: m[1], path: m[2], status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]), userAgent: m[5] });
+  }
+  return entries;
 }
