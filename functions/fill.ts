@@ -7,12 +7,14 @@ import middy from '@middy/core';
 import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import type { FillJob } from '../shared/registry/deps.js';
 import { getRuntime } from '../shared/runtime.js';
+import { flushMetrics } from './flush-metrics.js';
 
 const runtime = await getRuntime();
 
 /** Entry point. Errors are logged and rethrown (Lambda's async retry then applies; the lease bounds overlap). */
 export const handler = middy<FillJob, { size?: number }>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
+  .use(flushMetrics(runtime.emf))
   .handler(async (job) => {
     const size = await runtime.blobs.fill(job.name, job.digest, job.leaseOwner);
     // undefined: the fill did not start, its lease having been taken over meanwhile (logged by the fill).

@@ -11,6 +11,7 @@ import { logMetrics } from '@aws-lambda-powertools/metrics/middleware';
 import type { Context } from 'aws-lambda';
 import type { RefreshReport, RefreshTarget } from '../shared/registry/refresh.js';
 import { getRuntime } from '../shared/runtime.js';
+import { flushMetrics } from './flush-metrics.js';
 
 const runtime = await getRuntime();
 
@@ -21,6 +22,7 @@ const SAFETY_MS = 30_000;
 export const handler = middy<Partial<RefreshTarget> & { 'detail-type'?: string }, RefreshReport, Error, Context>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
   .use(logMetrics(runtime.metrics))
+  .use(flushMetrics(runtime.emf))
   .handler(async (event, context) => {
     const deadline = Date.now() + Math.max(1000, context.getRemainingTimeInMillis() - SAFETY_MS);
     const scheduled = event['detail-type'] === 'Scheduled Event' || !event.name;

@@ -10,6 +10,7 @@ import { fromHttpApiEvent, toHttpApiResult } from '../shared/http/lambda-event.j
 import type { Log } from '../shared/observe/log.js';
 import { inScope, newScope } from '../shared/observe/request-scope.js';
 import { getRuntime } from '../shared/runtime.js';
+import { flushMetrics } from './flush-metrics.js';
 
 const runtime = await getRuntime();
 
@@ -55,4 +56,5 @@ export async function serveHttpApiEvent(event: APIGatewayProxyEventV2, log: Log)
 /** The Lambda entry point. */
 export const handler = middy<APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
+  .use(flushMetrics(runtime.emf))
   .handler((event) => serveHttpApiEvent(event, runtime.logger));

@@ -22,6 +22,7 @@ import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
 import { noMetrics, type Metrics as CoreMetrics } from './observe/metrics.js';
 import { createPrometheusMetrics, type PrometheusMetrics } from './observe/prometheus.js';
+import { createEmfMetrics, type EmfMetrics } from './observe/emf.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
 import type { FillJob, TagChange } from './registry/deps.js';
@@ -48,6 +49,8 @@ export interface Runtime {
   logger: Logger;
   /** Powertools metrics (EMF): `TagMoved` per digest change; handlers flush them. */
   metrics: Metrics;
+  /** The CloudWatch EMF output of the core's metrics (on Lambda); each handler flushes it (functions/flush-metrics.ts). */
+  emf?: EmfMetrics;
   /** The Prometheus output of the core's metrics, when `PULLTHROUGH_METRICS_PORT` asks for it (local server). */
   prometheus?: PrometheusMetrics;
   /** The embedded blob store, whose signed URLs the local server serves (embedded backend only). */
@@ -113,9 +116,10 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
-  // Prometheus only where it is served (the local server's metrics listener); Lambda writes EMF.
+  // Lambda writes EMF (flushed by each handler); Prometheus only where it is served (the local server's listener).
+  const emf = env.inLambda ? createEmfMetrics() : undefined;
   const prometheus = env.metricsPort !== undefined && !env.inLambda ? createPrometheusMetrics() : undefined;
-  const coreMetrics: CoreMetrics = prometheus ?? noMetrics;
+  const coreMetrics: CoreMetrics = emf ?? prometheus ?? noMetrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
@@ -150,7 +154,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const { app, blobs, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
   const lifecycle = createLifecycle(deps, config, graceSeconds);
-  return { env, config, app, blobs, refresher, lifecycle, logger, metrics, prometheus, blobStore, close };
+  return { env, config, app, blobs, refresher, lifecycle, logger, metrics, emf, prometheus, blobStore, close };
 }
 
 let current: Promise<Runtime> | undefined;

@@ -30,6 +30,17 @@ export type CacheResult = 'hit' | 'miss' | 'stale' | 'revalidated' | 'refreshed'
 /** A request's result in the metrics: the cache result, or `error` (status ≥ 400). */
 export type RequestResult = CacheResult | 'error';
 
+/**
+ * The hit ratio's terms: a request whose content came from the cache (`hit`, `revalidated` — only a HEAD went
+ * upstream —, `stale`) is a hit; `miss` and `refreshed` (the content was fetched) are misses; `error` and `none`
+ * count as neither. Returns undefined for those.
+ */
+export function isCacheHit(result: RequestResult): boolean | undefined {
+  if (result === 'hit' || result === 'revalidated' || result === 'stale') return true;
+  if (result === 'miss' || result === 'refreshed') return false;
+  return undefined;
+}
+
 /** What an upstream request asked for (from its URL; `token` for a token realm). */
 export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'token' | 'other';
 

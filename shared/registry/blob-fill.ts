@@ -116,8 +116,10 @@ export function createFiller(deps: RegistryDeps): Filler {
       backoff.delete(digest);
       await stores.links.link(resolved.name, digest);
       log.info('blob filled', { name: resolved.name, digest, size: written.size, ms: Date.now() - progress.startedAt });
+      deps.metrics?.fill({ rule: resolved.rule.prefix, seconds: (Date.now() - progress.startedAt) / 1000, ok: true });
       return written.size;
     } catch (err) {
+      deps.metrics?.fill({ rule: resolved.rule.prefix, seconds: (Date.now() - progress.startedAt) / 1000, ok: false });
       if (isStorageFull(err)) throw onStorageFull(resolved, digest, err);
       if (err instanceof RegistryError || err instanceof UpstreamError) throw err;
       // The body broke mid-transfer (connection reset, truncation): nothing was committed.

@@ -23,10 +23,12 @@ export const DUMMY_AWS = { AWS_ACCESS_KEY_ID: 'x', AWS_SECRET_ACCESS_KEY: 'x', A
 
 /** The KMS key of {@link EVERY_OPTION}'s token key. */
 export const TOKEN_KEY_KMS_KEY = 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+/** The SNS topic of {@link EVERY_OPTION}'s alarms. */
+export const ALARM_TOPIC = 'arn:aws:sns:us-east-1:123456789012:pullthrough-alarms';
 /**
  * `osls package` arguments setting every optional parameter: a custom domain, an EventBridge bus for `Tag Moved`
  * events, anonymous clients allowed, a token key in SSM encrypted with a customer managed KMS key, another
- * upstream secrets prefix.
+ * upstream secrets prefix, an SNS topic for the alarms.
  */
 export const EVERY_OPTION = [
   ...['--param', 'domainName=registry.example.com', '--param', 'certificateArn=arn:aws:acm:us-east-1:123456789012:certificate/abc'],
@@ -34,6 +36,7 @@ export const EVERY_OPTION = [
   ...['--param', 'allowAnonymousClients=true'],
   ...['--param', 'tokenKey=ssm:/pullthrough/token-key', '--param', `tokenKeyKmsKeyArn=${TOKEN_KEY_KMS_KEY}`],
   ...['--param', 'upstreamSecretsPrefix=registry/upstreams/'],
+  ...['--param', `alarmTopicArn=${ALARM_TOPIC}`],
 ];
 
 /** One resource of a CloudFormation template. */

@@ -1,13 +1,11 @@
 /**
  * The Lambda entry point, invoked with API Gateway HTTP API v2 events built by the factory (not copied JSON).
  */
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import type { Context } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildHttpApiEvent } from '../../shared/http/lambda-event.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { setLambdaTestEnv } from '../support/lambda-env.js';
 
 let up: FakeUpstream;
 let handler: (e: ReturnType<typeof buildHttpApiEvent>, c: Context) => Promise<{ statusCode?: number; headers?: Record<string, unknown>; body?: string; isBase64Encoded?: boolean }>;
@@ -15,11 +13,7 @@ const ctx = { awsRequestId: 'test', functionName: 'registry', getRemainingTimeIn
 
 beforeAll(async () => {
   up = await startFakeUpstream();
-  const dir = mkdtempSync(join(tmpdir(), 'pt-lambda-'));
-  writeFileSync(join(dir, 'config.yaml'), `rules:\n  - prefix: local\n    upstream: ${up.url}\n`);
-  process.env.PULLTHROUGH_CONFIG = join(dir, 'config.yaml');
-  process.env.PULLTHROUGH_DATA_DIR = join(dir, 'data');
-  process.env.PULLTHROUGH_LOG_LEVEL = 'SILENT';
+  setLambdaTestEnv(up.url);
   ({ handler } = (await import('../../functions/registry.js')) as unknown as { handler: typeof handler });
 });
 afterAll(async () => up.close());

@@ -38,7 +38,8 @@ import { generateSigningJwk } from '../../shared/auth/keys.js';
 import { hashPassword } from '../../shared/auth/passwords.js';
 import { TABLE_KEY_SCHEMA, TTL_ATTRIBUTE } from '../../shared/store/dynamodb-index.js';
 import { scratchDir } from '../support/scratch.js';
-import { DUMMY_AWS, EVERY_OPTION, oslsPackage, ROOT, TOKEN_KEY_KMS_KEY, unzipInto, type CfnTemplate, type Packaged } from '../support/serverless-package.js';
+import { EMF_METRIC_NAMES } from '../../shared/observe/emf.js';
+import { ALARM_TOPIC, DUMMY_AWS, EVERY_OPTION, oslsPackage, ROOT, TOKEN_KEY_KMS_KEY, unzipInto, type CfnTemplate, type Packaged } from '../support/serverless-package.js';
 
 const run = promisify(execFile);
 const FUNCTIONS = ['registry', 'fill', 'refresh', 'gc'] as const;
@@ -211,7 +212,8 @@ function specProblems(db: SpecDatabase, template: CfnTemplate): string[] {
 }
 
 /**
- * Evaluates what CloudFormation computes from literals (osls params become literals): Fn::Select, Fn::Split,
+ * Evaluates what CloudFormation computes from literals (osls params become literals): Ref of a stack parameter
+ * (its default), Fn::Select, Fn::Split,
  * Fn::Join, Fn::If (by its condition) and Fn::Sub with a variable map (its variables substituted, pseudo
  * parameters and resource attributes left as they are: `{ 'Fn::Sub': text }`). Anything else is returned as is.
  */
@@ -225,6 +227,11 @@ function evalValue(template: CfnTemplate, value: unknown): unknown {
     return r;
   };
   switch (fn) {
+    case 'Ref': {
+      // A stack parameter takes its default (osls params become parameter defaults); anything else stays a Ref.
+      const parameter = (template.Parameters as Record<string, { Default?: unknown }> | undefined)?.[args];
+      return parameter && 'Default' in parameter ? parameter.Default : value;
+    }
     case 'Fn::Select': {
       const list = evalValue(template, args[1]) as unknown[];
       const i = Number(args[0]);
@@ -689,6 +696,46 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         expect(env.PULLTHROUGH_EVENT_BUS).toBe(publishes ? 'platform-events' : undefined);
       }
     });
+  });
+
+  it('adds the CloudWatch dashboard over the metrics the functions write, and the fill-failure, upstream-error-rate and 5xx alarms; they notify alarmTopicArn only when given', () => {
+    const [[, dashboard], ...more] = resources('AWS::CloudWatch::Dashboard');
+    expect(more).toEqual([]);
+    expect(dashboard.Properties.DashboardName).toBe('pullthrough-ci'); // the stage packaged
+    const body = String(dashboard.Properties.DashboardBody['Fn::Sub']);
+    // The only substitutions: the region and the stack's own API and functions.
+    expect([...new Set(body.match(/\$\{[^}]+\}/g))].sort()).toEqual(['${AWS::Region}', '${FillLambdaFunction}', '${HttpApi}', '${RefreshLambdaFunction}', '${RegistryLambdaFunction}']);
+    const widgets = (JSON.parse(body) as { widgets: Array<{ properties: { title: string; metrics: unknown[][] } }> }).widgets;
+    expect(widgets.map((w) => w.properties.title)).toEqual([
+      'Hit ratio per rule (%, manifests and blobs)', 'Requests by result', 'Upstream requests by result, and errors', 'Bytes served from the cache vs fetched from upstreams',
+      'Blob fills: duration (s) and failures', 'Tag re-checks (refresh and pulls) by outcome', 'Client answers 4xx / 5xx (API Gateway)', 'Function errors',
+    ]);
+    // Every pullthrough metric the dashboard reads is one the EMF output writes.
+    const read = [...body.matchAll(/MetricName=\\"(\w+)\\"/g)].map((m) => m[1]);
+    for (const w of widgets) for (const m of w.properties.metrics) if (m[0] === 'pullthrough') read.push(String(m[1]));
+    expect(read.length).toBeGreaterThan(8);
+    expect(read.filter((n) => !(EMF_METRIC_NAMES as readonly string[]).includes(n))).toEqual([]);
+
+    const alarms = Object.fromEntries(resources('AWS::CloudWatch::Alarm').map(([id, r]) => [id, r.Properties]));
+    expect(Object.keys(alarms).sort()).toEqual(['FillFailuresAlarm', 'ServerErrorsAlarm', 'UpstreamErrorRateAlarm']);
+    expect(alarms.FillFailuresAlarm).toMatchObject({ Namespace: 'pullthrough', MetricName: 'FillFailures', Dimensions: [{ Name: 'service', Value: 'pullthrough' }], Statistic: 'Sum', Threshold: 1 });
+    expect(alarms.ServerErrorsAlarm).toMatchObject({ Namespace: 'AWS/ApiGateway', MetricName: '5xx', Dimensions: [{ Name: 'ApiId', Value: { Ref: 'HttpApi' } }] });
+    const rate = alarms.UpstreamErrorRateAlarm;
+    expect(rate.Metrics.map((m: { Id: string; Expression?: string; MetricStat?: { Metric: { MetricName: string } } }) => m.Expression ?? m.MetricStat?.Metric.MetricName)).toEqual([
+      'IF(requests > 0, 100 * errors / requests, 0)', 'UpstreamErrors', 'UpstreamRequests',
+    ]);
+    for (const name of ['UpstreamErrors', 'UpstreamRequests', 'FillFailures']) expect(EMF_METRIC_NAMES).toContain(name);
+
+    expect(evalCondition(plain.template, { Condition: 'HasAlarmTopic' })).toBe(false);
+    expect(evalCondition(withOptions.template, { Condition: 'HasAlarmTopic' })).toBe(true);
+    for (const t of [plain.template, withOptions.template]) {
+      for (const [, alarm] of resources('AWS::CloudWatch::Alarm', t)) {
+        for (const key of ['AlarmActions', 'OKActions']) {
+          expect(alarm.Properties[key]).toEqual({ 'Fn::If': ['HasAlarmTopic', [{ Ref: 'AlarmTopicArn' }], { Ref: 'AWS::NoValue' }] });
+          expect(evalValue(t, alarm.Properties[key])).toEqual(t === plain.template ? { Ref: 'AWS::NoValue' } : [ALARM_TOPIC]);
+        }
+      }
+    }
   });
 
   it('adds the custom domain and its API mapping only when domainName is given, and outputs its DNS target', () => {
