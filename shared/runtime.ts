@@ -21,7 +21,7 @@ import { assertServable, loadConfig, readEnvironment, type Environment, type Pul
 import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
 import { noMetrics, type Metrics as CoreMetrics } from './observe/metrics.js';
-import { createPrometheusMetrics, type PrometheusMetrics } from './observe/prometheus.js';
+import type { PrometheusMetrics } from './observe/prometheus.js';
 import { createEmfMetrics, type EmfMetrics } from './observe/emf.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
@@ -118,7 +118,8 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const { stores, blobStore, close } = await buildStores(env);
   // Lambda writes EMF (flushed by each handler); Prometheus only where it is served (the local server's listener).
   const emf = env.inLambda ? createEmfMetrics() : undefined;
-  const prometheus = env.metricsPort !== undefined && !env.inLambda ? createPrometheusMetrics() : undefined;
+  // prom-client is loaded only then (~80 ms of start-up every CLI command would pay otherwise).
+  const prometheus = env.metricsPort !== undefined && !env.inLambda ? (await import('./observe/prometheus.js')).createPrometheusMetrics() : undefined;
   const coreMetrics: CoreMetrics = emf ?? prometheus ?? noMetrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
