@@ -12,6 +12,7 @@ import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import type { Context } from 'aws-lambda';
 import type { GcReport, PurgeReport } from '../shared/registry/lifecycle/index.js';
 import { getRuntime } from '../shared/runtime.js';
+import { flushMetrics } from './flush-metrics.js';
 
 const runtime = await getRuntime();
 
@@ -24,11 +25,15 @@ export type GcEvent = { action?: 'gc'; dryRun?: boolean; 'detail-type'?: string 
 /** Entry point. A purge target that names nothing cached answers `repositories: 0`; a malformed one throws. */
 export const handler = middy<GcEvent, GcReport | PurgeReport, Error, Context>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
+  .use(flushMetrics(runtime.emf))
   .handler(async (event, context) => {
     if (event.action === 'purge') {
       if (typeof event.target !== 'string' || event.target === '') throw new Error('purge needs a target: <name>[:<tag>|@<digest>] or a rule prefix');
       return runtime.lifecycle.purge(event.target);
     }
     const deadline = Date.now() + Math.max(1000, context.getRemainingTimeInMillis() - SAFETY_MS);
-    return runtime.lifecycle.gc({ dryRun: event.dryRun === true, deadline });
+    const report = await runtime.lifecycle.gc({ dryRun: event.dryRun === true, deadline });
+    // A complete pass measured what each rule stores: the `StoredBytes` metric (dashboard, shared/observe/emf.ts).
+    if (report.complete && !report.dryRun) for (const [rule, usage] of Object.entries(report.rules)) runtime.emf?.storedBytes(rule, usage.storedBytes);
+    return report;
   });

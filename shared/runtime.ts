@@ -116,10 +116,14 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
   const { stores, blobStore, close } = await buildStores(env);
+  let lifecycle: Lifecycle | undefined;
   // Lambda writes EMF (flushed by each handler); Prometheus only where it is served (the local server's listener).
   const emf = env.inLambda ? createEmfMetrics() : undefined;
   // prom-client is loaded only then (~80 ms of start-up every CLI command would pay otherwise).
-  const prometheus = env.metricsPort !== undefined && !env.inLambda ? (await import('./observe/prometheus.js')).createPrometheusMetrics() : undefined;
+  // Its stored-bytes gauge reads what the last complete GC pass measured per rule (the lifecycle's accounting).
+  const prometheus = env.metricsPort !== undefined && !env.inLambda
+    ? (await import('./observe/prometheus.js')).createPrometheusMetrics({ readStoredBytes: () => storedBytesByRule(lifecycle) })
+    : undefined;
   const coreMetrics: CoreMetrics = emf ?? prometheus ?? noMetrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
@@ -154,8 +158,14 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const auth = await buildClientAuth({ env, config, names, log: logger, now: Date.now });
   const { app, blobs, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
-  const lifecycle = createLifecycle(deps, config, graceSeconds);
+  lifecycle = createLifecycle(deps, config, graceSeconds);
   return { env, config, app, blobs, refresher, lifecycle, logger, metrics, emf, prometheus, blobStore, close };
+}
+
+/** Bytes stored per rule as the last complete GC pass measured them (shared/registry/lifecycle/); undefined before one. */
+export async function storedBytesByRule(lifecycle: Lifecycle | undefined): Promise<Record<string, number> | undefined> {
+  const usage = await lifecycle?.lastUsage();
+  return usage && Object.fromEntries(Object.entries(usage.rules).map(([rule, u]) => [rule, u.storedBytes]));
 }
 
 let current: Promise<Runtime> | undefined;

@@ -704,11 +704,12 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
     expect(dashboard.Properties.DashboardName).toBe('pullthrough-ci'); // the stage packaged
     const body = String(dashboard.Properties.DashboardBody['Fn::Sub']);
     // The only substitutions: the region and the stack's own API and functions.
-    expect([...new Set(body.match(/\$\{[^}]+\}/g))].sort()).toEqual(['${AWS::Region}', '${FillLambdaFunction}', '${HttpApi}', '${RefreshLambdaFunction}', '${RegistryLambdaFunction}']);
+    expect([...new Set(body.match(/\$\{[^}]+\}/g))].sort()).toEqual(['${AWS::Region}', '${FillLambdaFunction}', '${GcLambdaFunction}', '${HttpApi}', '${RefreshLambdaFunction}', '${RegistryLambdaFunction}']);
     const widgets = (JSON.parse(body) as { widgets: Array<{ properties: { title: string; metrics: unknown[][] } }> }).widgets;
     expect(widgets.map((w) => w.properties.title)).toEqual([
       'Hit ratio per rule (%, manifests and blobs)', 'Requests by result', 'Upstream requests by result, and errors', 'Bytes served from the cache vs fetched from upstreams',
       'Blob fills: duration (s) and failures', 'Tag re-checks (refresh and pulls) by outcome', 'Client answers 4xx / 5xx (API Gateway)', 'Function errors',
+      'Bytes stored per rule (each complete GC pass)',
     ]);
     // Every pullthrough metric the dashboard reads is one the EMF output writes.
     const read = [...body.matchAll(/MetricName=\\"(\w+)\\"/g)].map((m) => m[1]);
