@@ -12,7 +12,8 @@
  * The events are each function's everyday work on a cache that holds one image:
  *  - registry: `GET /v2/<name>/manifests/<tag>` through the HTTP API front (a hit: DynamoDB reads);
  *  - fill: a fill job for a blob already stored (a stat and a link);
- *  - refresh: the scheduled event (a query of the due index; nothing is due).
+ *  - refresh: the scheduled event (a query of the due index; nothing is due);
+ *  - gc: a dry-run pass over that cache.
  * Variants run round-robin, the order rotating every round, so machine noise hits them alike.
  *
  * Environment: BENCH_ROUNDS (default 7), BENCH_TIMEOUT_MS (default 600 000).
@@ -87,6 +88,11 @@ async function main(): Promise<void> {
     },
     refresh: async () => {
       await s.runtime.invoke(fnNamed('RefreshLambdaFunction').name, scheduledEvent(refreshSchedule));
+      return s.runtime.invocations.at(-1)!;
+    },
+    // A dry-run pass: nothing deleted between rounds.
+    gc: async () => {
+      await s.runtime.invoke(fnNamed('GcLambdaFunction').name, { action: 'gc', dryRun: true });
       return s.runtime.invocations.at(-1)!;
     },
   };

@@ -2,7 +2,7 @@
  * Readable stack traces from the minified Lambda bundles without `--enable-source-maps`.
  *
  * Node's `--enable-source-maps` parses every loaded bundle's source map at start-up: about 2.9 MB of JSON per
- * function, which bench/cold-start.ts measured at 46–71 ms more CPU per cold start (1.17–1.27×). The deploy
+ * function, which bench/cold-start.ts measured at 15–71 ms more CPU per cold start (1.06–1.27×). The deploy
  * leaves it off (serverless.yml `nodeOptions`), and the logger maps a logged error's stack here instead, lazily:
  * the first time a frame points into a file with a `<file>.map` beside it (what serverless-esbuild ships in each
  * zip), that map is read and parsed with Node's own `module.SourceMap` and kept for the process; frames of files
