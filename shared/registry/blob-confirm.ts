@@ -1,8 +1,11 @@
 /**
  * One name, one upstream (DESIGN.md). Blob bytes are stored once per digest and shared by every repository, yet a
  * blob is served under a name only when that name's own upstream confirmed the digest — a HEAD or GET of the blob
- * in that name's upstream repository answered 2xx — or the digest is linked to the name (one of the name's
- * manifests references it, or an earlier confirmation). A blob's location (a signed URL that serves the digest to
+ * in that name's upstream repository answered 2xx — or the digest is linked to the name (an earlier confirmation:
+ * a fill for the name, or a HEAD). A manifest of the name referencing the digest is no confirmation: the manifest's
+ * upstream vouches for its bytes, not for having the blobs it names, and a manifest naming the digest of another
+ * rule's private blob must not make that blob servable (ports.ts, `BlobLinks`). So a committed blob first served
+ * under a name that did not fill it costs one HEAD to that name's upstream, then it is linked. A blob's location (a signed URL that serves the digest to
  * whoever holds it, locally and on S3 alike) is made only from a {@link Confirmed}, and only this module makes one:
  * from a link, from the name's upstream answering a HEAD, or for a fill started for the same name (its upstream
  * GET answered 2xx before any byte was stored or served).

@@ -160,7 +160,7 @@ export function createDynamoDbContext(opts: DynamoDbIndexOptions): DynamoDbConte
     for (let i = 0; i < items.length; i += BATCH_WRITE_MAX) {
       let requests = items.slice(i, i + BATCH_WRITE_MAX).map((Item) => ({ PutRequest: { Item } }));
       for (let attempt = 1; requests.length > 0; attempt++) {
-        if (attempt > BATCH_WRITE_ATTEMPTS) throw new Error(`DynamoDB left ${requests.length} link writes unprocessed`);
+        if (attempt > BATCH_WRITE_ATTEMPTS) throw new Error(`DynamoDB left ${requests.length} batched writes unprocessed`);
         if (attempt > 1) await new Promise((r) => setTimeout(r, Math.min(50 * 2 ** attempt, 2000)));
         const res = await doc.send(new BatchWriteCommand({ RequestItems: { [TableName]: requests } }));
         requests = (res.UnprocessedItems?.[TableName] ?? []) as typeof requests;

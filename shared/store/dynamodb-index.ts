@@ -6,7 +6,7 @@
  * |-----------------|------------------|---------------------|------------------------------------------------------|
  * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt, pulledAt (ms); dueAt (ms) + dueShard and lastCheck (map) when set |
  * | manifest        | `repo#<name>`    | `manifest#<digest>` | mediaType, size (bytes), storedAt, pulledAt (ms), rule, gen, `body` (Binary) or `bodyKey` |
- * | link            | `repo#<name>`    | `blob#<digest>`     | —                                                    |
+ * | link            | `repo#<name>`    | `blob#<digest>`     | — (the name's upstream confirmed the blob: its fill, or a HEAD; never a manifest reference) |
  * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
  * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms); unpublishedAt (ms) on a tombstone (dynamodb-blob-records.ts) |
  * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt, heartbeatAt (ms), `ttl` (epoch s, DynamoDB TTL) |

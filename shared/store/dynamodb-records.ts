@@ -60,15 +60,14 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
         item.bodyKey = largeObjectKey(r.digest);
         await opts.largeObjects.putObject(item.bodyKey as string, r.body);
       }
-      // Commit-ordered rather than transactional: links (deduplicated: a batch refuses duplicate keys), then
-      // the repository marker, then the manifest item, which is the commit point. A failure part-way leaves
-      // links only, which grant nothing the manifest would not. No TransactWriteItems: it costs twice the
-      // write units (a 350 KB manifest item is 350 units already) and concurrent fills of one manifest would
-      // cancel each other with TransactionConflict.
-      // The lifecycle's reference items (one per blob, in the blob's partition) go in the same batches.
+      // Commit-ordered rather than transactional: the lifecycle's reference items (one per blob, in the blob's
+      // partition; deduplicated: a batch refuses duplicate keys), then the repository marker, then the manifest
+      // item, which is the commit point. A failure part-way leaves reference items only, which keep a blob from
+      // being collected a little longer and grant nothing. No TransactWriteItems: it costs twice the write units
+      // (a 350 KB manifest item is 350 units already) and concurrent fills of one manifest would cancel each other
+      // with TransactionConflict. No blob links: a reference is no confirmation by the name's upstream (ports.ts).
       const blobs = [...new Set(referencedBlobs)];
-      const links = blobs.map((d) => ({ pk: repoPk(r.name), sk: `blob#${d}` }));
-      await batchPut([...links, ...blobs.map((d) => blobRefItem(d, rule, r.name, r.digest, gen))]);
+      await batchPut(blobs.map((d) => blobRefItem(d, rule, r.name, r.digest, gen)));
       await markRepository(r.name);
       await doc.send(new PutCommand({ TableName, Item: item }));
     },

@@ -88,10 +88,10 @@ export interface ManifestRecord {
 export interface ManifestStore {
   getManifest(name: string, digest: Digest): Promise<ManifestRecord | undefined>;
   /**
-   * Stores a verified manifest, links the blobs it references to the repository and records them as referenced
-   * by this manifest of rule `rule` (the garbage collector's reference items, see {@link LifecycleIndex}); the
-   * manifest item is written last (the commit point). The blobs themselves may not be stored yet. Storing a
-   * manifest again sets its `pulledAt` again (to `record.pulledAt`, else now).
+   * Stores a verified manifest and records the blobs it references as referenced by this manifest of rule `rule`
+   * (the garbage collector's reference items, see {@link LifecycleIndex}); the manifest item is written last (the
+   * commit point). The blobs themselves may not be stored yet. It links no blob to the repository (see
+   * {@link BlobLinks}). Storing a manifest again sets its `pulledAt` again (to `record.pulledAt`, else now).
    */
   putManifest(record: ManifestRecord, referencedBlobs: string[], rule?: string): Promise<void>;
   /**
@@ -102,7 +102,14 @@ export interface ManifestStore {
   recordManifestPull(name: string, digest: Digest, pulledAt: number): Promise<boolean>;
 }
 
-/** Repository ↔ blob links: a blob is served for a repository only if that repository references it. */
+/**
+ * Repository ↔ blob links: the repository's own upstream confirmed the blob (a fill for that repository read it, or
+ * a HEAD of it answered 2xx; shared/registry/blob-confirm.ts), so it is served for the repository without asking
+ * again. A manifest referencing a blob is no such confirmation (its upstream vouches for the manifest's bytes, not
+ * for having the blobs it names: a manifest naming the digest of another rule's private blob must not make that
+ * blob servable), so manifests write reference items for the garbage collector, never links. Links are a serving
+ * concern only; the garbage collector goes by reference items, and drops links with their repository.
+ */
 export interface BlobLinks {
   isLinked(name: string, digest: Digest): Promise<boolean>;
   link(name: string, digest: Digest): Promise<void>;

@@ -106,7 +106,6 @@ export function openSqliteIndex(
   const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[], rule: string) => {
     const t = now();
     putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), t, r.pulledAt ?? t);
-    for (const d of blobs) link.run(r.name, d);
     lifecycle.insertRefs(r.name, r.digest, rule, blobs);
   });
 

@@ -140,6 +140,12 @@ export function describeLifecycleIndexContract(label: string, open: () => Promis
       expect(await index.blobReferrers(layer)).toEqual(['ghcr']);
     });
 
+    it('records the references of a manifest naming many blobs, duplicates included (chunked writes)', async () => {
+      const refs = Array.from({ length: 130 }, (_, i) => blob(`many-${i}`));
+      await index.putManifest(manifest('docker-hub/library/many', 'many'), [...refs, refs[0], refs[129]], 'docker-hub');
+      for (const d of [refs[0], refs[24], refs[25], refs[129]]) expect(await index.blobReferrers(d)).toEqual(['docker-hub']);
+    });
+
     it('addBlobReferences records the references of a manifest stored without them', async () => {
       const layer = blob('legacy');
       const m = manifest('k8s/legacy', 'l');
@@ -155,6 +161,7 @@ export function describeLifecycleIndexContract(label: string, open: () => Promis
       const name = 'quay/org/drop';
       const m = manifest(name, 'd');
       await index.putManifest(m, [blob('d')], 'quay');
+      await index.link(name, blob('d')); // a confirmed link (a fill for this name, or its upstream's HEAD)
       await index.putListing(name, 'tags', '["v1"]');
       await index.putTag(tag(name, 'v1', m.digest));
       expect(await index.dropRepositoryIfEmpty(name)).toBe(false);

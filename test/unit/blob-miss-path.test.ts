@@ -80,10 +80,11 @@ describe('blob miss path', () => {
     const img = seedImage(up, 'app', 'v1', [layer]);
     const digest = img.layerDigests[0] as Digest;
     expect(await h.index.acquireLease(`blob:${digest}`, 'other-process', 60)).toBe(true);
-    await h.request('GET', '/v2/p/app/manifests/v1'); // links the layer to p/app
     const pending = h.request('GET', `/v2/p/app/blobs/${digest}`);
     await sleep(300);
-    await h.blobs.write(digest, Readable.from([layer])); // the other process commits, then releases its lease
+    // The other process's fill, for this name, commits and links it, then releases its lease.
+    await h.blobs.write(digest, Readable.from([layer]));
+    await h.index.link('p/app', digest);
     await h.index.releaseLease(`blob:${digest}`, 'other-process');
     const res = await pending;
     expect(res.status).toBe(307);

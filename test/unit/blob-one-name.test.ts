@@ -184,3 +184,65 @@ describe('with client auth: alice (fake only) cannot read bob\'s private layer w
     expect((await h.request('GET', `/v2/slowpriv/team/app/blobs/${digest}`, alice)).status).toBe(403);
   });
 });
+
+/**
+ * A manifest's upstream vouches for the manifest, not for the blobs it names: rule `fake`'s upstream serves a
+ * manifest naming the digest of a blob cached for `slowpriv` (private to that upstream). Storing that manifest must
+ * not make the blob servable under `fake`'s name: only `fake`'s own upstream can confirm it (one HEAD), and a name
+ * whose fill committed the blob links it as before.
+ */
+describe('a manifest referencing a blob is no confirmation for serving it', () => {
+  /** A manifest on `fake`'s upstream (`x/y:evil`) naming `digest`, which that upstream does not have. */
+  function serveManifestNaming(digest: Digest, size: number) {
+    const mediaType = 'application/vnd.oci.image.manifest.v1+json';
+    const config = Buffer.from('{"architecture":"amd64","os":"linux"}');
+    const body = Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType,
+      config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: other.putBlob('x/y', config), size: config.length },
+      layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest, size }],
+    }));
+    other.putManifest('x/y', 'evil', { body, contentType: mediaType });
+  }
+
+  for (const mode of ['fill in this process', 'fill function (AWS)'] as const) {
+    it(`${mode}: the other rule's name gets 404 BLOB_UNKNOWN after one HEAD to its own upstream, GET and HEAD alike`, async () => {
+      const { layer, digest } = await setUp(mode === 'fill function (AWS)' ? { dispatchFill: { delayMs: 0 } } : {});
+      priv.faults.slowBody = undefined;
+      const filled = await h.request('GET', `/v2/slowpriv/team/app/blobs/${digest}`);
+      expect(filled.status).toBe(307);
+      expect(h.readLocation(filled.headers.Location).equals(layer)).toBe(true);
+      serveManifestNaming(digest, layer.length);
+      expect((await h.request('GET', '/v2/fake/x/y/manifests/evil')).status).toBe(200);
+      expect(await h.index.isLinked('fake/x/y', digest)).toBe(false);
+      other.reset();
+      const leak = await h.request('GET', `/v2/fake/x/y/blobs/${digest}`);
+      expectBlobUnknown(leak, () => h.jsonOf(leak));
+      expect(other.requests.map((r) => `${r.method} ${r.path}`)).toEqual([`HEAD /v2/x/y/blobs/${digest}`]);
+      expect((await h.request('HEAD', `/v2/fake/x/y/blobs/${digest}`)).status).toBe(404);
+      expect(await h.index.isLinked('fake/x/y', digest)).toBe(false);
+      // The name that filled it is linked and served without asking its upstream again.
+      priv.reset();
+      expect((await h.request('GET', `/v2/slowpriv/team/app/blobs/${digest}`)).status).toBe(307);
+      expect(priv.count()).toBe(0);
+    });
+  }
+
+  it('a name whose upstream confirms the digest (one HEAD) is served the stored blob, then linked: the next GET asks nobody', async () => {
+    const { layer, digest } = await setUp();
+    priv.faults.slowBody = undefined;
+    expect((await h.request('GET', `/v2/slowpriv/team/app/blobs/${digest}`)).status).toBe(307);
+    other.putBlob('x/y', layer);
+    serveManifestNaming(digest, layer.length);
+    expect((await h.request('GET', '/v2/fake/x/y/manifests/evil')).status).toBe(200);
+    other.reset();
+    const first = await h.request('GET', `/v2/fake/x/y/blobs/${digest}`);
+    expect(first.status).toBe(307);
+    expect(h.readLocation(first.headers.Location).equals(layer)).toBe(true);
+    expect(other.requests.map((r) => `${r.method} ${r.path}`)).toEqual([`HEAD /v2/x/y/blobs/${digest}`]);
+    expect(await h.index.isLinked('fake/x/y', digest)).toBe(true);
+    other.reset();
+    expect((await h.request('GET', `/v2/fake/x/y/blobs/${digest}`)).status).toBe(307);
+    expect(other.count()).toBe(0);
+    expect(priv.count({ method: 'GET', kind: 'blob' })).toBe(1);
+  });
+});

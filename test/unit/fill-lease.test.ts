@@ -171,11 +171,12 @@ describe('a running fill', () => {
 describe('a miss racing a fill that just finished', () => {
   it('a fill that committed and released its lease after the request missed is not downloaded again', async () => {
     const { layer, digest } = await setUp();
-    await h.request('GET', '/v2/p/app/manifests/v1'); // links the layer to p/app
     const getLease = h.index.getLease.bind(h.index);
-    // Between the request's miss and its lease read, another fill commits the blob and releases its lease.
+    // Between the request's miss and its lease read, another fill for this name commits (and links) the blob and
+    // releases its lease.
     vi.spyOn(h.index, 'getLease').mockImplementationOnce(async (key) => {
       await h.blobs.write(digest, Readable.from([layer]));
+      await h.index.link('p/app', digest);
       return getLease(key);
     });
     const res = await h.request('GET', `/v2/p/app/blobs/${digest}`);
@@ -189,7 +190,6 @@ describe('a miss racing a fill that just finished', () => {
 describe('a request waiting for a fill held elsewhere', () => {
   it('reads with backoff: under 2 store requests per waited second, no lease writes while the fill is alive', async () => {
     const { layer, digest, key } = await setUp({ blobFill: { waitSeconds: 30 } });
-    await h.request('GET', '/v2/p/app/manifests/v1'); // links the layer to p/app
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
     expect(await h.index.acquireLease(key, 'filler-elsewhere', 900)).toBe(true);
     h.storeCalls.length = 0;
@@ -206,8 +206,9 @@ describe('a request waiting for a fill held elsewhere', () => {
     }
     expect(answered).toBe(false);
     const waitingCalls = h.storeCalls.length;
-    // The filler commits and releases; the waiter notices within its longest sleep (2 s).
+    // The filler (for this name) commits and links, then releases; the waiter notices within its longest sleep (2 s).
     await h.blobs.write(digest, Readable.from([layer]));
+    await h.index.link('p/app', digest);
     await h.index.releaseLease(key, 'filler-elsewhere');
     await vi.advanceTimersByTimeAsync(2000);
     const res = await pending;
