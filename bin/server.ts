@@ -32,6 +32,8 @@ const { blobStore } = runtime;
 const logger = createLogger(runtime.env.logLevel);
 // This server's blob route tails writes in progress: blob misses may be answered before the fill commits.
 blobStore?.enableStreamWhileFilling();
+// The per-rule counters `stats` reads are written once a minute (and when the server stops).
+runtime.stats.startTimer();
 
 const serveBlob = createBlobRoute({ blobStore, logger });
 
@@ -145,7 +147,8 @@ function stop(signal: string): void {
   force.unref();
   metricsServer?.close();
   metricsServer?.closeAllConnections();
-  server.close(() => {
+  server.close(async () => {
+    await runtime.stats.close();
     runtime.close();
     logger.info('stopped');
     process.exit(0);

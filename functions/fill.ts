@@ -14,7 +14,7 @@ const runtime = await getRuntime();
 /** Entry point. Errors are logged and rethrown (Lambda's async retry then applies; the lease bounds overlap). */
 export const handler = middy<FillJob, { size?: number }>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
-  .use(flushMetrics(runtime.emf))
+  .use(flushMetrics(runtime.emf, runtime.stats))
   .handler(async (job) => {
     const size = await runtime.blobs.fill(job.name, job.digest, job.leaseOwner);
     // undefined: the fill did not start, its lease having been taken over meanwhile (logged by the fill).

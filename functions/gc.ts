@@ -25,7 +25,7 @@ export type GcEvent = { action?: 'gc'; dryRun?: boolean; 'detail-type'?: string 
 /** Entry point. A purge target that names nothing cached answers `repositories: 0`; a malformed one throws. */
 export const handler = middy<GcEvent, GcReport | PurgeReport, Error, Context>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
-  .use(flushMetrics(runtime.emf))
+  .use(flushMetrics(runtime.emf, runtime.stats))
   .handler(async (event, context) => {
     if (event.action === 'purge') {
       if (typeof event.target !== 'string' || event.target === '') throw new Error('purge needs a target: <name>[:<tag>|@<digest>] or a rule prefix');

@@ -56,5 +56,5 @@ export async function serveHttpApiEvent(event: APIGatewayProxyEventV2, log: Log)
 /** The Lambda entry point. */
 export const handler = middy<APIGatewayProxyEventV2, APIGatewayProxyStructuredResultV2>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
-  .use(flushMetrics(runtime.emf))
+  .use(flushMetrics(runtime.emf, runtime.stats))
   .handler((event) => serveHttpApiEvent(event, runtime.logger));

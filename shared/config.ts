@@ -208,6 +208,21 @@ const configSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Images the scheduled pass keeps in the cache (shared/registry/scheduled.ts): each run prefetches them, which
+     * costs nothing for what is cached and refills what was evicted. `<name>:<tag>` or `<name>@<digest>` (with the
+     * rule prefix, as clients pull it), or `{image, platforms}` to fill only some platforms of an index
+     * (`os/arch[/variant]`, e.g. `linux/amd64`).
+     */
+    prefetch: z
+      .array(
+        z.union([
+          z.string().transform((image) => ({ image, platforms: [] as string[] })),
+          z.object({ image: z.string(), platforms: z.array(z.string().regex(/^[a-z0-9]+\/[a-z0-9_]+(?:\/[a-z0-9]+)?$/, 'a platform is os/arch[/variant], e.g. linux/amd64')).default([]) }).strict(),
+        ]).refine((e) => /[:@]/.test(e.image.slice(e.image.lastIndexOf('/') + 1)), 'give a tag or a digest: <name>:<tag> or <name>@<digest>'),
+      )
+      .max(1000)
+      .default([]),
   })
   .strict();
 

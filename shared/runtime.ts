@@ -20,9 +20,13 @@ import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
 import { assertServable, loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
-import { noMetrics, type Metrics as CoreMetrics } from './observe/metrics.js';
 import type { PrometheusMetrics } from './observe/prometheus.js';
-import { createEmfMetrics, type EmfMetrics } from './observe/emf.js';
+import type { EmfMetrics } from './observe/emf.js';
+import type { ManifestService } from './registry/manifests.js';
+import type { StatsRecorder } from './registry/stats.js';
+import { buildMetricsOutputs } from './runtime-metrics.js';
+import type { RuleCounters } from './store/counters.js';
+import { createDynamoDbCounters } from './store/dynamodb-counters.js';
 import { createRegistry, type RegistryApp } from './registry/app.js';
 import type { BlobService } from './registry/blobs.js';
 import type { FillJob, TagChange } from './registry/deps.js';
@@ -49,16 +53,22 @@ export interface Runtime {
   logger: Logger;
   /** Powertools metrics (EMF): `TagMoved` per digest change; handlers flush them. */
   metrics: Metrics;
+  /** The manifest service (prefetch and the scheduled pass read manifests through it). */
+  manifests: ManifestService;
+  /** The per-rule counters `stats` reads (in the index), and the recorder that adds to them in batches. */
+  counters: RuleCounters;
+  stats: StatsRecorder;
   /** The CloudWatch EMF output of the core's metrics (on Lambda); each handler flushes it (functions/flush-metrics.ts). */
   emf?: EmfMetrics;
   /** The Prometheus output of the core's metrics, when `PULLTHROUGH_METRICS_PORT` asks for it (local server). */
   prometheus?: PrometheusMetrics;
   /** The embedded blob store, whose signed URLs the local server serves (embedded backend only). */
   blobStore?: FsBlobStore;
+  /** Closes the stores (call `stats.close()` first: it writes the counts not yet written). */
   close(): void;
 }
 
-async function buildStores(env: Environment): Promise<{ stores: Stores; blobStore?: FsBlobStore; close(): void }> {
+async function buildStores(env: Environment): Promise<{ stores: Stores; counters: RuleCounters; blobStore?: FsBlobStore; close(): void }> {
   if (env.backend === 'aws') {
     // Custom endpoints (MinIO, s3rver) want path-style addressing; checksum behaviour follows the SDK's own
     // AWS_REQUEST_CHECKSUM_CALCULATION / AWS_RESPONSE_CHECKSUM_VALIDATION variables.
@@ -70,6 +80,7 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
     const index = createDynamoDbIndex({ client: dynamo, table: env.table!, largeObjects: blobs });
     return {
       stores: { tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs },
+      counters: createDynamoDbCounters({ client: dynamo, table: env.table! }),
       close: () => {
         s3.destroy();
         dynamo.destroy();
@@ -80,13 +91,18 @@ async function buildStores(env: Environment): Promise<{ stores: Stores; blobStor
   mkdirSync(dataDir, { recursive: true });
   // Loaded only for the embedded backend: better-sqlite3 is a native addon the Lambda bundle leaves out.
   // A missing native binding throws an error that says what to run (store/sqlite-binding.ts).
-  const { openSqliteIndex } = await import('./store/sqlite-index.js');
+  const { openSqliteIndex, openSqliteCounters } = await import('./store/sqlite-index.js');
   const index = openSqliteIndex(join(dataDir, 'index.db'));
+  const counters = openSqliteCounters(join(dataDir, 'index.db'));
   const blobStore = await openFsBlobStore(dataDir, { urlTtlSeconds: env.urlTtlSeconds });
   return {
     stores: { tags: index, manifests: index, links: index, blobs: blobStore, leases: index, listings: index, lifecycle: index, reaper: blobStore },
+    counters,
     blobStore,
-    close: () => index.close(),
+    close: () => {
+      counters.close();
+      index.close();
+    },
   };
 }
 
@@ -115,16 +131,10 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   // Refuses a lifecycle grace period a signed URL could outlive (before anything is opened).
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
-  const { stores, blobStore, close } = await buildStores(env);
+  const { stores, counters, blobStore, close } = await buildStores(env);
   let lifecycle: Lifecycle | undefined;
-  // Lambda writes EMF (flushed by each handler); Prometheus only where it is served (the local server's listener).
-  const emf = env.inLambda ? createEmfMetrics() : undefined;
-  // prom-client is loaded only then (~80 ms of start-up every CLI command would pay otherwise).
-  // Its stored-bytes gauge reads what the last complete GC pass measured per rule (the lifecycle's accounting).
-  const prometheus = env.metricsPort !== undefined && !env.inLambda
-    ? (await import('./observe/prometheus.js')).createPrometheusMetrics({ readStoredBytes: () => storedBytesByRule(lifecycle) })
-    : undefined;
-  const coreMetrics: CoreMetrics = emf ?? prometheus ?? noMetrics;
+  const outputs = await buildMetricsOutputs(env, { counters, log: logger, lifecycle: () => lifecycle });
+  const coreMetrics = outputs.metrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
@@ -159,13 +169,8 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const { app, blobs, manifests } = createRegistry(deps, { auth });
   const refresher = createRefresher(deps, manifests, config.refresh);
   lifecycle = createLifecycle(deps, config, graceSeconds);
-  return { env, config, app, blobs, refresher, lifecycle, logger, metrics, emf, prometheus, blobStore, close };
-}
-
-/** Bytes stored per rule as the last complete GC pass measured them (shared/registry/lifecycle/); undefined before one. */
-export async function storedBytesByRule(lifecycle: Lifecycle | undefined): Promise<Record<string, number> | undefined> {
-  const usage = await lifecycle?.lastUsage();
-  return usage && Object.fromEntries(Object.entries(usage.rules).map(([rule, u]) => [rule, u.storedBytes]));
+  const { emf, prometheus, stats } = outputs;
+  return { env, config, app, blobs, manifests, refresher, lifecycle, logger, metrics, emf, prometheus, stats, counters, blobStore, close };
 }
 
 let current: Promise<Runtime> | undefined;

@@ -25,6 +25,8 @@ export async function withRuntime(command: string, fn: (runtime: Runtime) => Pro
   try {
     await fn(runtime);
   } finally {
+    // What the command counted (a prefetch's upstream traffic) goes to the stats counters first.
+    await runtime.stats.close();
     runtime.close();
   }
 }

@@ -1,10 +1,13 @@
 /**
  * `pullthrough refresh [<name>[:<tag>] | <rule prefix>] [--max-seconds N]` (also `npm run refresh -- …`):
  * re-checks cached tags against their upstreams now, with the code the scheduled refresh Lambda runs. No
- * argument: one scheduled pass (every tag due). Prints the report as JSON (the last line of stdout; log lines come
- * before it); exits 1 when any check failed or a named target matched no cached tag.
+ * argument: one scheduled pass (every tag due, then the config's `prefetch:` list). Prints the report as JSON
+ * (the last line of stdout; log lines come before it); exits 1 when any check or prefetch failed or a named target
+ * matched no cached tag.
  */
 import { InvalidArgumentError, type Command } from 'commander';
+import type { RefreshReport } from '../../shared/registry/refresh.js';
+import { runScheduledPass, type ScheduledReport } from '../../shared/registry/scheduled.js';
 import { positiveSeconds, withRuntime } from '../cli/runtime.js';
 
 export function register(program: Command): void {
@@ -22,9 +25,9 @@ export function register(program: Command): void {
     .action(async (arg: string | undefined, opts: { maxSeconds?: number }) => {
       await withRuntime('refresh', async (runtime) => {
         const deadline = opts.maxSeconds === undefined ? undefined : Date.now() + opts.maxSeconds * 1000;
-        let report;
+        let report: RefreshReport & Partial<ScheduledReport>;
         if (!arg) {
-          report = await runtime.refresher.refreshDue({ deadline });
+          report = await runScheduledPass(runtime, { deadline });
         } else {
           const colon = arg.indexOf(':'); // names cannot contain ':', tags cannot contain '/'
           const target = colon === -1 ? { name: arg } : { name: arg.slice(0, colon), tag: arg.slice(colon + 1) };
@@ -35,7 +38,7 @@ export function register(program: Command): void {
         if (arg && report.checked === 0) {
           process.stderr.write(`refresh: no cached tag matches ${arg}\n`);
           process.exitCode = 1;
-        } else if (report.errors > 0) {
+        } else if (report.errors > 0 || (report.prefetch?.failed ?? 0) > 0) {
           process.exitCode = 1;
         }
       });

@@ -7,6 +7,9 @@ import { openDatabase } from './sqlite-binding.js';
 import type { BlobLinks, FillLeases, LastCheck, LifecycleIndex, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
 import { createSqliteLifecycle, LIFECYCLE_SCHEMA } from './sqlite-lifecycle.js';
 
+// The counters live in the same file; exported here so they load with the index (the Lambda bundle leaves both out).
+export { openSqliteCounters } from './sqlite-counters.js';
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS tags (
   name TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL, size INTEGER NOT NULL,

@@ -160,7 +160,7 @@ export async function createHarness(
   }
 
   return {
-    app, refresher, lifecycle, deps, changes, fillJobs, index, blobs, blobService, clock, dir, dbPath, request, readLocation, storeCalls,
+    app, refresher, lifecycle, deps, manifests, changes, fillJobs, index, blobs, blobService, clock, dir, dbPath, request, readLocation, storeCalls,
     bodyOf: (res: RegistryResponse) => (res.body === undefined ? undefined : Buffer.from(res.body as Uint8Array)),
     jsonOf: (res: RegistryResponse) => JSON.parse(Buffer.from(res.body as Uint8Array).toString('utf8')),
     close() {

@@ -424,8 +424,8 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         PULLTHROUGH_TOKEN_KEY: '',
         // No --enable-source-maps (it costs every cold start): the logger maps logged errors (shared/stack-trace.ts).
         NODE_OPTIONS: '',
-        // Only the registry starts fills; the fill function itself fills in process.
-        ...(fn === 'registry' ? { PULLTHROUGH_FILL_FUNCTION: { Ref: 'FillLambdaFunction' } } : {}),
+        // The registry (misses) and the refresh (the prefetch list) start fills; the fill function fills in process.
+        ...(fn === 'registry' || fn === 'refresh' ? { PULLTHROUGH_FILL_FUNCTION: { Ref: 'FillLambdaFunction' } } : {}),
         // Tags move on a pull's re-check or on the refresh; the fill and the gc move none.
         ...(fn === 'registry' || fn === 'refresh' ? { PULLTHROUGH_EVENT_BUS: '' } : {}),
       });
@@ -579,8 +579,8 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(allowed('registry', 'kms')).toEqual([]);
     });
 
-    it('fill: blob records, links and leases; writes under blobs/ only; invokes nothing', () => {
-      expect(actions('fill', 'dynamodb')).toEqual(['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem']);
+    it('fill: blob records, links, leases and the stats counters; writes under blobs/ only; invokes nothing', () => {
+      expect(actions('fill', 'dynamodb')).toEqual(['dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:UpdateItem']);
       for (const a of allowed('fill', 'dynamodb')) expect(a.resources).toEqual(TABLE);
       expect(actions('fill', 's3')).toEqual(['s3:AbortMultipartUpload', 's3:DeleteObject', 's3:PutObject']);
       for (const a of allowed('fill', 's3')) expect(a.resources).toEqual([BLOBS]);
@@ -588,14 +588,14 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(allowed('fill', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
     });
 
-    it('refresh: the table and its indexes, large manifests; no blobs, invokes nothing', () => {
+    it('refresh: the table and its indexes, large manifests; no blobs; invokes the fill function only (the prefetch list)', () => {
       expect(actions('refresh', 'dynamodb')).toEqual([
         'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem',
       ]);
       for (const a of allowed('refresh', 'dynamodb')) expect(a.resources).toEqual([...TABLE, { 'Fn::Sub': '${Table.Arn}/index/*' }]);
       expect(actions('refresh', 's3')).toEqual(['s3:GetObject', 's3:PutObject']);
       for (const a of allowed('refresh', 's3')) expect(a.resources).toEqual([MANIFESTS]);
-      expect(allowed('refresh', 'lambda')).toEqual([]);
+      expect(allowed('refresh', 'lambda')).toEqual([{ action: 'lambda:InvokeFunction', resources: [getAtt('FillLambdaFunction')] }]);
       expect(allowed('refresh', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
     });
 
@@ -624,7 +624,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
           upstreamSecrets('registry/upstreams/'),
         );
         expect(services(fn, plain.template)).toEqual(
-          fn === 'registry' ? ['dynamodb', 'lambda', 'logs', 's3', 'secretsmanager'] : ['dynamodb', 'logs', 's3', 'secretsmanager'],
+          fn === 'registry' || fn === 'refresh' ? ['dynamodb', 'lambda', 'logs', 's3', 'secretsmanager'] : ['dynamodb', 'logs', 's3', 'secretsmanager'],
         );
       }
       expect(plain.template.Conditions?.HasUpstreamSecretsPrefix).toEqual({ 'Fn::Not': [{ 'Fn::Equals': ['pullthrough/', ''] }] });
