@@ -6,10 +6,12 @@
  *   `credentialsSecret` is read from Secrets Manager (endpoint override: the SDK's `AWS_ENDPOINT_URL_SECRETS_MANAGER`)
  */
 import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { parsePasswordHash } from './auth/passwords.js';
 import { lifecycleSchema, regexSource, ruleLifecycleSchema } from './config-lifecycle.js';
+import { loadPolicyKeys, verifySchema } from './config-verify.js';
 
 export { parseTokenKeySource, readEnvironment, type Environment, type TokenKeySource } from './config-environment.js';
 export { assertServable, LAMBDA_MAX_MANIFEST_BYTES, LAMBDA_RESPONSE_BYTES } from './config-limits.js';
@@ -91,6 +93,8 @@ const ruleSchema = z
     negativeCacheSeconds: z.number().nonnegative().default(60),
     /** This rule's lifecycle policy (config-lifecycle.ts); each key overrides the cache-wide one. */
     lifecycle: ruleLifecycleSchema,
+    /** The rule's signature policy, checked when a manifest is filled (config-verify.ts; README "Signature policy"). */
+    verify: verifySchema,
   })
   .strict()
   .refine((r) => r.accessToken === undefined || r.accessTokenEnv === undefined, { message: 'accessToken and accessTokenEnv exclude each other' })
@@ -281,16 +285,20 @@ export const DEFAULT_RULES = [
 ];
 
 /**
- * Validates a config object (e.g. parsed YAML).
+ * Validates a config object (e.g. parsed YAML). Key files of signature policies are read relative to `baseDir`
+ * (the config file's directory; default the working directory).
  * @throws Error with every problem listed, so a bad config fails at start-up, not on the first pull.
  */
-export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env): RegistryConfig {
+export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env, baseDir = process.cwd()): RegistryConfig {
   const result = configSchema.safeParse(input);
-  const issues = [...(result.success ? [] : result.error.issues), ...crossFieldIssues(input, env)];
+  const keys = loadPolicyKeys(input, baseDir);
+  const keyIssues = keys.issues.map((i) => ({ code: 'custom' as const, ...i, input: undefined }));
+  const issues = [...(result.success ? [] : result.error.issues), ...crossFieldIssues(input, env), ...keyIssues];
   if (!result.success || issues.length) throw new Error(`invalid pullthrough config:\n${z.prettifyError(new z.ZodError(issues))}`);
-  // A rule's `accessTokenEnv` becomes its `accessToken` here, so the rest of the code sees one shape.
+  // A rule's `accessTokenEnv` becomes its `accessToken`, and a key file its PEM text, so the rest of the code sees one shape.
   for (const rule of result.data.rules) {
     if (rule.accessTokenEnv !== undefined) rule.accessToken = env[rule.accessTokenEnv];
+    for (const policy of rule.verify) policy.keys = policy.keys.map((source) => keys.pemOf.get(source) ?? source);
   }
   return result.data;
 }
@@ -310,5 +318,5 @@ export function loadConfig(path: string | undefined): RegistryConfig {
   } catch (err) {
     throw new Error(`the config file ${path} is not valid YAML: ${(err as Error).message}`);
   }
-  return parseConfig(parsed);
+  return parseConfig(parsed, process.env, dirname(path));
 }

@@ -19,6 +19,7 @@ import { createNegativeCache } from './negative-cache.js';
 import { dueAtFor, isFresh } from './freshness.js';
 import { createPullRecorder } from './pulls.js';
 import type { ResolvedName } from './rules.js';
+import { createSignatureCheck } from './signature-check.js';
 import { createSingleFlight } from './single-flight.js';
 
 /** `p`'s value if it settles within `ms` (its rejection too), else undefined; `p` itself runs on. */
@@ -69,10 +70,12 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
   const flights = createSingleFlight();
   const missing = createNegativeCache(() => deps.now());
   const pulls = createPullRecorder(deps);
+  const signatures = createSignatureCheck(deps);
 
   /**
-   * Fetches `reference` upstream, verifies its digest and that it is a manifest (`classifyManifest`), stores it
-   * (and links its blobs); nothing is stored on failure.
+   * Fetches `reference` upstream, verifies its digest and that it is a manifest (`classifyManifest`), judges it
+   * under the rule's signature policy (signature-check.ts), stores it with the verdict (and links its blobs);
+   * nothing is stored on failure or refusal.
    */
   async function fetchAndStore(resolved: ResolvedName, reference: string, expected?: Digest): Promise<ManifestRecord> {
     const upstream = deps.upstreamFor(resolved.rule);
@@ -86,7 +89,10 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     // The right bytes, but are they a manifest (not a login page), of the type they were served as?
     const mediaType = classifyManifest(fetched.contentType, fetched.body);
     const record: ManifestRecord = { name: resolved.name, digest, mediaType, size: fetched.body.length, body: fetched.body, pulledAt: deps.now() };
+    const verification = await signatures.judgeNew(resolved, record);
+    if (verification) record.verification = verification;
     await stores.manifests.putManifest(record, referencedBlobs(mediaType, fetched.body), resolved.rule.prefix);
+    await signatures.stored(resolved, record);
     return record;
   }
 
@@ -178,18 +184,26 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
           return { result: 'unchanged', record: cached, oldDigest: current, newDigest: current };
         }
       }
-      // Moved, or no Docker-Content-Digest on the HEAD (then GET and hash). A manifest already stored is touched
-      // before the tag points at it: a garbage collection deciding to delete it either sees the new time and keeps
-      // it, or deleted it before, and then it is fetched again (pulls.ts; lifecycle/gc.ts).
+      // Moved, or no Docker-Content-Digest on the HEAD (then GET and hash). A manifest already stored must pass the
+      // signature policy, and is touched, before the tag points at it: a garbage collection deciding to delete it
+      // either sees the new time and keeps it, or deleted it before, and then it is fetched again (pulls.ts;
+      // lifecycle/gc.ts).
       const stored = moved ? await stores.manifests.getManifest(resolved.name, moved) : undefined;
-      const kept = stored && (await stores.manifests.recordManifestPull(resolved.name, stored.digest, deps.now())) ? stored : undefined;
-      const fresh = kept ?? (moved ? await fetchAndStore(resolved, moved, moved) : await fetchAndStore(resolved, tag));
+      const admitted = stored && (await signatures.admitStored(resolved, stored));
+      const kept = admitted && (await stores.manifests.recordManifestPull(resolved.name, admitted.digest, deps.now())) ? admitted : undefined;
+      const fresh = kept ?? (await fetchAndStore(resolved, moved ?? tag, moved));
       const now = deps.now();
       const result = fresh.digest === current ? 'unchanged' : 'moved';
       await stores.tags.putTag(tagRecord(resolved, tag, fresh, now, { at: now, result }, entry.pulledAt ?? entry.fetchedAt));
       if (result === 'moved') await announceMove(resolved, tag, current, fresh.digest);
       return { result, record: fresh, oldDigest: current, newDigest: fresh.digest };
     } catch (caught) {
+      if (caught instanceof RegistryError && caught.code === 'DENIED') {
+        // The tag moved to a manifest the signature policy refuses: the verified one it pointed at stays served.
+        log.warn('tag moved upstream to a manifest the signature policy refuses: still serving the previous one', {
+          event: 'tag-move-refused', rule: resolved.rule.prefix, name: resolved.name, tag, digest: current, reason: caught.message,
+        });
+      }
       // A moved manifest the upstream serves wrong (digest mismatch, not a manifest) is an upstream fault too:
       // recorded, and the cached manifest keeps being served.
       const err = caught instanceof RegistryError ? new UpstreamError('unavailable', caught.message) : caught;
@@ -251,7 +265,12 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     async get(name, reference) {
       const resolved = deps.resolve(name);
       const ref = parseReference(reference);
-      return ref.kind === 'digest' ? byDigest(resolved, ref.digest) : byTag(resolved, ref.tag);
+      const record = ref.kind === 'digest' ? await byDigest(resolved, ref.digest) : await byTag(resolved, ref.tag);
+      try {
+        return await signatures.admitStored(resolved, record);
+      } catch (err) {
+        throw toRegistryError(err, 'MANIFEST_UNKNOWN');
+      }
     },
     checkTag,
   };

@@ -10,7 +10,7 @@ import {
   BatchWriteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, type QueryCommandInput,
 } from '@aws-sdk/lib-dynamodb';
 import type { Digest } from '../oci/digest.js';
-import type { LargeObjectStore, ManifestRecord } from './ports.js';
+import type { LargeObjectStore, ManifestRecord, ManifestVerification } from './ports.js';
 
 /** Default page size for listings when the client gives no `n`. */
 export const DEFAULT_PAGE = 1000;
@@ -76,6 +76,7 @@ export function manifestOfItem(name: string, digest: Digest, item: Item, body: U
   return {
     name, digest, mediaType: item.mediaType as string, size: item.size as number, body: new Uint8Array(body),
     pulledAt: (item.pulledAt ?? item.storedAt) as number,
+    ...(typeof item.verification === 'string' ? { verification: JSON.parse(item.verification) as ManifestVerification } : {}),
   };
 }
 

@@ -51,6 +51,7 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
       const item: Item = {
         pk: repoPk(r.name), sk: `manifest#${r.digest}`, mediaType: r.mediaType, size: r.size, storedAt: t, pulledAt: r.pulledAt ?? t, rule, gen,
       };
+      if (r.verification) item.verification = JSON.stringify(r.verification);
       if (r.body.byteLength <= inlineLimit) {
         item.body = r.body;
       } else {
@@ -76,6 +77,15 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
       return conditionalWrite(() => doc.send(new UpdateCommand({
         TableName, Key: { pk: repoPk(name), sk: `manifest#${digest}` }, UpdateExpression: 'SET #p = :p',
         ConditionExpression: 'attribute_exists(#pk)', ExpressionAttributeNames: { '#p': 'pulledAt', '#pk': 'pk' }, ExpressionAttributeValues: { ':p': pulledAt },
+      })));
+    },
+
+    async recordVerification(name, digest, verification) {
+      // Conditional: recording a verdict for a manifest that is not stored creates nothing.
+      await conditionalWrite(() => doc.send(new UpdateCommand({
+        TableName, Key: { pk: repoPk(name), sk: `manifest#${digest}` }, UpdateExpression: 'SET #v = :v',
+        ConditionExpression: 'attribute_exists(#pk)', ExpressionAttributeNames: { '#v': 'verification', '#pk': 'pk' },
+        ExpressionAttributeValues: { ':v': JSON.stringify(verification) },
       })));
     },
 

@@ -82,6 +82,29 @@ export interface ManifestRecord {
    * set by `putManifest` (to `now` unless given). Written at most once per `lifecycle.touchIntervalSeconds`.
    */
   pulledAt?: number;
+  /** What the rule's signature policy found when the manifest was stored or last verified; absent: never checked. */
+  verification?: ManifestVerification;
+}
+
+/**
+ * A signature policy's verdict on a stored manifest (shared/registry/signature-check.ts). A manifest the policy
+ * refuses is never stored, so there is no `refused`.
+ */
+export interface ManifestVerification {
+  /**
+   * `verified`: signed by a key of the policy, or listed by an index that is; `unsigned`: not verified and served
+   * anyway (mode `warn`; `reason` says why); `exempt`: signature material (cosign signatures, bundles), let through.
+   */
+  result: 'verified' | 'unsigned' | 'exempt';
+  reason?: 'unsigned' | 'unknown-key' | 'digest-mismatch';
+  /** Id of the policy's key set the verdict was made under (shared/verify/keys.ts); another set verifies again. */
+  keySet: string;
+  /** Where the signature was found: `tag`, `referrers`, or `index sha256:<hex>` (covered by a signed index). */
+  via?: string;
+  /** Id of the key that signed (verified only). */
+  keyId?: string;
+  /** When the verdict was made, ms since the epoch. */
+  at: number;
 }
 
 /** The manifest store: manifests by repository and digest (DynamoDB item, S3 when large; SQLite `manifests`). */
@@ -100,6 +123,8 @@ export interface ManifestStore {
    * time (and keeps the manifest) or has already deleted it (and the writer stores it again).
    */
   recordManifestPull(name: string, digest: Digest, pulledAt: number): Promise<boolean>;
+  /** Replaces the verification of a stored manifest; a no-op (creating nothing) when it is not stored. */
+  recordVerification(name: string, digest: Digest, verification: ManifestVerification): Promise<void>;
 }
 
 /**

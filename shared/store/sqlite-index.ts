@@ -4,7 +4,7 @@
  */
 import type { Digest } from '../oci/digest.js';
 import { openDatabase } from './sqlite-binding.js';
-import type { BlobLinks, FillLeases, LastCheck, LifecycleIndex, ListingCache, ManifestRecord, ManifestStore, TagIndex, TagRecord } from './ports.js';
+import type { BlobLinks, FillLeases, LastCheck, LifecycleIndex, ListingCache, ManifestRecord, ManifestStore, ManifestVerification, TagIndex, TagRecord } from './ports.js';
 import { createSqliteLifecycle, LIFECYCLE_SCHEMA } from './sqlite-lifecycle.js';
 
 // The counters live in the same file; exported here so they load with the index (the Lambda bundle leaves both out).
@@ -44,6 +44,7 @@ export function openSqliteIndex(
   if (!columns.has('last_check')) db.exec('ALTER TABLE tags ADD COLUMN last_check TEXT');
   if (!columns.has('pulled_at')) db.exec('ALTER TABLE tags ADD COLUMN pulled_at INTEGER');
   if (!columnsOf('manifests').has('pulled_at')) db.exec('ALTER TABLE manifests ADD COLUMN pulled_at INTEGER');
+  if (!columnsOf('manifests').has('verification')) db.exec('ALTER TABLE manifests ADD COLUMN verification TEXT');
   db.exec('CREATE INDEX IF NOT EXISTS tags_due ON tags (due_at) WHERE due_at IS NOT NULL');
   // Leases of an older release have no heartbeat (0): stale, so a new process may take them over.
   const leaseColumns = new Set((db.prepare('PRAGMA table_info(leases)').all() as Array<{ name: string }>).map((c) => c.name));
@@ -69,9 +70,10 @@ export function openSqliteIndex(
   const getManifest = db.prepare('SELECT * FROM manifests WHERE name = ? AND digest = ?');
   // Storing a manifest again keeps its bytes (the same digest) and sets its last-pulled time again.
   const putManifest = db.prepare(
-    `INSERT INTO manifests (name, digest, media_type, size, body, stored_at, pulled_at) VALUES (?, ?, ?, ?, ?, ?, ?)
-     ON CONFLICT (name, digest) DO UPDATE SET pulled_at = excluded.pulled_at`,
+    `INSERT INTO manifests (name, digest, media_type, size, body, stored_at, pulled_at, verification) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+     ON CONFLICT (name, digest) DO UPDATE SET pulled_at = excluded.pulled_at, verification = COALESCE(excluded.verification, manifests.verification)`,
   );
+  const recordVerification = db.prepare('UPDATE manifests SET verification = ? WHERE name = ? AND digest = ?');
   const isLinked = db.prepare('SELECT 1 FROM blob_links WHERE name = ? AND digest = ?');
   const link = db.prepare('INSERT OR IGNORE INTO blob_links (name, digest) VALUES (?, ?)');
   // Taken when free, expired, stale (heartbeat at or before @staleBefore) or already ours; a single statement, so
@@ -100,15 +102,18 @@ export function openSqliteIndex(
     ...(row.last_check === null ? {} : { lastCheck: JSON.parse(row.last_check) as LastCheck }),
     ...(row.pulled_at === null ? {} : { pulledAt: row.pulled_at }),
   });
-  type ManifestRow = { name: string; digest: string; media_type: string; size: number; body: Buffer; stored_at: number; pulled_at: number | null };
+  type ManifestRow = {
+    name: string; digest: string; media_type: string; size: number; body: Buffer; stored_at: number; pulled_at: number | null; verification: string | null;
+  };
   const manifestOf = (row: ManifestRow): ManifestRecord => ({
     name: row.name, digest: row.digest as Digest, mediaType: row.media_type, size: row.size, body: new Uint8Array(row.body),
     pulledAt: row.pulled_at ?? row.stored_at,
+    ...(row.verification === null ? {} : { verification: JSON.parse(row.verification) as ManifestVerification }),
   });
   const lifecycle = createSqliteLifecycle(db, tagOf as (row: never) => TagRecord, manifestOf as (row: never) => ManifestRecord);
   const putManifestTx = db.transaction((r: ManifestRecord, blobs: string[], rule: string) => {
     const t = now();
-    putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), t, r.pulledAt ?? t);
+    putManifest.run(r.name, r.digest, r.mediaType, r.size, Buffer.from(r.body), t, r.pulledAt ?? t, r.verification ? JSON.stringify(r.verification) : null);
     lifecycle.insertRefs(r.name, r.digest, rule, blobs);
   });
 
@@ -150,6 +155,9 @@ export function openSqliteIndex(
     },
     async putManifest(record, blobs, rule) {
       putManifestTx(record, [...new Set(blobs)], rule ?? '');
+    },
+    async recordVerification(name, digest, verification) {
+      recordVerification.run(JSON.stringify(verification), name, digest);
     },
     async isLinked(name, digest) {
       return isLinked.get(name, digest) !== undefined;

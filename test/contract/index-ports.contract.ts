@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { sha256Digest, type Digest } from '../../shared/oci/digest.js';
 import type {
-  BlobLinks, BlobRecords, FillLeases, LastCheck, ListingCache, ManifestStore, TagIndex, TagRecord,
+  BlobLinks, BlobRecords, FillLeases, LastCheck, ListingCache, ManifestStore, ManifestVerification, TagIndex, TagRecord,
 } from '../../shared/store/ports.js';
 
 /** The ports under test; blob records are optional (the embedded stack needs none). */
@@ -332,6 +332,25 @@ export function describeIndexContract(label: string, open: () => Promise<OpenedI
         const got = await index.getManifest(m.name, m.digest);
         expect(Buffer.from(got!.body).equals(Buffer.from(m.body))).toBe(true);
         expect(await index.listRepositories()).toEqual(['quay/org/app']);
+      });
+
+      it('round-trips a verification with the manifest; recordVerification replaces it, and creates nothing for a missing one', async () => {
+        const v: ManifestVerification = { result: 'unsigned', reason: 'unknown-key', keySet: 'sha256:0123456789abcdef', at: 1_700_000_000_000 };
+        const m = { ...manifestOf('ghcr/org/signed', 512), verification: v };
+        await index.putManifest(m, []);
+        expect((await index.getManifest(m.name, m.digest))!.verification).toEqual(v);
+        const again: ManifestVerification = { result: 'verified', keySet: 'sha256:fedcba9876543210', via: 'index sha256:' + 'a'.repeat(64), keyId: 'sha256:00ff00ff00ff00ff', at: 1_700_000_001_000 };
+        await index.recordVerification(m.name, m.digest, again);
+        const got = await index.getManifest(m.name, m.digest);
+        expect(got!.verification).toEqual(again);
+        expect(Buffer.from(got!.body).equals(Buffer.from(m.body))).toBe(true);
+        // A manifest stored without one has none; recording one for a manifest that is not stored creates nothing.
+        const plain = manifestOf('ghcr/org/signed', 300);
+        await index.putManifest(plain, []);
+        expect((await index.getManifest(plain.name, plain.digest))!.verification).toBeUndefined();
+        await index.recordVerification('ghcr/org/signed', sha256Digest('absent'), again);
+        expect(await index.getManifest('ghcr/org/signed', sha256Digest('absent'))).toBeUndefined();
+        expect(await index.listRepositories()).toEqual(['ghcr/org/signed']);
       });
 
       it('round-trips a 600 KB manifest (over a DynamoDB item) byte-exact', async (ctx) => {

@@ -50,7 +50,8 @@ export interface FakeUpstream {
     /** Forced status for requests of `kind` (and `method`), the next `times` of them (all when absent). */
     status?: { kind: string; code: number; retryAfter?: string; method?: string; times?: number };
     delayMs?: number;
-    wrongBytes?: boolean;
+    /** Serve other bytes than stored (first byte changed): for manifests and blobs, or `blobs` only. */
+    wrongBytes?: boolean | 'blobs';
     slowBody?: { chunkBytes: number; pauseMs: number; noLength?: boolean; kind?: 'blob' | 'manifest' };
     /**
      * Tag lists as other registries answer them: `ignorePaging` returns every tag whatever `n`/`last` say (Debian's
@@ -145,7 +146,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       const headers: Record<string, string> = { 'Content-Length': String(m.body.length) };
       if (m.contentType) headers['Content-Type'] = m.contentType;
       if (!m.noDigestHeader) headers['Docker-Content-Digest'] = m.digestHeader ?? sha256(m.body);
-      const body = faults.wrongBytes ? Buffer.from(m.body).fill(0x20, 0, 1) : m.body;
+      const body = faults.wrongBytes === true ? Buffer.from(m.body).fill(0x20, 0, 1) : m.body;
       if (faults.slowBody?.kind === 'manifest' && req.method === 'GET') return sendSlowly(res, headers, body, faults.slowBody);
       res.writeHead(200, headers);
       return void res.end(req.method === 'HEAD' ? undefined : body);

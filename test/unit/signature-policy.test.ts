@@ -1,0 +1,234 @@
+/**
+ * The signature policy at fill time (issue 13), through the registry app on the embedded stores, against the fake
+ * upstream: signatures made here with keys generated here, laid out as cosign lays them out.
+ */
+import Database from 'better-sqlite3';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import {
+  bundleManifest, cosignSignatureManifest, dsseBundle, generateSigningKey, putArtifact, signatureLayer, signatureTag, type SigningKey,
+} from '../support/cosign-signatures.js';
+import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { createHarness, silentLog } from '../support/harness.js';
+
+const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
+
+let up: FakeUpstream;
+let h: Awaited<ReturnType<typeof createHarness>>;
+let trusted: SigningKey;
+
+async function start(verify: unknown, opts: { referrers?: boolean } = {}) {
+  up = await startFakeUpstream({ referrers: opts.referrers });
+  h = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, verify } as never]);
+}
+
+beforeEach(() => {
+  trusted = generateSigningKey('p256');
+  silentLog.lines.length = 0;
+});
+afterEach(async () => {
+  h.close();
+  await up.close();
+});
+
+/** Requests other than the auth dance. */
+const upstreamRequests = () => up.requests.filter((r) => r.kind !== 'token' && r.kind !== 'base');
+/** Every row the store holds for `name` (manifests, tags, blob links, listings). */
+function rowsFor(name: string): Record<string, number> {
+  const db = new Database(h.dbPath, { readonly: true });
+  try {
+    const count = (table: string) => (db.prepare(`SELECT COUNT(*) AS n FROM ${table} WHERE name = ?`).get(name) as { n: number }).n;
+    return { manifests: count('manifests'), tags: count('tags'), blob_links: count('blob_links'), listings: count('listings') };
+  } finally {
+    db.close();
+  }
+}
+const verifyLines = () => silentLog.lines.filter((l) => (l.extra[0] as { event?: string } | undefined)?.event === 'verify').map((l) => l.extra[0] as Record<string, unknown>);
+
+function signedImage(repo: string, tag: string, key: SigningKey | undefined, layer = `${repo}:${tag}`) {
+  const img = seedImage(up, repo, tag, [Buffer.from(layer)]);
+  if (key) putArtifact(up, repo, cosignSignatureManifest([signatureLayer(key, img.digest)]), signatureTag(img.digest));
+  return img;
+}
+
+describe('mode enforce', () => {
+  beforeEach(() => start({ mode: 'enforce', keys: [trusted.publicPem] }));
+
+  it('serves and stores an image signed by a trusted key; a warm pull asks the upstream nothing', async () => {
+    const img = signedImage('org/app', 'v1', trusted);
+    const res = await h.request('GET', '/v2/p/org/app/manifests/v1');
+    expect(res.status).toBe(200);
+    expect(h.bodyOf(res)!.equals(img.body)).toBe(true);
+    const stored = await h.index.getManifest('p/org/app', img.digest as never);
+    expect(stored!.verification).toMatchObject({ result: 'verified', via: 'tag', keySet: expect.stringMatching(/^sha256:/), keyId: expect.stringMatching(/^sha256:/) });
+    expect(verifyLines()).toEqual([expect.objectContaining({ result: 'verified', rule: 'p', name: 'p/org/app', digest: img.digest, via: 'tag' })]);
+
+    up.reset();
+    for (const ref of ['v1', img.digest]) expect((await h.request('GET', `/v2/p/org/app/manifests/${ref}`)).status).toBe(200);
+    const blob = await h.request('GET', `/v2/p/org/app/blobs/${img.layerDigests[0]}`);
+    expect(blob.status).toBe(307);
+    up.reset();
+    expect((await h.request('HEAD', '/v2/p/org/app/manifests/v1')).status).toBe(200);
+    expect(upstreamRequests()).toEqual([]);
+  });
+
+  it('refuses an unsigned image with 403 DENIED naming the rule and why, and stores nothing of it', async () => {
+    const img = signedImage('org/app', 'unsigned', undefined);
+    const res = await h.request('GET', '/v2/p/org/app/manifests/unsigned');
+    expect(res.status).toBe(403);
+    expect(h.jsonOf(res)).toEqual({ errors: [{ code: 'DENIED', message: 'signature policy of rule p: the image is not signed' }] });
+    expect(rowsFor('p/org/app')).toEqual({ manifests: 0, tags: 0, blob_links: 0, listings: 0 });
+    expect(await h.blobs.stat(img.layerDigests[0] as never)).toBeUndefined();
+    expect(verifyLines()).toEqual([expect.objectContaining({ result: 'refused', reason: 'unsigned', digest: img.digest })]);
+    // By digest too; and a retry within negativeCacheSeconds asks for the manifest only, not for signatures again.
+    expect((await h.request('GET', `/v2/p/org/app/manifests/${img.digest}`)).status).toBe(403);
+    up.reset();
+    expect((await h.request('GET', '/v2/p/org/app/manifests/unsigned')).status).toBe(403);
+    expect(upstreamRequests().map((r) => r.path)).toEqual(['/v2/org/app/manifests/unsigned']);
+    expect(rowsFor('p/org/app').manifests).toBe(0);
+  });
+
+  it('refuses a signature by another key, a signature of another image, and a tampered payload', async () => {
+    signedImage('org/app', 'other-key', generateSigningKey('p256'));
+    const a = signedImage('org/app', 'a', trusted);
+    const b = seedImage(up, 'org/app', 'b', [Buffer.from('image b')]);
+    putArtifact(up, 'org/app', cosignSignatureManifest([signatureLayer(trusted, a.digest)]), signatureTag(b.digest));
+    const t = seedImage(up, 'org/app', 'tampered', [Buffer.from('image t')]);
+    const good = signatureLayer(trusted, t.digest);
+    const tampered = { ...good, payload: Buffer.from(good.payload.toString().replace('registry.test/image', 'registry.test/other')) };
+    putArtifact(up, 'org/app', cosignSignatureManifest([tampered]), signatureTag(t.digest));
+
+    const messages: Record<string, string> = {};
+    for (const tag of ['other-key', 'b', 'tampered', 'a']) {
+      const res = await h.request('GET', `/v2/p/org/app/manifests/${tag}`);
+      messages[tag] = res.status === 403 ? h.jsonOf(res).errors[0].message : String(res.status);
+    }
+    expect(messages).toEqual({
+      'other-key': 'signature policy of rule p: no signature is by a key the policy trusts',
+      b: 'signature policy of rule p: the signature is for another image (digest mismatch)',
+      tampered: 'signature policy of rule p: no signature is by a key the policy trusts',
+      a: '200',
+    });
+    expect(rowsFor('p/org/app').manifests).toBe(1);
+  });
+
+  it('an index signed at the index level: every platform manifest pulls, verified through the index with no signature lookups', async () => {
+    const amd = seedImage(up, 'org/multi', undefined, [Buffer.from('amd64 layer')], { arch: 'amd64' });
+    const arm = seedImage(up, 'org/multi', undefined, [Buffer.from('arm64 layer')], { arch: 'arm64' });
+    const index = Buffer.from(JSON.stringify({
+      schemaVersion: 2, mediaType: OCI_INDEX,
+      manifests: [amd, arm].map((m, i) => ({ mediaType: m.mediaType, digest: m.digest, size: m.body.length, platform: { os: 'linux', architecture: ['amd64', 'arm64'][i] } })),
+    }));
+    const indexDigest = up.putManifest('org/multi', 'v2', { body: index, contentType: OCI_INDEX });
+    putArtifact(up, 'org/multi', cosignSignatureManifest([signatureLayer(trusted, indexDigest)]), signatureTag(indexDigest));
+
+    expect((await h.request('GET', '/v2/p/org/multi/manifests/v2')).status).toBe(200);
+    up.reset();
+    for (const m of [amd, arm]) {
+      const res = await h.request('GET', `/v2/p/org/multi/manifests/${m.digest}`);
+      expect(res.status).toBe(200);
+      expect((await h.index.getManifest('p/org/multi', m.digest as never))!.verification).toMatchObject({ result: 'verified', via: `index ${indexDigest}` });
+    }
+    expect(upstreamRequests().map((r) => r.path)).toEqual([amd, arm].map((m) => `/v2/org/multi/manifests/${m.digest}`));
+    // A platform manifest of an unsigned index is on its own, and refused.
+    const lone = seedImage(up, 'org/multi', undefined, [Buffer.from('lone')]);
+    expect((await h.request('GET', `/v2/p/org/multi/manifests/${lone.digest}`)).status).toBe(403);
+  });
+
+  it("signature artifacts stay pullable: the .sig manifest and its payload blob, which clients verify themselves", async () => {
+    const img = signedImage('org/app', 'v1', trusted);
+    const sig = await h.request('GET', `/v2/p/org/app/manifests/${signatureTag(img.digest)}`);
+    expect(sig.status).toBe(200);
+    const layers = (h.jsonOf(sig) as { layers: Array<{ digest: string }> }).layers;
+    const payload = await h.request('GET', `/v2/p/org/app/blobs/${layers[0].digest}`);
+    expect(payload.status).toBe(307);
+    expect(h.readLocation(payload.headers.Location as string).toString()).toContain(img.digest);
+    expect((await h.index.getManifest('p/org/app', sig.headers['Docker-Content-Digest'] as never))!.verification).toMatchObject({ result: 'exempt' });
+  });
+
+  it('an upstream outage while looking for signatures is 503 and stores nothing (not a refusal)', async () => {
+    signedImage('org/app', 'v1', trusted);
+    up.faults.status = { kind: 'referrers', code: 503 };
+    const res = await h.request('GET', '/v2/p/org/app/manifests/v1');
+    expect(res.status).toBe(503);
+    expect(rowsFor('p/org/app').manifests).toBe(0);
+    up.faults.status = undefined;
+    expect((await h.request('GET', '/v2/p/org/app/manifests/v1')).status).toBe(200);
+  });
+
+  it('verifies again when the policy keys change, then not again', async () => {
+    const img = signedImage('org/app', 'v1', trusted);
+    expect((await h.request('GET', '/v2/p/org/app/manifests/v1')).status).toBe(200);
+    const first = (await h.index.getManifest('p/org/app', img.digest as never))!.verification!;
+    const rule = h.deps.resolve('p/org/app').rule;
+    const other = generateSigningKey('ed25519');
+    rule.verify = [{ mode: 'enforce', keys: [other.publicPem] }];
+    up.reset();
+    const refused = await h.request('GET', '/v2/p/org/app/manifests/v1');
+    expect(refused.status).toBe(403);
+    expect(upstreamRequests().map((r) => r.kind).sort()).toEqual(['blob', 'manifest', 'referrers']);
+    rule.verify = [{ mode: 'enforce', keys: [other.publicPem, trusted.publicPem] }];
+    up.reset();
+    expect((await h.request('GET', `/v2/p/org/app/manifests/${img.digest}`)).status).toBe(200);
+    const again = (await h.index.getManifest('p/org/app', img.digest as never))!.verification!;
+    expect(again).toMatchObject({ result: 'verified', via: 'tag', keyId: first.keyId });
+    expect(again.keySet).not.toBe(first.keySet);
+    up.reset();
+    expect((await h.request('GET', '/v2/p/org/app/manifests/v1')).status).toBe(200);
+    expect(upstreamRequests()).toEqual([]);
+  });
+});
+
+describe('mode warn, repository patterns, referrers', () => {
+  it('warn serves an unsigned image, stores it as unsigned with the reason, and logs it', async () => {
+    await start({ mode: 'warn', keys: [trusted.publicPem] });
+    const img = signedImage('org/app', 'v1', generateSigningKey('p384'));
+    const res = await h.request('GET', '/v2/p/org/app/manifests/v1');
+    expect(res.status).toBe(200);
+    expect((await h.index.getManifest('p/org/app', img.digest as never))!.verification).toMatchObject({ result: 'unsigned', reason: 'unknown-key' });
+    expect(verifyLines()).toEqual([expect.objectContaining({ result: 'unsigned', reason: 'unknown-key' })]);
+    expect(silentLog.lines.find((l) => (l.extra[0] as { event?: string })?.event === 'verify')!.level).toBe('warn');
+  });
+
+  it('only repositories matching the pattern are checked; the first matching policy applies', async () => {
+    await start([{ mode: 'enforce', repositories: '^myorg/', keys: [trusted.publicPem] }, { mode: 'off' }]);
+    signedImage('myorg/app', 'v1', undefined);
+    const other = signedImage('vendor/app', 'v1', undefined);
+    expect((await h.request('GET', '/v2/p/myorg/app/manifests/v1')).status).toBe(403);
+    expect((await h.request('GET', '/v2/p/vendor/app/manifests/v1')).status).toBe(200);
+    expect((await h.index.getManifest('p/vendor/app', other.digest as never))!.verification).toBeUndefined();
+  });
+
+  it('finds cosign signatures and Sigstore bundles through the referrers API', async () => {
+    await start({ mode: 'enforce', keys: [trusted.publicPem] }, { referrers: true });
+    const one = seedImage(up, 'org/app', 'sig', [Buffer.from('one')]);
+    putArtifact(up, 'org/app', cosignSignatureManifest([signatureLayer(trusted, one.digest)], { digest: one.digest, size: one.body.length, mediaType: one.mediaType }));
+    const two = seedImage(up, 'org/app', 'bundle', [Buffer.from('two')]);
+    putArtifact(up, 'org/app', bundleManifest(dsseBundle(trusted, two.digest), { digest: two.digest, size: two.body.length, mediaType: two.mediaType }));
+    expect((await h.request('GET', '/v2/p/org/app/manifests/sig')).status).toBe(200);
+    expect((await h.request('GET', '/v2/p/org/app/manifests/bundle')).status).toBe(200);
+    expect((await h.index.getManifest('p/org/app', two.digest as never))!.verification).toMatchObject({ result: 'verified', via: 'referrers' });
+  });
+});
+
+describe('refresh', () => {
+  it('a tag moved upstream to an unsigned image keeps serving the previous verified digest; a signed move moves it', async () => {
+    await start({ mode: 'enforce', keys: [trusted.publicPem] });
+    const v1 = signedImage('org/app', 'latest', trusted, 'first');
+    expect((await h.request('GET', '/v2/p/org/app/manifests/latest')).status).toBe(200);
+    const unsigned = signedImage('org/app', 'latest', undefined, 'second, unsigned');
+    h.clock.now += 3601 * 1000;
+    const report = await h.refresher.refreshDue();
+    expect(report).toMatchObject({ checked: 1, moved: 0, errors: 1 });
+    const tag = await h.index.getTag('p/org/app', 'latest');
+    expect(tag).toMatchObject({ digest: v1.digest, lastCheck: { result: 'error', error: 'signature policy of rule p: the image is not signed' } });
+    expect(await h.index.getManifest('p/org/app', unsigned.digest as never)).toBeUndefined();
+    expect(silentLog.lines.some((l) => (l.extra[0] as { event?: string })?.event === 'tag-move-refused')).toBe(true);
+    const served = await h.request('GET', '/v2/p/org/app/manifests/latest');
+    expect([served.status, served.headers['Docker-Content-Digest']]).toEqual([200, v1.digest]);
+
+    const v3 = signedImage('org/app', 'latest', trusted, 'third, signed');
+    h.clock.now += 3601 * 1000;
+    expect(await h.refresher.refreshDue()).toMatchObject({ checked: 1, moved: 1, errors: 0 });
+    expect((await h.request('GET', '/v2/p/org/app/manifests/latest')).headers['Docker-Content-Digest']).toBe(v3.digest);
+  });
+});
