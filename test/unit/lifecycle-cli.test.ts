@@ -74,7 +74,7 @@ describe('lifecycle subcommands beside the running server', () => {
     expect(app.manifests[0].mediaType).toBe(img.mediaType);
     expect(app.storedBytes).toBe(img.body.length + img.config.length + 40_000);
     const table = cli(['ls', 'local/app'], env);
-    expect(table.stdout).toMatch(/^REPOSITORY\s+TAG\s+DIGEST\s+MEDIA TYPE\s+STORED\s+LAST PULLED \(UTC\)\nlocal\/app\s+v1\s+sha256:/);
+    expect(table.stdout).toMatch(/^REPOSITORY\s+TAG\s+DIGEST\s+MEDIA TYPE\s+STORED\s+LAST PULLED \(UTC\)\s+SIGNATURE\nlocal\/app\s+v1\s+sha256:\S+\s.*\s-\n/);
 
     const purged = cli(['purge', 'local/app:v1', '--json'], env);
     expect(purged.status, purged.stderr).toBe(0);

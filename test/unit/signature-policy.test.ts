@@ -2,7 +2,11 @@
  * The signature policy at fill time (issue 13), through the registry app on the embedded stores, against the fake
  * upstream: signatures made here with keys generated here, laid out as cosign lays them out.
  */
+import { spawnSync } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import Database from 'better-sqlite3';
+import { stringify } from 'yaml';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   bundleManifest, cosignSignatureManifest, dsseBundle, generateSigningKey, putArtifact, signatureLayer, signatureTag, type SigningKey,
@@ -188,6 +192,26 @@ describe('mode warn, repository patterns, referrers', () => {
     expect(verifyLines()).toEqual([expect.objectContaining({ result: 'unsigned', reason: 'unknown-key' })]);
     expect(silentLog.lines.find((l) => (l.extra[0] as { event?: string })?.event === 'verify')!.level).toBe('warn');
   });
+
+  it('`npx pullthrough ls` shows each manifest\'s verdict (table column SIGNATURE, and in --json)', async () => {
+    const verify = { mode: 'warn', keys: [trusted.publicPem] };
+    await start(verify);
+    const signed = signedImage('org/app', 'signed', trusted);
+    signedImage('org/app', 'unsigned', undefined);
+    for (const tag of ['signed', 'unsigned', signatureTag(signed.digest)]) expect((await h.request('GET', `/v2/p/org/app/manifests/${tag}`)).status).toBe(200);
+    const configPath = join(h.dir, 'config.yaml');
+    writeFileSync(configPath, stringify({ rules: [{ prefix: 'p', upstream: up.url, verify }] }));
+    const ls = (...args: string[]) => spawnSync(process.execPath, ['--import', 'tsx', 'bin/pullthrough.ts', 'ls', ...args], {
+      cwd: resolve(import.meta.dirname, '../..'), encoding: 'utf8', timeout: 60_000,
+      env: { ...process.env, PULLTHROUGH_LOG_LEVEL: 'WARN', PULLTHROUGH_CONFIG: configPath, PULLTHROUGH_DATA_DIR: h.dir },
+    });
+    const table = ls('p/org/app');
+    expect(table.status, table.stderr).toBe(0);
+    const column = Object.fromEntries(table.stdout.split('\n').filter((l) => l.startsWith('p/org/app')).map((l) => [l.split(/\s+/)[1], l.split(/\s{2,}/).at(-1)]));
+    expect(column).toEqual({ signed: 'verified', unsigned: 'unsigned: unsigned', [signatureTag(signed.digest)]: 'signature' });
+    const json = JSON.parse(ls('--json').stdout.trim().split('\n').at(-1)!) as { repositories: Array<{ manifests: Array<{ digest: string; verification?: { result: string; via?: string } }> }> };
+    expect(json.repositories[0].manifests.find((m) => m.digest === signed.digest)!.verification).toMatchObject({ result: 'verified', via: 'tag' });
+  }, 60_000);
 
   it('only repositories matching the pattern are checked; the first matching policy applies', async () => {
     await start([{ mode: 'enforce', repositories: '^myorg/', keys: [trusted.publicPem] }, { mode: 'off' }]);

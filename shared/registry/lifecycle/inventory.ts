@@ -4,6 +4,7 @@
  * Read-only; one repository in memory at a time.
  */
 import type { Digest } from '../../oci/digest.js';
+import type { ManifestVerification } from '../../store/ports.js';
 import type { RegistryDeps } from '../deps.js';
 import type { Collector } from './collect.js';
 import { ruleOfName } from './policy.js';
@@ -18,6 +19,8 @@ export interface ManifestListing {
   /** Body plus the stored blobs it references (an index: its own body only; see its children). */
   storedBytes: number;
   pulledAt: number;
+  /** What the rule's signature policy found (absent: not checked). */
+  verification?: ManifestVerification;
 }
 
 /** One repository in a listing. */
@@ -67,6 +70,7 @@ export async function* listInventory(deps: RegistryDeps, c: Collector, filter?: 
         storedBytes += m.size;
         manifests.push({
           digest: m.digest, mediaType: m.mediaType, tags: repo.tags.filter((t) => t.digest === m.digest).map((t) => t.tag), storedBytes: bytes, pulledAt: m.pulledAt,
+          ...(m.verification ? { verification: m.verification } : {}),
         });
       }
       yield {

@@ -15,7 +15,7 @@
  */
 import type { Digest } from '../../oci/digest.js';
 import { isIndexMediaType } from '../../oci/media-types.js';
-import type { LifecycleIndex, TagRecord } from '../../store/ports.js';
+import type { LifecycleIndex, ManifestVerification, TagRecord } from '../../store/ports.js';
 
 /** A descriptor a manifest lists: digest and declared size (bytes). */
 export interface Reference {
@@ -34,6 +34,8 @@ export interface ManifestInfo {
   children: Reference[];
   /** Blobs an image manifest references: config and layers (empty for an index). */
   blobs: Reference[];
+  /** The signature policy's verdict stored with it, if any (signature-check.ts). */
+  verification?: ManifestVerification;
 }
 
 /** One repository: its tags and manifests. */
@@ -77,7 +79,10 @@ export async function readRepository(index: LifecycleIndex, name: string): Promi
   for (let after: string | undefined, page = 0; page < 1_000_000; page++) {
     const batch = await index.listManifestRecords(name, { after, limit: PAGE });
     for (const r of batch) {
-      manifests.set(r.digest, { digest: r.digest, mediaType: r.mediaType, size: r.size, pulledAt: r.pulledAt ?? 0, ...referencesOf(r.mediaType, r.body) });
+      manifests.set(r.digest, {
+        digest: r.digest, mediaType: r.mediaType, size: r.size, pulledAt: r.pulledAt ?? 0, ...referencesOf(r.mediaType, r.body),
+        ...(r.verification ? { verification: r.verification } : {}),
+      });
     }
     if (batch.length < PAGE) break;
     after = batch[batch.length - 1].digest;
