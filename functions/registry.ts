@@ -29,7 +29,8 @@ const round = (ms: number) => Math.round(ms * 10) / 10;
 
 /**
  * Serves one event and writes its request line on `log`: method, path, status, ms, and what the cache did —
- * `cache` (hit | miss | stale | revalidated | refreshed | none, shared/observe/metrics.ts), `rule`, and the
+ * `cache` (hit | miss | stale | revalidated | refreshed | none, shared/observe/metrics.ts), `rule`, `verify` (the
+ * signature policy's verdict on the manifest answered: verified | unsigned | refused | exempt, when a policy applies), and the
  * upstream requests the request caused (`upstreamRequests`, `upstreamMs`: their times to response headers).
  */
 export async function serveHttpApiEvent(event: APIGatewayProxyEventV2, log: Log): Promise<APIGatewayProxyStructuredResultV2> {
@@ -45,6 +46,7 @@ export async function serveHttpApiEvent(event: APIGatewayProxyEventV2, log: Log)
     ms: round(performance.now() - started),
     cache: scope.cache ?? 'none',
     rule: scope.rule,
+    ...(scope.verify ? { verify: scope.verify } : {}),
     upstreamRequests: scope.upstreamRequests,
     upstreamMs: round(scope.upstreamMs),
     sourceIp: e.sourceIp,

@@ -12,6 +12,7 @@
  * | `UpstreamBytes` (Bytes) | `Rule` | body bytes received from upstreams |
  * | `Fills` (Count), `FillDuration` (Seconds, committed fills) | `Rule`, `Kind` = blob, `Result` (ok, failed) | blob fills |
  * | `TagChecks` (Count) | `Rule`, `Kind` = tag, `Result` (unchanged, moved, gone, error) | re-checks of cached tags |
+ * | `Verifications` (Count) | `Rule`, `Kind` = manifest, `Result` (verified, unsigned, refused, exempt) | signature-policy verdicts made |
  * | `StoredBytes` (Bytes) | `Rule` | bytes stored, as measured |
  * | `Requests`, `UpstreamRequests`, `UpstreamErrors` (5xx and no answer), `FillFailures` (Count) | `service` = pullthrough | totals over every rule, for the stack's alarms (which cannot enumerate rules) |
  *
@@ -36,7 +37,7 @@ interface Doc {
 
 /** Every metric name this output writes (the stack's dashboard and alarms may use only these). */
 export const EMF_METRIC_NAMES = [
-  'Requests', 'ServedBytes', 'CacheHit', 'UpstreamRequests', 'UpstreamBytes', 'UpstreamErrors', 'Fills', 'FillDuration', 'FillFailures', 'TagChecks', 'StoredBytes',
+  'Requests', 'ServedBytes', 'CacheHit', 'UpstreamRequests', 'UpstreamBytes', 'UpstreamErrors', 'Fills', 'FillDuration', 'FillFailures', 'TagChecks', 'Verifications', 'StoredBytes',
 ] as const;
 
 /** At most this many values of one metric per line (EMF's limit is 100). */
@@ -94,6 +95,9 @@ export function createEmfMetrics(opts: { namespace?: string } = {}): EmfMetrics 
     },
     tagCheck(e) {
       add(rkr(e.rule, 'tag', e.result), 'TagChecks', MetricUnit.Count, 1);
+    },
+    verification(e) {
+      add(rkr(e.rule, 'manifest', e.result), 'Verifications', MetricUnit.Count, 1);
     },
     storedBytes(rule, bytes) {
       const doc = docs.get(JSON.stringify({ Rule: rule }));

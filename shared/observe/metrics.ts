@@ -47,6 +47,12 @@ export type UpstreamKind = 'manifest' | 'blob' | 'tags' | 'referrers' | 'token' 
 /** The outcome of one re-check of a cached tag (pull-time or scheduled). */
 export type TagCheckResult = 'unchanged' | 'moved' | 'gone' | 'error';
 
+/**
+ * A signature-policy verdict (shared/registry/signature-check.ts): `verified`, `unsigned` (not verified, served: mode
+ * warn), `refused` (mode enforce: 403), `exempt` (signature material, let through).
+ */
+export type VerifyResult = 'verified' | 'unsigned' | 'refused' | 'exempt';
+
 /** The `rule` label of a request no rule served (catalog, an unknown or invalid name). */
 export const NO_RULE = '-';
 
@@ -62,6 +68,8 @@ export interface Metrics {
   fill(e: { rule: string; seconds: number; ok: boolean }): void;
   /** A cached tag was re-checked against its upstream. */
   tagCheck(e: { rule: string; result: TagCheckResult }): void;
+  /** A signature policy made a verdict on a manifest (at fill time, or again after its keys changed; not on warm pulls). */
+  verification(e: { rule: string; result: VerifyResult }): void;
   /** The bytes stored for a rule, as last measured (a gauge). */
   storedBytes(rule: string, bytes: number): void;
 }
@@ -73,6 +81,7 @@ export const noMetrics: Metrics = {
   upstreamBytes: () => undefined,
   fill: () => undefined,
   tagCheck: () => undefined,
+  verification: () => undefined,
   storedBytes: () => undefined,
 };
 
@@ -88,6 +97,7 @@ export function fanOut(...sinks: Metrics[]): Metrics {
     upstreamBytes: each('upstreamBytes'),
     fill: each('fill'),
     tagCheck: each('tagCheck'),
+    verification: each('verification'),
     storedBytes: each('storedBytes'),
   };
 }

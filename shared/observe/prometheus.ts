@@ -12,6 +12,7 @@
  * | `pullthrough_fill_duration_seconds` | histogram | `rule`: committed blob fills, seconds from start to commit |
  * | `pullthrough_fill_failures_total` | counter | `rule`: blob fills that failed |
  * | `pullthrough_tag_checks_total` | counter | `rule`, `result` (unchanged, moved, gone, error): re-checks of cached tags |
+ * | `pullthrough_verifications_total` | counter | `rule`, `result` (verified, unsigned, refused, exempt): signature-policy verdicts made |
  * | `pullthrough_stored_bytes` | gauge | `rule`: bytes stored, as the lifecycle last measured them |
  *
  * plus prom-client's default process metrics (`process_*`, `nodejs_*`). `rule` is `-` where no rule applies.
@@ -47,6 +48,7 @@ export function createPrometheusMetrics(opts: { readStoredBytes?: () => Promise<
   const fills = new Histogram({ name: 'pullthrough_fill_duration_seconds', help: 'Committed blob fills, seconds from start to commit', labelNames: ['rule'], buckets: FILL_BUCKETS, registers });
   const fillFailures = new Counter({ name: 'pullthrough_fill_failures_total', help: 'Blob fills that failed', labelNames: ['rule'], registers });
   const checks = new Counter({ name: 'pullthrough_tag_checks_total', help: 'Re-checks of cached tags against their upstreams, by outcome', labelNames: ['rule', 'result'], registers });
+  const verifications = new Counter({ name: 'pullthrough_verifications_total', help: 'Signature-policy verdicts made on manifests, by result', labelNames: ['rule', 'result'], registers });
   const stored = new Gauge({
     name: 'pullthrough_stored_bytes',
     help: 'Bytes stored per rule, as the lifecycle last measured them',
@@ -75,6 +77,9 @@ export function createPrometheusMetrics(opts: { readStoredBytes?: () => Promise<
     },
     tagCheck(e) {
       checks.inc({ rule: e.rule, result: e.result });
+    },
+    verification(e) {
+      verifications.inc({ rule: e.rule, result: e.result });
     },
     storedBytes(rule, bytes) {
       stored.set({ rule }, bytes);

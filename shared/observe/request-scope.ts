@@ -9,7 +9,7 @@
  * overhead, README "Benchmarks").
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
-import type { CacheResult } from './metrics.js';
+import type { CacheResult, VerifyResult } from './metrics.js';
 
 /** What one request caused. Times in ms, sizes in bytes. */
 export interface RequestScope {
@@ -17,6 +17,8 @@ export interface RequestScope {
   rule?: string;
   /** What the cache did; unset means `none`. */
   cache?: CacheResult;
+  /** The signature policy's verdict on the manifest answered (stored or just made); unset: no policy applies. */
+  verify?: VerifyResult;
   /** Bytes of manifests and blobs the answer serves from the cache (see metrics.ts). */
   servedBytes: number;
   /** Upstream requests sent (counted when answered or failed). */
@@ -48,6 +50,12 @@ export function currentScope(): RequestScope | undefined {
 export function noteCache(result: CacheResult): void {
   const scope = storage.getStore();
   if (scope) scope.cache = result;
+}
+
+/** Records the signature policy's verdict on the manifest the current request answers (the last note wins). */
+export function noteVerify(result: VerifyResult): void {
+  const scope = storage.getStore();
+  if (scope) scope.verify = result;
 }
 
 /** Records the rule that serves the current request's name. */

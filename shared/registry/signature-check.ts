@@ -12,10 +12,13 @@
  *   rule's `negativeCacheSeconds`. In mode `warn` it is stored and served as **unsigned**, with the reason.
  * A stored verdict stands while the policy's key set is the same: a warm pull costs no upstream request. A manifest
  * stored under other keys (or before the policy existed) is verified again on its next pull, and in mode `enforce`
- * a manifest stored unsigned under `warn` too. Every verdict made is logged (`"event":"verify"`).
+ * a manifest stored unsigned under `warn` too. Every verdict made is logged (`"event":"verify"`) and counted
+ * (`metrics.verification`); the request line of every manifest request a policy covers says the verdict (`verify`).
  */
 import { isIndexMediaType } from '../oci/media-types.js';
 import { RegistryError } from '../oci/errors.js';
+import type { VerifyResult } from '../observe/metrics.js';
+import { noteVerify } from '../observe/request-scope.js';
 import type { ManifestRecord, ManifestVerification } from '../store/ports.js';
 import { indexChildren, isSignatureArtifact } from '../verify/cosign-formats.js';
 import { policyFor, type SignaturePolicy } from '../verify/policy.js';
@@ -59,7 +62,10 @@ export function createSignatureCheck(deps: RegistryDeps): SignatureCheck {
     return new RegistryError('DENIED', `signature policy of rule ${resolved.rule.prefix}: ${WHY[reason]}`);
   }
 
-  function log(resolved: ResolvedName, record: ManifestRecord, result: string, v: Partial<ManifestVerification>): void {
+  /** A verdict made: the log line, the metric, and the request's note. */
+  function made(resolved: ResolvedName, record: ManifestRecord, result: VerifyResult, v: Partial<ManifestVerification>): void {
+    noteVerify(result);
+    deps.metrics?.verification({ rule: resolved.rule.prefix, result });
     const line = { event: 'verify', rule: resolved.rule.prefix, name: resolved.name, digest: record.digest, result, ...v };
     if (result === 'verified' || result === 'exempt') deps.log.info('signature policy', line);
     else deps.log.warn('signature policy', line);
@@ -78,15 +84,18 @@ export function createSignatureCheck(deps: RegistryDeps): SignatureCheck {
   async function judge(resolved: ResolvedName, record: ManifestRecord, policy: SignaturePolicy): Promise<ManifestVerification> {
     const key = `${resolved.name}\n${record.digest}\n${policy.keySet}`;
     const remembered = refused.get(key);
-    if (remembered) throw refusal(resolved, remembered);
+    if (remembered) {
+      noteVerify('refused');
+      throw refusal(resolved, remembered);
+    }
     const v: ManifestVerification = { ...(await verdict(resolved, record, policy)), keySet: policy.keySet, at: deps.now() };
     if (v.result === 'unsigned' && policy.mode === 'enforce') {
       const reason = v.reason ?? 'unsigned';
-      log(resolved, record, 'refused', { reason });
+      made(resolved, record, 'refused', { reason });
       refused.remember(key, resolved.rule.negativeCacheSeconds * 1000, reason);
       throw refusal(resolved, reason);
     }
-    log(resolved, record, v.result, v);
+    made(resolved, record, v.result, v);
     return v;
   }
 
@@ -106,7 +115,11 @@ export function createSignatureCheck(deps: RegistryDeps): SignatureCheck {
     async admitStored(resolved, record) {
       const policy = policyFor(resolved.rule, resolved.upstreamRepository);
       const v = record.verification;
-      if (!policy || (v?.keySet === policy.keySet && (v.result !== 'unsigned' || policy.mode === 'warn'))) return record;
+      if (!policy) return record;
+      if (v?.keySet === policy.keySet && (v.result !== 'unsigned' || policy.mode === 'warn')) {
+        noteVerify(v.result);
+        return record;
+      }
       const verification = await judge(resolved, record, policy);
       await deps.stores.manifests.recordVerification(record.name, record.digest, verification);
       const updated = { ...record, verification };

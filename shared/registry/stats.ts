@@ -82,6 +82,7 @@ export function createStatsRecorder(opts: { counters: RuleCounters; now: () => n
     },
     fill: () => undefined,
     tagCheck: () => undefined,
+    verification: () => undefined,
     storedBytes: () => undefined,
     flush,
     flushIfDue: () => (now() - lastFlush >= intervalMs && pending.size > 0 ? flush() : writing),

@@ -7,7 +7,7 @@ type Events = { [K in keyof Metrics]: Array<Parameters<Metrics[K]>> };
 
 /** Records events; `count(kind, match)` counts the recorded requests/upstream requests matching `match`. */
 export function recordingMetrics() {
-  const events: Events = { request: [], upstreamRequest: [], upstreamBytes: [], fill: [], tagCheck: [], storedBytes: [] };
+  const events: Events = { request: [], upstreamRequest: [], upstreamBytes: [], fill: [], tagCheck: [], verification: [], storedBytes: [] };
   const record = <K extends keyof Metrics>(k: K) => ((...args: Parameters<Metrics[K]>) => void events[k].push(args)) as Metrics[K];
   const metrics: Metrics = {
     request: record('request'),
@@ -15,6 +15,7 @@ export function recordingMetrics() {
     upstreamBytes: record('upstreamBytes'),
     fill: record('fill'),
     tagCheck: record('tagCheck'),
+    verification: record('verification'),
     storedBytes: record('storedBytes'),
   };
   const matches = (e: object, m: object) => Object.entries(m).every(([k, v]) => (e as Record<string, unknown>)[k] === v);

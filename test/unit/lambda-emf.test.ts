@@ -7,6 +7,7 @@
 import type { Context } from 'aws-lambda';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { buildHttpApiEvent } from '../../shared/http/lambda-event.js';
+import { createEmfMetrics } from '../../shared/observe/emf.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 import { setLambdaTestEnv } from '../support/lambda-env.js';
 
@@ -94,5 +95,18 @@ describe('EMF from the registry handler', () => {
     const durations = lines.filter((l) => l.Result === 'ok' && l.Kind === 'blob').flatMap((l) => [l.FillDuration].flat());
     expect(durations.length).toBe(2);
     expect(durations.every((s) => typeof s === 'number' && s >= 0 && s < 60)).toBe(true);
+  });
+
+  it('signature-policy verdicts are Verifications by Rule, Kind=manifest and Result', () => {
+    const from = written.length;
+    const emf = createEmfMetrics();
+    emf.verification({ rule: 'ghcr', result: 'refused' });
+    emf.verification({ rule: 'ghcr', result: 'refused' });
+    emf.verification({ rule: 'ghcr', result: 'verified' });
+    emf.flush();
+    const lines = emfLines(from);
+    expect(sum(lines, 'Verifications', { Rule: 'ghcr', Kind: 'manifest', Result: 'refused' })).toBe(2);
+    expect(sum(lines, 'Verifications', { Rule: 'ghcr', Kind: 'manifest', Result: 'verified' })).toBe(1);
+    expect(lines.flatMap((l) => l._aws.CloudWatchMetrics[0].Metrics.map((m) => [m.Name, m.Unit]))).toEqual([['Verifications', 'Count'], ['Verifications', 'Count']]);
   });
 });

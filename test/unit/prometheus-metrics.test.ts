@@ -23,6 +23,9 @@ describe('Prometheus metrics', () => {
     m.fill({ rule: 'hub', seconds: 0.7, ok: true });
     m.fill({ rule: 'hub', seconds: 3, ok: false });
     m.tagCheck({ rule: 'hub', result: 'moved' });
+    m.verification({ rule: 'hub', result: 'refused' });
+    m.verification({ rule: 'hub', result: 'refused' });
+    m.verification({ rule: 'hub', result: 'verified' });
     const samples = parsePrometheusText(await m.text());
     expect(sumOf(samples, 'pullthrough_requests_total', { rule: 'hub', kind: 'blob', result: 'hit' })).toBe(2);
     expect(sumOf(samples, 'pullthrough_requests_total', { rule: '-', kind: 'catalog', result: 'hit' })).toBe(1);
@@ -35,6 +38,8 @@ describe('Prometheus metrics', () => {
     expect(sumOf(samples, 'pullthrough_fill_duration_seconds_bucket', { rule: 'hub', le: '1' })).toBe(1);
     expect(sumOf(samples, 'pullthrough_fill_failures_total', { rule: 'hub' })).toBe(1);
     expect(sumOf(samples, 'pullthrough_tag_checks_total', { rule: 'hub', result: 'moved' })).toBe(1);
+    expect(sumOf(samples, 'pullthrough_verifications_total', { rule: 'hub', result: 'refused' })).toBe(2);
+    expect(sumOf(samples, 'pullthrough_verifications_total', { rule: 'hub', result: 'verified' })).toBe(1);
     expect(sumOf(samples, 'pullthrough_stored_bytes', { rule: 'hub' })).toBe(4096);
   });
 

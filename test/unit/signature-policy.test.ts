@@ -11,8 +11,11 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   bundleManifest, cosignSignatureManifest, dsseBundle, generateSigningKey, putArtifact, signatureLayer, signatureTag, type SigningKey,
 } from '../support/cosign-signatures.js';
+import type { Metrics } from '../../shared/observe/metrics.js';
+import { inScope, newScope } from '../../shared/observe/request-scope.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 import { createHarness, silentLog } from '../support/harness.js';
+import { recordingMetrics } from '../support/recording-metrics.js';
 
 const OCI_INDEX = 'application/vnd.oci.image.index.v1+json';
 
@@ -20,9 +23,9 @@ let up: FakeUpstream;
 let h: Awaited<ReturnType<typeof createHarness>>;
 let trusted: SigningKey;
 
-async function start(verify: unknown, opts: { referrers?: boolean } = {}) {
+async function start(verify: unknown, opts: { referrers?: boolean; metrics?: Metrics } = {}) {
   up = await startFakeUpstream({ referrers: opts.referrers });
-  h = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, verify } as never]);
+  h = await createHarness([{ prefix: 'p', upstream: up.url, ttlSeconds: 3600, verify } as never], opts.metrics ? { metrics: opts.metrics } : {});
 }
 
 beforeEach(() => {
@@ -231,6 +234,29 @@ describe('mode warn, repository patterns, referrers', () => {
     expect((await h.request('GET', '/v2/p/org/app/manifests/sig')).status).toBe(200);
     expect((await h.request('GET', '/v2/p/org/app/manifests/bundle')).status).toBe(200);
     expect((await h.index.getManifest('p/org/app', two.digest as never))!.verification).toMatchObject({ result: 'verified', via: 'referrers' });
+  });
+});
+
+describe('request log and metrics', () => {
+  it('each manifest request notes the verdict on what it answered; only verdicts made are counted', async () => {
+    const rec = recordingMetrics();
+    await start({ mode: 'enforce', keys: [trusted.publicPem] }, { metrics: rec.metrics });
+    const signed = signedImage('org/app', 'signed', trusted);
+    signedImage('org/app', 'unsigned', undefined);
+    const noted = async (path: string) => {
+      const scope = newScope();
+      const res = await inScope(scope, () => h.request('GET', path));
+      return [res.status, scope.verify];
+    };
+    expect(await noted('/v2/p/org/app/manifests/signed')).toEqual([200, 'verified']);
+    expect(await noted('/v2/p/org/app/manifests/signed')).toEqual([200, 'verified']);
+    expect(await noted('/v2/p/org/app/manifests/unsigned')).toEqual([403, 'refused']);
+    expect(await noted('/v2/p/org/app/manifests/unsigned')).toEqual([403, 'refused']); // remembered: no new verdict
+    expect(await noted(`/v2/p/org/app/manifests/${signatureTag(signed.digest)}`)).toEqual([200, 'exempt']);
+    expect(await noted(`/v2/p/org/app/blobs/${signed.layerDigests[0]}`)).toEqual([307, undefined]);
+    expect(rec.events.verification.map(([e]) => e)).toEqual([
+      { rule: 'p', result: 'verified' }, { rule: 'p', result: 'refused' }, { rule: 'p', result: 'exempt' },
+    ]);
   });
 });
 
