@@ -36,7 +36,7 @@ const round = (ms: number) => Math.round(ms * 10) / 10;
 export async function serveHttpApiEvent(event: APIGatewayProxyEventV2, log: Log): Promise<APIGatewayProxyStructuredResultV2> {
   const started = performance.now();
   const scope = newScope();
-  const res = await inScope(scope, () => runtime.app(fromHttpApiEvent(event)));
+  const res = runtime.env.accounting ? await inScope(scope, () => runtime.app(fromHttpApiEvent(event))) : await runtime.app(fromHttpApiEvent(event));
   const e = event.requestContext.http;
   log.info('request', {
     method: e.method,

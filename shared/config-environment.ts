@@ -8,6 +8,8 @@
  * - `PULLTHROUGH_HOST`: local server address (default 127.0.0.1; `0.0.0.0` to serve other machines)
  * - `PULLTHROUGH_METRICS_PORT`: port of the local server's Prometheus listener (`GET /metrics`); unset = off
  * - `PULLTHROUGH_METRICS_HOST`: its address (default 127.0.0.1)
+ * - `PULLTHROUGH_ACCOUNTING`: `off` → no request accounting at all: no `cache`/`rule` fields, no metrics, no stats
+ *   counters (what bench/metrics-overhead.ts measures the accounting against); default `on`
  * - `PULLTHROUGH_LOG_LEVEL`: DEBUG | INFO | WARN | ERROR | SILENT, any case (default INFO); anything else stops the start
  * - `PULLTHROUGH_BACKEND`: `embedded` (SQLite + filesystem, default) or `aws` (DynamoDB + S3)
  * - `PULLTHROUGH_TABLE`, `PULLTHROUGH_BUCKET`: the DynamoDB table and S3 bucket (backend `aws`); endpoints come
@@ -56,6 +58,8 @@ export interface Environment {
   metricsPort?: number;
   /** Address of the Prometheus listener. */
   metricsHost: string;
+  /** False when `PULLTHROUGH_ACCOUNTING=off`: no request scope, metrics or stats counters. */
+  accounting: boolean;
   /** One of {@link LOG_LEVELS}, upper-case. */
   logLevel: string;
   backend: 'embedded' | 'aws';
@@ -100,6 +104,8 @@ function portNumber(name: string, text: string): number {
 /** Reads the process environment (the only place that does). */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
   const port = portNumber('PULLTHROUGH_PORT', env.PULLTHROUGH_PORT || '5000');
+  const accounting = env.PULLTHROUGH_ACCOUNTING || 'on';
+  if (accounting !== 'on' && accounting !== 'off') throw new Error(`PULLTHROUGH_ACCOUNTING must be on or off, got ${JSON.stringify(accounting)}`);
   const metricsPort = env.PULLTHROUGH_METRICS_PORT ? portNumber('PULLTHROUGH_METRICS_PORT', env.PULLTHROUGH_METRICS_PORT) : undefined;
   const logLevel = (env.PULLTHROUGH_LOG_LEVEL || 'INFO').toUpperCase();
   if (!LOG_LEVELS.includes(logLevel)) throw new Error(`PULLTHROUGH_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(env.PULLTHROUGH_LOG_LEVEL)}`);
@@ -124,6 +130,7 @@ export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environme
     host: env.PULLTHROUGH_HOST || '127.0.0.1',
     metricsPort,
     metricsHost: env.PULLTHROUGH_METRICS_HOST || '127.0.0.1',
+    accounting: accounting === 'on',
     logLevel,
     backend,
     table: env.PULLTHROUGH_TABLE || undefined,

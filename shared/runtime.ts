@@ -24,6 +24,7 @@ import type { PrometheusMetrics } from './observe/prometheus.js';
 import type { EmfMetrics } from './observe/emf.js';
 import type { ManifestService } from './registry/manifests.js';
 import type { StatsRecorder } from './registry/stats.js';
+import { noMetrics } from './observe/metrics.js';
 import { buildMetricsOutputs } from './runtime-metrics.js';
 import type { RuleCounters } from './store/counters.js';
 import { createDynamoDbCounters } from './store/dynamodb-counters.js';
@@ -134,7 +135,7 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   const { stores, counters, blobStore, close } = await buildStores(env);
   let lifecycle: Lifecycle | undefined;
   const outputs = await buildMetricsOutputs(env, { counters, log: logger, lifecycle: () => lifecycle });
-  const coreMetrics = outputs.metrics;
+  const coreMetrics = env.accounting ? outputs.metrics : noMetrics;
   const clients = new Map<string, UpstreamClient>();
   const readSecret = createSecretsManagerReader();
   const upstreamFor = (rule: PullThroughCacheRule) => {
@@ -166,7 +167,8 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   };
   const names = { prefixes: config.rules.map((r) => r.prefix), mirrorName: deps.mirrorName, resolve: deps.resolve };
   const auth = await buildClientAuth({ env, config, names, log: logger, now: Date.now });
-  const { app, blobs, manifests } = createRegistry(deps, { auth });
+  // PULLTHROUGH_ACCOUNTING=off: the same cache with nothing recorded (the metrics benchmark's baseline).
+  const { app, blobs, manifests } = createRegistry(deps, { auth, accounting: env.accounting });
   const refresher = createRefresher(deps, manifests, config.refresh);
   lifecycle = createLifecycle(deps, config, graceSeconds);
   const { emf, prometheus, stats } = outputs;

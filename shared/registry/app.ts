@@ -39,6 +39,11 @@ export function createRegistryApp(deps: RegistryDeps): RegistryApp {
 export interface RegistryOptions {
   /** Client auth (the guard and `/token`); absent = mode `none`, anyone may pull. */
   auth?: ClientAuth;
+  /**
+   * `false`: no request scope and no request metrics (the cache behaves the same; nothing is recorded of it):
+   * `PULLTHROUGH_ACCOUNTING=off`, the baseline bench/metrics-overhead.ts measures the accounting against. Default true.
+   */
+  accounting?: boolean;
 }
 
 /** Builds the app and the services behind it (the fill function calls `blobs.fill`). */
@@ -228,6 +233,7 @@ export function createRegistry(
   }
 
   const app: RegistryApp = (req) => {
+    if (options.accounting === false) return answerOrError(req, parseRoute(req.path), newScope());
     const scope = currentScope();
     if (scope) return respond(req, scope);
     const own = newScope();

@@ -77,9 +77,11 @@ export async function createHarness(
     dispatchFill?: { delayMs: number; failTimes?: number };
     /** Where the core and the upstream clients count (shared/observe/metrics.ts); default: nowhere. */
     metrics?: Metrics;
+    /** `false`: the registry records nothing (createRegistry's `accounting`). */
+    accounting?: boolean;
   } = {},
 ) {
-  const { dispatchFill: _dispatchFill, metrics, ...configExtra } = extra;
+  const { dispatchFill: _dispatchFill, metrics, accounting, ...configExtra } = extra;
   const config = parseConfig({ rules, ...configExtra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
   const dbPath = join(dir, 'index.db');
@@ -129,7 +131,7 @@ export async function createHarness(
     log: silentLog,
     now: () => clock.now,
   });
-  const { app, manifests, blobs: blobService } = createRegistry(deps, { auth });
+  const { app, manifests, blobs: blobService } = createRegistry(deps, { auth, accounting });
   fillFunction = (job) => blobService.fill(job.name, job.digest, job.leaseOwner);
   const refresher = createRefresher(deps, manifests, config.refresh);
   // The fs store's signed URLs live 900 s (its default): the grace period must be at least twice that.

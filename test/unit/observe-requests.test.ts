@@ -114,6 +114,20 @@ describe('the cache field and the request metrics', () => {
   });
 });
 
+describe('accounting off (PULLTHROUGH_ACCOUNTING=off, the benchmark baseline)', () => {
+  it('answers the same and records nothing', async () => {
+    const off = await createHarness([{ prefix: 'up', upstream: up.url, username: 'u', accessToken: 'p4ssw0rd-secret' }], { metrics: rec.metrics, accounting: false });
+    try {
+      const img = seedImage(up, 'team/off', '1', [Buffer.from('off layer')]);
+      const res = await off.request('GET', '/v2/up/team/off/manifests/1');
+      expect([res.status, res.headers['Docker-Content-Digest']]).toEqual([200, img.digest]);
+      expect(rec.requests()).toEqual([]);
+    } finally {
+      off.close();
+    }
+  });
+});
+
 describe('upstream requests in the log', () => {
   it('each is one DEBUG line with method, host, path, status, ms and bytes; never a query string or a credential', async () => {
     const img = seedImage(up, 'team/logged', '1', [Buffer.alloc(1234, 7)]);

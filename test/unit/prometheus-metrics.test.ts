@@ -68,4 +68,10 @@ describe('Prometheus metrics', () => {
     expect(readEnvironment({ PULLTHROUGH_METRICS_PORT: '9464' })).toMatchObject({ metricsPort: 9464, metricsHost: '127.0.0.1' });
     expect(() => readEnvironment({ PULLTHROUGH_METRICS_PORT: 'metrics' })).toThrow('PULLTHROUGH_METRICS_PORT must be a port number');
   });
+
+  it('PULLTHROUGH_ACCOUNTING: on by default, off turns the request accounting off, anything else refuses to start', () => {
+    expect(readEnvironment({}).accounting).toBe(true);
+    expect(readEnvironment({ PULLTHROUGH_ACCOUNTING: 'off' }).accounting).toBe(false);
+    expect(() => readEnvironment({ PULLTHROUGH_ACCOUNTING: 'no' })).toThrow('PULLTHROUGH_ACCOUNTING must be on or off');
+  });
 });
