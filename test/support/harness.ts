@@ -17,6 +17,7 @@ import type { FillJob, Log, RegistryDeps, TagChange } from '../../shared/registr
 import { createMirrorNames, createRuleResolver } from '../../shared/registry/rules.js';
 import type { RegistryResponse } from '../../shared/http/types.js';
 import type { Metrics } from '../../shared/observe/metrics.js';
+import type { BlobLinks, BlobReaper, BlobStore, FillLeases, LifecycleIndex, ListingCache, ManifestStore, TagIndex } from '../../shared/store/ports.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
 import type { Stores } from '../../shared/store/ports.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
@@ -58,6 +59,16 @@ function countCalls(stores: Stores, calls: StoreCall[]): Stores {
   return wrapped as unknown as Stores;
 }
 
+/** Stores a harness can run on instead of its embedded ones (see `extra.backend`). */
+export interface HarnessBackend {
+  index: TagIndex & ManifestStore & BlobLinks & FillLeases & ListingCache & LifecycleIndex;
+  blobs: BlobStore & BlobReaper;
+  /** GETs a blob location the registry answered with. */
+  readLocation(url: string): Promise<Buffer>;
+  /** Digests with an object in storage, whatever its state (to look at storage itself, not the index). */
+  storageObjects(): Promise<string[]>;
+}
+
 export async function createHarness(
   rules: Array<Partial<PullThroughCacheRule> & { prefix: string; upstream: string }>,
   extra: {
@@ -71,6 +82,11 @@ export async function createHarness(
     /** The `lifecycle` config section. */
     lifecycle?: unknown;
     /**
+     * Other stores than the default SQLite + files (e.g. DynamoDB Local + s3rver): the registry's deps use them;
+     * `index` and `blobs` of the harness stay the embedded ones (unused then).
+     */
+    backend?: HarnessBackend;
+    /**
      * Simulate AWS's asynchronous fill function: blob misses are dispatched (recorded in `fillJobs`) and run
      * `delayMs` later by the same `blobs.fill` code functions/fill.ts runs, instead of in the request.
      */
@@ -81,7 +97,7 @@ export async function createHarness(
     accounting?: boolean;
   } = {},
 ) {
-  const { dispatchFill: _dispatchFill, metrics, accounting, ...configExtra } = extra;
+  const { dispatchFill: _dispatchFill, backend: _backend, metrics, accounting, ...configExtra } = extra;
   const config = parseConfig({ rules, ...configExtra });
   const dir = mkdtempSync(join(tmpdir(), 'pt-unit-'));
   const dbPath = join(dir, 'index.db');
@@ -95,7 +111,12 @@ export async function createHarness(
   const storeCalls: StoreCall[] = [];
   let dispatchFailures = extra.dispatchFill?.failTimes ?? 0;
   const deps: RegistryDeps = {
-    stores: countCalls({ tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs }, storeCalls),
+    stores: countCalls(
+      extra.backend
+        ? { tags: extra.backend.index, manifests: extra.backend.index, links: extra.backend.index, blobs: extra.backend.blobs, leases: extra.backend.index, listings: extra.backend.index, lifecycle: extra.backend.index, reaper: extra.backend.blobs }
+        : { tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs },
+      storeCalls,
+    ),
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),
     upstreamFor: (rule) => {

@@ -12,8 +12,16 @@ type Harness = Awaited<ReturnType<typeof createHarness>>;
 
 const sha256 = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** Pulls `name:ref` like a client; throws unless every manifest and blob is served byte-exact. */
-export async function pullImage(h: Harness, name: string, ref: string): Promise<{ digest: string; blobs: string[] }> {
+/**
+ * Pulls `name:ref` like a client; throws unless every manifest and blob is served byte-exact. `read` GETs a blob
+ * location (default: the harness's own, for the embedded store).
+ */
+export async function pullImage(
+  h: Harness,
+  name: string,
+  ref: string,
+  read: (url: string) => Buffer | Promise<Buffer> = h.readLocation,
+): Promise<{ digest: string; blobs: string[] }> {
   const res = await h.request('GET', `/v2/${name}/manifests/${ref}`);
   if (res.status !== 200) throw new Error(`manifest ${name}:${ref} answered ${res.status}`);
   const body = h.bodyOf(res)!;
@@ -24,7 +32,7 @@ export async function pullImage(h: Harness, name: string, ref: string): Promise<
   for (const b of blobs) {
     const r = await h.request('GET', `/v2/${name}/blobs/${b}`);
     if (r.status !== 307) throw new Error(`blob ${b} of ${name} answered ${r.status}`);
-    const bytes = h.readLocation(r.headers.Location);
+    const bytes = await read(r.headers.Location);
     if (sha256(bytes) !== b) throw new Error(`blob ${b} of ${name} served wrong bytes`);
   }
   return { digest, blobs };

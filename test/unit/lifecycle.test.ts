@@ -5,7 +5,10 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync, writeFileSync } from 'node:fs';
+import { promises as fs } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { describeLifecycleBehaviour } from '../contract/lifecycle-behaviour.contract.js';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 import { blobStates, pullImage, storeProblems } from '../support/lifecycle-checks.js';
@@ -54,41 +57,7 @@ describe('last-pulled times', () => {
   });
 });
 
-describe('purge and garbage collection', () => {
-  it('purging one of two repositories sharing a layer: GC removes its own blobs from disk, the other image stays pullable offline', async () => {
-    await open();
-    const shared = layer('s', 50_000);
-    const a = seedImage(up, 'a', 'v1', [shared, layer('x')]);
-    const b = seedImage(up, 'b', 'v1', [shared, layer('y')]);
-    await pullImage(h, 'local/a', 'v1');
-    await pullImage(h, 'local/b', 'v1');
-    const aOnly = [a.configDigest, a.layerDigests[1]];
-    const purged = await h.lifecycle.purge('local/a');
-    expect(purged).toMatchObject({ repositories: 1, evictedTags: 1, deletedManifests: 1, deletedBlobs: 2 });
-    expect(await blobStates(h.blobs, aOnly)).toEqual(['unpublished', 'unpublished']);
-    expect(await blobStates(h.blobs, [a.layerDigests[0]])).toEqual(['committed']);
-    // Within the grace period the bytes stay (URLs handed out before still work); after it a pass removes them.
-    expect((await h.lifecycle.gc()).removedObjects).toBe(0);
-    h.clock.now += 2 * HOUR;
-    const report = await h.lifecycle.gc();
-    expect(report).toMatchObject({ complete: true, removedObjects: 2, evictedTags: 0, deletedManifests: 0, deletedBlobs: 0 });
-    for (const d of aOnly) {
-      expect(existsSync(h.blobs.pathOf(d as never))).toBe(false);
-      expect(existsSync(h.blobs.trashPathOf(d as never))).toBe(false);
-    }
-    expect(await blobStates(h.blobs, [a.layerDigests[0], b.configDigest, b.layerDigests[1]])).toEqual(['committed', 'committed', 'committed']);
-    expect(report.storedBytes).toBe(shared.length + 20_000 + b.config.length + b.body.length);
-    up.faults.down = true;
-    await pullImage(h, 'local/b', 'v1');
-    expect((await h.request('GET', '/v2/local/a/manifests/v1')).status).toBe(503);
-    expect(await storeProblems(h.index, h.blobs)).toEqual([]);
-    // Upstream back: the purged image is an ordinary miss and refills.
-    up.faults.down = false;
-    up.reset();
-    await pullImage(h, 'local/a', 'v1');
-    expect(up.count({ method: 'GET', kind: 'blob' })).toBe(2);
-  });
-
+describe('purge', () => {
   it('purges a tag (its manifest goes unless another tag points at it), a digest, and a whole rule', async () => {
     await open();
     const img = seedImage(up, 'app', 'v1', [layer('p')]);
@@ -118,23 +87,6 @@ describe('budgets and expiry', () => {
     return imgs;
   }
   const bytesOf = (img: ReturnType<typeof seedImage>) => img.body.length + img.config.length + 20_000;
-
-  it('a budget that fits two of three images evicts the least recently pulled one', async () => {
-    await open({}, { lifecycle: { maxBytes: 50_000 } });
-    const imgs = await pullThree();
-    const report = await h.lifecycle.gc();
-    expect(report).toMatchObject({ complete: true, evictedTags: 1, deletedManifests: 1, deletedBlobs: 2, overBudget: [] });
-    expect(report.freedBytes).toBe(bytesOf(imgs.b));
-    expect(report.storedBytes).toBe(bytesOf(imgs.a) + bytesOf(imgs.c));
-    expect(report.rules.local).toEqual({ storedBytes: bytesOf(imgs.a) + bytesOf(imgs.c), maxBytes: 50_000 });
-    expect(await h.index.getTag('local/b', 'v1')).toBeUndefined();
-    expect(await blobStates(h.blobs, [imgs.b.configDigest, ...imgs.b.layerDigests])).toEqual(['unpublished', 'unpublished']);
-    up.faults.down = true;
-    await pullImage(h, 'local/a', 'v1');
-    await pullImage(h, 'local/c', 'v1');
-    // A second pass finds the budget met: nothing more goes.
-    expect(await h.lifecycle.gc()).toMatchObject({ evictedTags: 0, deletedManifests: 0, deletedBlobs: 0 });
-  });
 
   it('never evicts a keepTags match: the next least recently pulled goes, and kept content over a budget is reported', async () => {
     await open({}, { lifecycle: { maxBytes: 50_000, keepTags: '^v[0-9.]+$' } });
@@ -209,46 +161,17 @@ describe('verify', () => {
   });
 });
 
-describe('GC racing pulls and fills', () => {
-  it('GC passes in a loop while clients pull retained images and new fills commit: every pull byte-exact, nothing referenced missing', async () => {
-    await open({ expireAfterUnpulledDays: 1 });
-    const retained = ['r1', 'r2', 'r3'].map((r, i) => ({ repo: r, img: seedImage(up, r, 'v1', [layer('s', 30_000), layer(`r${i}`)]) }));
-    const fresh = ['n1', 'n2', 'n3'].map((r, i) => ({ repo: r, img: seedImage(up, r, 'v1', [layer('s', 30_000), layer(`n${i}`)]) }));
-    const garbage = ['g1', 'g2'].map((r, i) => ({ repo: r, img: seedImage(up, r, 'v1', [layer(`g${i}`)]) }));
-    for (const { repo } of [...retained, ...garbage]) await pullImage(h, `local/${repo}`, 'v1');
-    h.clock.now += 2 * DAY; // the garbage expires; the retained images are pulled again below
-    for (const { repo } of retained) await pullImage(h, `local/${repo}`, 'v1');
-    up.reset();
-    let passes = 0;
-    let pulling = true;
-    const gcLoop = (async () => {
-      while (pulling || passes < 3) {
-        const report = await h.lifecycle.gc();
-        expect(report.complete).toBe(true);
-        passes++;
-        h.clock.now += 20 * 60 * 1000;
+// Shared layer + purge + GC, a budget's least recently pulled image, GC racing pulls and fills: the behaviour suite
+// both backends run (DynamoDB Local + s3rver: test/e2e/lifecycle.e2e.test.ts).
+describeLifecycleBehaviour('SQLite + files', async () => ({
+  async storageObjects(harness) {
+    const digests: string[] = [];
+    for (const dir of ['blobs', 'trash']) {
+      for (const algorithm of ['sha256', 'sha512']) {
+        for (const f of await fs.readdir(join(harness.dir, dir, algorithm)).catch(() => [] as string[])) digests.push(`${algorithm}:${f}`);
       }
-    })();
-    const clients = [0, 1, 2, 3].map(async (k) => {
-      for (let i = 0; i < 12; i++) {
-        const { repo } = retained[(k + i) % retained.length];
-        await pullImage(h, `local/${repo}`, 'v1');
-        if (i === 3 + k && k < fresh.length) await pullImage(h, `local/${fresh[k].repo}`, 'v1');
-      }
-    });
-    await Promise.all(clients);
-    pulling = false;
-    await gcLoop;
-    expect(passes).toBeGreaterThanOrEqual(3);
-    // The only blobs fetched upstream meanwhile: the new images' own config and layer (their shared layer was
-    // stored). A retained blob the GC had removed would have been fetched again.
-    expect(up.count({ method: 'GET', kind: 'blob' })).toBe(2 * fresh.length);
-    for (const { repo, img } of [...retained, ...fresh]) {
-      expect(await blobStates(h.blobs, [img.configDigest, ...img.layerDigests]), repo).toEqual(['committed', 'committed', 'committed']);
     }
-    for (const { img } of garbage) expect(await blobStates(h.blobs, img.layerDigests)).not.toContain('committed');
-    expect(await storeProblems(h.index, h.blobs)).toEqual([]);
-    up.faults.down = true;
-    for (const { repo } of [...retained, ...fresh]) await pullImage(h, `local/${repo}`, 'v1');
-  });
-});
+    return digests;
+  },
+  async close() {},
+}));
