@@ -4,7 +4,7 @@
  * server's store (SQLite in WAL mode and the blob files are safe to share between processes; DynamoDB + S3
  * with `PULLTHROUGH_BACKEND=aws`).
  */
-import { getRuntime, type Runtime } from '../../shared/runtime.js';
+import type { Runtime } from '../../shared/runtime.js';
 
 /** Exit code of a command whose runtime cannot start (bad config or environment). */
 export const CANNOT_START = 2;
@@ -16,6 +16,8 @@ export const CANNOT_START = 2;
 export async function withRuntime(command: string, fn: (runtime: Runtime) => Promise<void>): Promise<void> {
   let runtime: Runtime;
   try {
+    // Loaded here, not at the top: `--help` and the key/password commands start without the AWS SDK and SQLite.
+    const { getRuntime } = await import('../../shared/runtime.js');
     runtime = await getRuntime();
   } catch (err) {
     process.stderr.write(`${command}: cannot start: ${(err as Error).message}\n`);

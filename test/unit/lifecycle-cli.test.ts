@@ -53,7 +53,7 @@ describe('lifecycle subcommands beside the running server', () => {
     const configPath = join(scratchDir('lifecycle-cli-'), 'config.yaml');
     await fs.writeFile(configPath, stringify(config));
     env = { PULLTHROUGH_CONFIG: configPath, PULLTHROUGH_DATA_DIR: server.dataDir };
-  });
+  }, 60_000);
   afterAll(async () => {
     await server?.stop();
     await up?.close();
