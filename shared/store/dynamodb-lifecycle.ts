@@ -11,7 +11,8 @@
  * its reference items, each conditionally on the deleted item's `gen`: a refill that stored the manifest again
  * (a new `gen`) keeps its own references, whatever the interleaving. A journal item written before and deleted
  * after makes the two steps finish even if the process dies between them ({@link finishInterruptedDeletes}).
- * "Which rules reference this blob" is a skip-scan of the blob's partition: one Query per rule found, plus one.
+ * "Which rules reference this blob" is one Query of the blob's partition (20 reference keys), skipping ahead past
+ * each rule found when there are more.
  * Repository markers (`repos`) are kept when a repository empties: the catalog may list an emptied repository
  * (its next pull refills it), but a process that remembers having written a marker never leaves new content
  * without one.
@@ -24,6 +25,8 @@ import type { LifecycleIndex } from './ports.js';
 
 /** Rules looked for per blob before the skip-scan gives up (a guard; configs have a handful). */
 const MAX_RULES = 1000;
+/** Reference keys read per Query of {@link LifecycleIndex.blobReferrers}. */
+const REFS_PER_QUERY = 20;
 
 /** The {@link LifecycleIndex} port over the index's table. */
 export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
@@ -180,20 +183,23 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
     },
 
     async blobReferrers(digest) {
+      // One Query of up to REFS_PER_QUERY reference keys usually answers (a blob has a few references); a blob with
+      // more skips ahead past each rule found ('~' sorts after every character of names and digests).
       const rules: string[] = [];
       let from = 'ref#';
       for (let i = 0; i < MAX_RULES; i++) {
         const res = await doc.send(new QueryCommand({
           TableName, KeyConditionExpression: '#pk = :pk AND #sk BETWEEN :from AND :to',
           ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' }, ExpressionAttributeValues: { ':pk': `blob#${digest}`, ':from': from, ':to': 'ref$' },
-          ProjectionExpression: '#sk', ConsistentRead, Limit: 1,
+          ProjectionExpression: '#sk', ConsistentRead, Limit: REFS_PER_QUERY,
         }));
-        const sk = res.Items?.[0]?.sk as string | undefined;
-        if (!sk) break;
-        const rule = sk.slice('ref#'.length, sk.indexOf('#', 'ref#'.length));
-        rules.push(rule);
-        // '~' sorts after every character of names and digests: the next key belongs to another rule.
-        from = `ref#${rule}#~`;
+        for (const item of res.Items ?? []) {
+          const sk = item.sk as string;
+          const rule = sk.slice('ref#'.length, sk.indexOf('#', 'ref#'.length));
+          if (rules[rules.length - 1] !== rule) rules.push(rule);
+        }
+        if (!res.LastEvaluatedKey || rules.length === 0) break;
+        from = `ref#${rules[rules.length - 1]}#~`;
       }
       return rules;
     },
