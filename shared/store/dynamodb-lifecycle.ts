@@ -13,6 +13,8 @@
  * after makes the two steps finish even if the process dies between them ({@link finishInterruptedDeletes}).
  * "Which rules reference this blob" is one Query of the blob's partition (20 reference keys), skipping ahead past
  * each rule found when there are more.
+ * Large manifest bodies (over the inline limit, S3 `manifests/<alg>/<hex>`) are keyed by digest and may be shared by
+ * several repositories' items, so deleting a manifest item leaves its body object (not collected yet: rare, small).
  * Repository markers (`repos`) are kept when a repository empties: the catalog may list an emptied repository
  * (its next pull refills it), but a process that remembers having written a marker never leaves new content
  * without one.
