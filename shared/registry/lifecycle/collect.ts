@@ -130,9 +130,14 @@ export async function releaseBlobs(c: Collector, blobs: Iterable<Reference>): Pr
 }
 
 /** Unpublishes one committed blob when nothing references it (see the file header); its size when it did. */
-export async function unpublishIfUnreferenced(c: Collector, digest: Digest, opts: { committedBefore?: number } = {}): Promise<number | undefined> {
+export async function unpublishIfUnreferenced(
+  c: Collector,
+  digest: Digest,
+  opts: { committedBefore?: number; knownUnreferenced?: boolean } = {},
+): Promise<number | undefined> {
   const referenced = async () => (await c.index.blobReferrers(digest)).length > 0;
-  if (await referenced()) return undefined;
+  // Checked (again) under the lease below; the check here only spares taking the lease for a referenced blob.
+  if (!opts.knownUnreferenced && (await referenced())) return undefined;
   const size = await withBlobLease(c, digest, async (held) => {
     if (await referenced()) return undefined;
     const stored = await c.reaper.storedBlob(digest);

@@ -171,7 +171,7 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
             if (referrers.length > 0) {
               for (const r of referrers) add(state.blobBytes, r, b.size);
               state.totalBlobBytes += b.size;
-            } else if ((await unpublishIfUnreferenced(c, b.digest, { committedBefore: graceFrom })) === undefined) {
+            } else if ((await unpublishIfUnreferenced(c, b.digest, { committedBefore: graceFrom, knownUnreferenced: true })) === undefined) {
               state.totalBlobBytes += b.size; // fresh, or referenced meanwhile: still stored
             } else {
               state.pendingBytes += b.size;
