@@ -34,6 +34,7 @@ import type { RegistryDeps } from './deps.js';
 import { dispatchWithRetry, fillLeaseKey, isLive, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
 import { createNegativeCache } from './negative-cache.js';
 import type { ResolvedName } from './rules.js';
+import { admitBlob } from './signature-check.js';
 
 /** Query parameter carrying the hop count of a blob request redirected back to itself. */
 export const HOP_PARAM = 'pt-hop';
@@ -169,6 +170,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   async function prepare(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
+    await admitBlob(deps, resolved, digest);
     const stored = await stores.blobs.stat(digest);
     noteCache(stored ? 'hit' : 'miss');
     if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest) } };

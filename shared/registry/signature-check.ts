@@ -14,7 +14,9 @@
  * stored under other keys (or before the policy existed) is verified again on its next pull, and in mode `enforce`
  * a manifest stored unsigned under `warn` too. Every verdict made is logged (`"event":"verify"`) and counted
  * (`metrics.verification`); the request line of every manifest request a policy covers says the verdict (`verify`).
+ * Under `enforce` blobs are served only for manifests that passed ({@link admitBlob}).
  */
+import type { Digest } from '../oci/digest.js';
 import { isIndexMediaType } from '../oci/media-types.js';
 import { RegistryError } from '../oci/errors.js';
 import type { VerifyResult } from '../observe/metrics.js';
@@ -36,6 +38,19 @@ const WHY: Record<SignatureFailure, string> = {
   'unknown-key': 'no signature is by a key the policy trusts',
   'digest-mismatch': 'the signature is for another image (digest mismatch)',
 };
+
+/**
+ * Under mode `enforce`, a blob is served for a name (stored or filled) only when a stored manifest of that name
+ * references it: stored manifests there passed the policy, so no byte of an image it refused is fetched, even for a
+ * client that asks for its blobs by digest without its manifest. One store read per blob request under `enforce`.
+ * @throws RegistryError `DENIED`.
+ */
+export async function admitBlob(deps: RegistryDeps, resolved: ResolvedName, digest: Digest): Promise<void> {
+  const lifecycle = deps.stores.lifecycle;
+  if (policyFor(resolved.rule, resolved.upstreamRepository)?.mode !== 'enforce' || !lifecycle) return;
+  if (await lifecycle.referencedBy(digest, resolved.rule.prefix, resolved.name)) return;
+  throw new RegistryError('DENIED', `signature policy of rule ${resolved.rule.prefix}: no verified manifest of this repository references the blob`);
+}
 
 /** The signature policy's checks, used by the manifest service. */
 export interface SignatureCheck {

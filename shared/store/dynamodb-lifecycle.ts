@@ -206,6 +206,16 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
       return rules;
     },
 
+    async referencedBy(digest, rule, name) {
+      // Names and rule prefixes hold no '@' or '#' (the name grammar), so this prefix is this repository's alone.
+      const res = await doc.send(new QueryCommand({
+        TableName, KeyConditionExpression: '#pk = :pk AND begins_with(#sk, :prefix)',
+        ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' }, ExpressionAttributeValues: { ':pk': `blob#${digest}`, ':prefix': `ref#${rule}#${name}@` },
+        ProjectionExpression: '#sk', ConsistentRead, Limit: 1,
+      }));
+      return (res.Items?.length ?? 0) > 0;
+    },
+
     async getLifecycleState(key) {
       return (await get('lifecycle', `state#${key}`))?.value as string | undefined;
     },

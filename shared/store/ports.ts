@@ -295,6 +295,11 @@ export interface LifecycleIndex {
   finishInterruptedDeletes(): Promise<number>;
   /** The distinct rules whose stored manifests reference `digest`, sorted; [] when none does. */
   blobReferrers(digest: Digest): Promise<string[]>;
+  /**
+   * True when a stored manifest of repository `name` (of rule `rule`) references blob `digest` (one read of its
+   * reference items). The signature policy serves a blob under `enforce` only then (shared/registry/signature-check.ts).
+   */
+  referencedBy(digest: Digest, rule: string, name: string): Promise<boolean>;
   /** A small JSON value of the lifecycle's own (GC progress, last usage report), by key; undefined when unset. */
   getLifecycleState(key: string): Promise<string | undefined>;
   /** Sets (or with `undefined`, removes) a lifecycle state value (JSON text, ≤ ~300 KB). */

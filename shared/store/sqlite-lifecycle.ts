@@ -35,6 +35,7 @@ export function createSqliteLifecycle(
   const deleteRefs = db.prepare('DELETE FROM blob_refs WHERE name = ? AND manifest = ?');
   const insertRef = db.prepare('INSERT OR IGNORE INTO blob_refs (digest, rule, name, manifest) VALUES (?, ?, ?, ?)');
   const referrers = db.prepare('SELECT DISTINCT rule FROM blob_refs WHERE digest = ? ORDER BY rule');
+  const referencedBy = db.prepare('SELECT 1 FROM blob_refs WHERE digest = ? AND rule = ? AND name = ? LIMIT 1');
   const hasContent = db.prepare('SELECT 1 FROM tags WHERE name = ? UNION ALL SELECT 1 FROM manifests WHERE name = ? LIMIT 1');
   const dropLinks = db.prepare('DELETE FROM blob_links WHERE name = ?');
   const dropListings = db.prepare('DELETE FROM listings WHERE name = ?');
@@ -84,6 +85,9 @@ export function createSqliteLifecycle(
     },
     async blobReferrers(digest: Digest) {
       return (referrers.all(digest) as Array<{ rule: string }>).map((r) => r.rule);
+    },
+    async referencedBy(digest, rule, name) {
+      return referencedBy.get(digest, rule, name) !== undefined;
     },
     async getLifecycleState(key) {
       return (getState.get(key) as { value: string } | undefined)?.value;

@@ -110,6 +110,17 @@ export function describeLifecycleIndexContract(label: string, open: () => Promis
       expect(await index.blobReferrers(blob('ghcr/a'))).toEqual(['ghcr']);
     });
 
+    it('referencedBy: a blob a stored manifest of that repository and rule references, not look-alike names or other rules', async () => {
+      const layer = blob('referenced');
+      expect(await index.referencedBy(layer, 'ghcr', 'ghcr/org/app')).toBe(false);
+      await index.putManifest(manifest('ghcr/org/app', 'ref-a', T0), [layer], 'ghcr');
+      expect(await index.referencedBy(layer, 'ghcr', 'ghcr/org/app')).toBe(true);
+      for (const [rule, name] of [['ghcr', 'ghcr/org/ap'], ['ghcr', 'ghcr/org/app2'], ['ghcr', 'ghcr/org'], ['ghcr/org', 'ghcr/org/app'], ['quay', 'ghcr/org/app']]) {
+        expect(await index.referencedBy(layer, rule, name), `${rule} ${name}`).toBe(false);
+      }
+      expect(await index.referencedBy(blob('other'), 'ghcr', 'ghcr/org/app')).toBe(false);
+    });
+
     it('deleteManifest removes the item and its references, not another manifest\'s; conditional on pulledAt', async () => {
       const shared = blob('layer');
       const own = blob('own');

@@ -135,7 +135,10 @@ describe('mode enforce with skopeo against docker-registry', () => {
     } finally {
       db.close();
     }
-    // Their blobs: not linked, not stored (each image has a config of its own and a salted layer).
+    // Asked for by digest without the manifest, their blobs are refused too.
+    const direct = await fetch(`${cache.url}/v2/signed/team/app/blobs/${images.unsigned.blobs[0].digest}`, { redirect: 'manual' });
+    expect(direct.status).toBe(403);
+    // Their blobs: not stored (each image has a config of its own and a salted layer).
     for (const img of refused) {
       for (const b of img.blobs) {
         expect(existsSync(blobFile(b.digest)), b.digest).toBe(images.signed.blobs.some((s) => s.digest === b.digest));

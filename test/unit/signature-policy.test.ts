@@ -92,6 +92,17 @@ describe('mode enforce', () => {
     expect((await h.request('GET', '/v2/p/org/app/manifests/unsigned')).status).toBe(403);
     expect(upstreamRequests().map((r) => r.path)).toEqual(['/v2/org/app/manifests/unsigned']);
     expect(rowsFor('p/org/app').manifests).toBe(0);
+    // Its blobs asked for by digest, without the manifest: refused too, before any upstream request.
+    up.reset();
+    for (const method of ['GET', 'HEAD']) {
+      const blob = await h.request(method, `/v2/p/org/app/blobs/${img.layerDigests[0]}`);
+      expect(blob.status).toBe(403);
+    }
+    expect(h.jsonOf(await h.request('GET', `/v2/p/org/app/blobs/${img.configDigest}`)).errors[0].message).toBe(
+      'signature policy of rule p: no verified manifest of this repository references the blob',
+    );
+    expect(upstreamRequests()).toEqual([]);
+    expect(await h.blobs.stat(img.layerDigests[0] as never)).toBeUndefined();
   });
 
   it('refuses a signature by another key, a signature of another image, and a tampered payload', async () => {
@@ -192,6 +203,9 @@ describe('mode warn, repository patterns, referrers', () => {
     const res = await h.request('GET', '/v2/p/org/app/manifests/v1');
     expect(res.status).toBe(200);
     expect((await h.index.getManifest('p/org/app', img.digest as never))!.verification).toMatchObject({ result: 'unsigned', reason: 'unknown-key' });
+    // Blobs are not guarded in warn: even one no manifest here references is served.
+    const loose = seedImage(up, 'org/app', undefined, [Buffer.from('loose layer')]);
+    expect((await h.request('GET', `/v2/p/org/app/blobs/${loose.layerDigests[0]}`)).status).toBe(307);
     expect(verifyLines()).toEqual([expect.objectContaining({ result: 'unsigned', reason: 'unknown-key' })]);
     expect(silentLog.lines.find((l) => (l.extra[0] as { event?: string })?.event === 'verify')!.level).toBe('warn');
   });
