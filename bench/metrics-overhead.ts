@@ -17,7 +17,7 @@ import { startLocalServer, type LocalServer } from '../test/support/local-server
 import { scratchDir } from '../test/support/scratch.js';
 import { imageRef, skopeoCopy } from '../test/support/skopeo.js';
 import { pickFreePort, startUpstreamRegistry, type UpstreamRegistry } from '../test/support/upstream-registry.js';
-import { bounded, cleanupOnSignals, fileStamp, gitState, intEnv, median, writeResults } from './support.js';
+import { cleanupOnSignals, fileStamp, gitState, intEnv, median, runBench, writeResults } from './support.js';
 
 const ROUNDS = intEnv('BENCH_ROUNDS', 6, 1);
 const BLOCKS = intEnv('BENCH_BLOCKS', 4, 1);
@@ -88,13 +88,4 @@ async function main(): Promise<number> {
   return 0;
 }
 
-bounded('metrics overhead benchmark', TIMEOUT_MS, main())
-  .then(async (code) => {
-    await cleanup();
-    process.exit(code);
-  })
-  .catch(async (err: unknown) => {
-    console.error(err instanceof Error ? err.stack : String(err));
-    await cleanup();
-    process.exit(1);
-  });
+runBench('metrics overhead benchmark', TIMEOUT_MS, main, cleanup);

@@ -78,3 +78,20 @@ export function cleanupOnSignals(cleanup: () => Promise<void>): void {
     });
   }
 }
+
+/**
+ * Runs a benchmark's `main` bounded to `ms`, then `cleanup`, and exits with main's code (1 when it threw, after
+ * printing the error).
+ */
+export function runBench(what: string, ms: number, main: () => Promise<number>, cleanup: () => Promise<void>): void {
+  bounded(what, ms, main())
+    .then(async (code) => {
+      await cleanup();
+      process.exit(code);
+    })
+    .catch(async (err: unknown) => {
+      console.error(err instanceof Error ? err.stack : String(err));
+      await cleanup();
+      process.exit(1);
+    });
+}
