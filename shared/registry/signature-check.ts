@@ -28,6 +28,7 @@ import { checkSignatures, type SignatureFailure } from '../verify/signatures.js'
 import type { RegistryDeps } from './deps.js';
 import { createNegativeCache } from './negative-cache.js';
 import type { ResolvedName } from './rules.js';
+import { createSingleFlight } from './single-flight.js';
 
 /** Platform manifests of one index that get a coverage marker (an index lists a few dozen at most in practice). */
 const MAX_COVERED = 256;
@@ -72,6 +73,8 @@ export interface SignatureCheck {
 /** Creates the checks over the registry's stores, upstreams, log and clock. */
 export function createSignatureCheck(deps: RegistryDeps): SignatureCheck {
   const refused = createNegativeCache<SignatureFailure>(() => deps.now());
+  // Concurrent pulls of a stored manifest whose verdict must be made again make it once.
+  const flights = createSingleFlight();
 
   function refusal(resolved: ResolvedName, reason: SignatureFailure): RegistryError {
     return new RegistryError('DENIED', `signature policy of rule ${resolved.rule.prefix}: ${WHY[reason]}`);
@@ -135,11 +138,13 @@ export function createSignatureCheck(deps: RegistryDeps): SignatureCheck {
         noteVerify(v.result);
         return record;
       }
-      const verification = await judge(resolved, record, policy);
-      await deps.stores.manifests.recordVerification(record.name, record.digest, verification);
-      const updated = { ...record, verification };
-      await stored(resolved, updated);
-      return updated;
+      return flights.run(`${record.name}@${record.digest}\n${policy.keySet}`, async () => {
+        const verification = await judge(resolved, record, policy);
+        await deps.stores.manifests.recordVerification(record.name, record.digest, verification);
+        const updated = { ...record, verification };
+        await stored(resolved, updated);
+        return updated;
+      });
     },
   };
 }

@@ -189,6 +189,14 @@ describe('mode enforce', () => {
     expect((await h.request('GET', `/v2/p/org/app/manifests/${img.digest}`)).status).toBe(200);
     const again = (await h.index.getManifest('p/org/app', img.digest as never))!.verification!;
     expect(again).toMatchObject({ result: 'verified', via: 'tag', keyId: first.keyId });
+    // Five concurrent pulls after another key change make the verdict once.
+    rule.verify = [{ mode: 'enforce', keys: [trusted.publicPem] }];
+    up.reset();
+    silentLog.lines.length = 0;
+    const five = await Promise.all(Array.from({ length: 5 }, () => h.request('GET', `/v2/p/org/app/manifests/${img.digest}`)));
+    expect(five.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+    expect(verifyLines()).toHaveLength(1);
+    expect(upstreamRequests().filter((r) => r.kind === 'referrers')).toHaveLength(1);
     expect(again.keySet).not.toBe(first.keySet);
     up.reset();
     expect((await h.request('GET', '/v2/p/org/app/manifests/v1')).status).toBe(200);
