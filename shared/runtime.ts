@@ -37,6 +37,7 @@ import { createMirrorNames, createRuleResolver } from './registry/rules.js';
 import { createDynamoDbIndex } from './store/dynamodb-index.js';
 import { openFsBlobStore, type FsBlobStore } from './store/fs-blob-store.js';
 import type { Stores } from './store/ports.js';
+import { rememberingStores, rememberMsFor } from './store/remembering-stores.js';
 import { createS3BlobStore } from './store/s3-blob-store.js';
 import { createUpstreamClient, type UpstreamClient } from './upstream/client.js';
 import { credentialsForRule } from './upstream/credentials.js';
@@ -132,7 +133,10 @@ export async function buildRuntime(env: Environment, config: RegistryConfig = lo
   // Refuses a lifecycle grace period a signed URL could outlive (before anything is opened).
   const graceSeconds = graceSecondsFor(config.lifecycle, env.urlTtlSeconds);
   const logger = createLogger(env.logLevel);
-  const { stores, counters, blobStore, close } = await buildStores(env);
+  const built = await buildStores(env);
+  const { counters, blobStore, close } = built;
+  // Committed blob sizes, links and manifests by digest are remembered for at most half the grace period.
+  const stores = rememberingStores(built.stores, { ttlMs: rememberMsFor(graceSeconds), now: Date.now });
   let lifecycle: Lifecycle | undefined;
   const outputs = await buildMetricsOutputs(env, { counters, log: logger, lifecycle: () => lifecycle });
   const coreMetrics = env.accounting ? outputs.metrics : noMetrics;

@@ -20,6 +20,7 @@ import type { Metrics } from '../../shared/observe/metrics.js';
 import type { BlobLinks, BlobReaper, BlobStore, FillLeases, LifecycleIndex, ListingCache, ManifestStore, TagIndex } from '../../shared/store/ports.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
 import type { Stores } from '../../shared/store/ports.js';
+import { rememberingStores, rememberMsFor } from '../../shared/store/remembering-stores.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
 import { createUpstreamClient, type UpstreamClient } from '../../shared/upstream/client.js';
 
@@ -111,11 +112,16 @@ export async function createHarness(
   const storeCalls: StoreCall[] = [];
   let dispatchFailures = extra.dispatchFill?.failTimes ?? 0;
   const deps: RegistryDeps = {
-    stores: countCalls(
-      extra.backend
-        ? { tags: extra.backend.index, manifests: extra.backend.index, links: extra.backend.index, blobs: extra.backend.blobs, leases: extra.backend.index, listings: extra.backend.index, lifecycle: extra.backend.index, reaper: extra.backend.blobs }
-        : { tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs },
-      storeCalls,
+    // As the runtime builds them: immutable reads remembered for half the grace period (store calls count what
+    // reaches the stores underneath).
+    stores: rememberingStores(
+      countCalls(
+        extra.backend
+          ? { tags: extra.backend.index, manifests: extra.backend.index, links: extra.backend.index, blobs: extra.backend.blobs, leases: extra.backend.index, listings: extra.backend.index, lifecycle: extra.backend.index, reaper: extra.backend.blobs }
+          : { tags: index, manifests: index, links: index, blobs, leases: index, listings: index, lifecycle: index, reaper: blobs },
+        storeCalls,
+      ),
+      { ttlMs: rememberMsFor(graceSecondsFor(config.lifecycle, 900)), now: () => clock.now },
     ),
     resolve: createRuleResolver(config.rules),
     mirrorName: createMirrorNames(config.rules, config.defaultRule),

@@ -25,8 +25,9 @@
  *   after `G`). The pass saves its phase and cursor (`lifecycle` state `gc`) as it goes; the next run resumes it.
  * - **Caches in memory.** A process may remember a blob record or a manifest for at most `G/2` seconds (the
  *   contract for in-process caches of immutable records): so it forgets a blob before the pass that deletes its
- *   bytes, and never hands out a URL that outlives them. The registry's own memory today holds only in-flight fills
- *   (protected by the lease) and upstream "not found" answers (not about stored content).
+ *   bytes, and never hands out a URL that outlives them. The registry remembers committed blob sizes, links and
+ *   manifests by digest (shared/store/remembering-stores.ts: at most min(G/2, 10 min)); a pass that removed anything
+ *   ends by announcing it (lifecycle state `forget`), and running processes forget everything within a second.
  *
  * ## A pass
  * 1. finish interrupted manifest deletes; record references of manifests stored before the lifecycle existed;

@@ -5,7 +5,8 @@
  */
 import type { RegistryConfig } from '../../config.js';
 import type { RegistryDeps } from '../deps.js';
-import { emptyCounts, type Collector } from './collect.js';
+import { announceRemovals } from '../../store/remembering-stores.js';
+import { emptyCounts, type Collector, type Counts } from './collect.js';
 import { createGarbageCollector, USAGE_KEY, type GcReport } from './gc.js';
 import { listInventory, type RepositoryListing } from './inventory.js';
 import { createPolicies } from './policy.js';
@@ -41,8 +42,15 @@ export function createLifecycle(deps: RegistryDeps, config: RegistryConfig, grac
     if (!deps.stores.lifecycle || !deps.stores.reaper) throw new Error('this store does not support the lifecycle (GC, purge)');
     return { index: deps.stores.lifecycle, reaper: deps.stores.reaper, leases: deps.stores.leases, log: deps.log, now: deps.now, dryRun, counts: emptyCounts() };
   };
+  /** After a run that removed something (`removed`): tells the processes remembering records (remembering-stores.ts). */
+  async function announcing<R>(run: Promise<R>, removed: (report: R) => boolean): Promise<R> {
+    const report = await run;
+    if (removed(report) && deps.stores.lifecycle) await announceRemovals(deps.stores.lifecycle, deps.now());
+    return report;
+  }
+  const removedAny = (r: Counts & { dryRun?: boolean }) => !r.dryRun && r.deletedManifests + r.deletedBlobs > 0;
   return {
-    gc: (opts) => createGarbageCollector(deps, settings, policyOf).run(opts),
+    gc: (opts) => announcing(createGarbageCollector(deps, settings, policyOf).run(opts), removedAny),
     async purge(target) {
       let parsed;
       try {
@@ -50,10 +58,10 @@ export function createLifecycle(deps: RegistryDeps, config: RegistryConfig, grac
       } catch (err) {
         throw new RangeError(`not a purge target: ${(err as Error).message}`);
       }
-      return purge(deps, collector(), parsed, target);
+      return announcing(purge(deps, collector(), parsed, target), removedAny);
     },
     ls: (filter) => listInventory(deps, collector(), filter),
-    verify: (opts) => verifyStore(deps, collector(), opts),
+    verify: (opts) => announcing(verifyStore(deps, collector(), opts), (r) => r.repaired && r.damagedBlobs.length + r.damagedManifests.length > 0),
     async lastUsage() {
       const saved = await collector().index.getLifecycleState(USAGE_KEY);
       return saved ? JSON.parse(saved) : undefined;
