@@ -11,6 +11,12 @@
  * challenge gets an anonymous token. A token endpoint's redirect to another origin drops them (exchange.ts).
  * Credentials are asked for only when an upstream challenges, so a lazy provider (a Secrets Manager secret) is
  * never read for an anonymous upstream.
+ *
+ * A token fetch that fails drops the origin's cached challenge, so the next request goes without a token and the
+ * upstream challenges afresh (a realm that moved, or one a single 401 named and that never issues tokens, must
+ * not break the rule until restart). The failure is remembered for {@link TOKEN_FAILURE_BACKOFF_MS} per realm,
+ * service, scope and credentials: a challenge naming it again in that time gets the same error without a token
+ * request, so a dead realm is not asked on every pull.
  */
 import type { Challenge } from './challenge.js';
 import { UpstreamError, upstreamErrorFor } from './errors.js';
@@ -30,6 +36,9 @@ export type CredentialsProvider = () => Promise<Credentials | undefined>;
 const DEFAULT_TOKEN_SECONDS = 60;
 /** Seconds before expiry at which a cached token is no longer used. */
 const EXPIRY_MARGIN_SECONDS = 5;
+
+/** Milliseconds a failed token request is answered from memory (the same error) before the realm is asked again. */
+export const TOKEN_FAILURE_BACKOFF_MS = 10_000;
 
 /** Most bytes read from a token endpoint's answer (tokens are a few KiB). */
 const MAX_TOKEN_RESPONSE_BYTES = 1024 * 1024;
@@ -57,6 +66,7 @@ export function createTokenAuth(opts: { credentials?: Credentials | CredentialsP
   const tokens = new Map<string, { header: string; expiresAt: number }>();
   const inflight = new Map<string, Promise<string>>();
   const challenges = new Map<string, { challenge: Challenge; credentials: boolean }>();
+  const failures = new Map<string, { error: unknown; until: number }>();
   const basicHeader = async (credentials: boolean) => {
     if (!credentials) return undefined;
     const c = typeof opts.credentials === 'function' ? await opts.credentials() : opts.credentials;
@@ -91,30 +101,53 @@ export function createTokenAuth(opts: { credentials?: Credentials | CredentialsP
     return header;
   }
 
-  async function bearer(ch: Challenge, scope: string, credentials: boolean): Promise<string> {
-    const key = keyOf(ch, scope, credentials);
+  /** A token for `known.challenge` from `origin`; a failure forgets the challenge (if still current) and is remembered. */
+  async function bearer(origin: string, known: { challenge: Challenge; credentials: boolean }, scope: string): Promise<string> {
+    const key = keyOf(known.challenge, scope, known.credentials);
     const cached = tokens.get(key);
     if (cached && cached.expiresAt > now()) return cached.header;
+    const failed = failures.get(key);
+    if (failed && failed.until > now()) {
+      forget(origin, known);
+      throw failed.error;
+    }
     let p = inflight.get(key);
     if (!p) {
-      p = fetchToken(ch, scope, credentials).finally(() => inflight.delete(key));
+      p = fetchToken(known.challenge, scope, known.credentials).then(
+        (header) => (failures.delete(key), header),
+        (error: unknown) => {
+          for (const [k, f] of failures) if (f.until <= now()) failures.delete(k); // keeps the map to live entries
+          failures.set(key, { error, until: now() + TOKEN_FAILURE_BACKOFF_MS });
+          throw error;
+        },
+      );
+      p = p.finally(() => inflight.delete(key));
       inflight.set(key, p);
     }
-    return p;
+    return p.catch((error: unknown) => {
+      forget(origin, known);
+      throw error;
+    });
+  }
+
+  /** Drops `origin`'s cached challenge when it is still `known` (a newer challenge stays). */
+  function forget(origin: string, known: { challenge: Challenge; credentials: boolean }): void {
+    if (challenges.get(origin) === known) challenges.delete(origin);
   }
 
   return {
     async headerFor(origin, scope) {
       const known = challenges.get(origin);
-      if (known?.challenge.scheme === 'bearer') return bearer(known.challenge, scope, known.credentials);
+      if (known?.challenge.scheme === 'bearer') return bearer(origin, known, scope);
       if (known?.challenge.scheme === 'basic') return basicHeader(known.credentials);
       return undefined;
     },
     async answer(origin, ch, scope, credentials) {
       if (ch.scheme === 'bearer') {
-        challenges.set(origin, { challenge: ch, credentials });
+        const known = { challenge: ch, credentials };
+        challenges.set(origin, known);
         tokens.delete(keyOf(ch, scope, credentials)); // a 401 with a cached token means the token is no good any more
-        return bearer(ch, scope, credentials);
+        return bearer(origin, known, scope);
       }
       const basic = ch.scheme === 'basic' ? await basicHeader(credentials) : undefined;
       if (basic) {

@@ -1,8 +1,15 @@
 /**
  * The upstream client's auth dance against the in-process fake upstream, which counts every call.
  */
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../shared/config.js';
+import { createTokenAuth, TOKEN_FAILURE_BACKOFF_MS } from '../../shared/upstream/auth.js';
 import { parseChallenge } from '../../shared/upstream/challenge.js';
+import { createUpstreamClient } from '../../shared/upstream/client.js';
+import { UpstreamError } from '../../shared/upstream/errors.js';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 
@@ -121,5 +128,69 @@ describe('blob redirects', () => {
     expect(cdn).toHaveLength(1);
     expect(cdn[0].authorization).toBeUndefined();
     expect(up.requests.filter((r) => r.kind === 'blob').at(-1)?.authorization).toMatch(/^Bearer tok-/);
+  });
+});
+
+describe('a token realm that fails', () => {
+  /** A loopback server answering `handle`, recording paths; closed after the test. */
+  async function server(handle: (req: IncomingMessage, res: ServerResponse) => void) {
+    const seen: string[] = [];
+    const s = createServer((req, res) => (seen.push(req.url ?? '/'), handle(req, res)));
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+    closers.push(() => new Promise<void>((r) => (s.closeAllConnections(), s.close(() => r()))));
+    return { url: `http://127.0.0.1:${(s.address() as AddressInfo).port}`, host: `127.0.0.1:${(s.address() as AddressInfo).port}`, seen };
+  }
+  const closers: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    while (closers.length) await closers.pop()!();
+  });
+
+  it('drops the cached challenge: the next request is challenged again and gets a token from the realm it names now', async () => {
+    const dead = await server((_req, res) => res.writeHead(500).end());
+    const live = await server((_req, res) => res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"token":"live"}'));
+    let realm = dead.url;
+    const upstream = await server((req, res) => {
+      if (req.headers.authorization === 'Bearer live') return void res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"tags":["v1"]}');
+      res.writeHead(401, { 'WWW-Authenticate': `Bearer realm="${realm}/token",service="s"` }).end();
+    });
+    const rule = parseConfig({ rules: [{ prefix: 'p', upstream: upstream.url, internalHosts: [dead.host, live.host] }] }).rules[0];
+    const client = createUpstreamClient(rule);
+
+    const first = await client.listTags('app', {}).catch((e: unknown) => e);
+    expect((first as UpstreamError).message).toBe('token request: upstream answered 500');
+    realm = live.url; // the registry's realm moved
+    expect((await client.listTags('app', {})).tags).toEqual(['v1']);
+    expect(dead.seen).toHaveLength(1);
+    expect(live.seen).toHaveLength(1);
+  });
+
+  it(`a dead realm is asked again only after ${TOKEN_FAILURE_BACKOFF_MS / 1000} s; until then its challenge gets the same error at once`, async () => {
+    let clock = 1_000_000;
+    const fetched: string[] = [];
+    const auth = createTokenAuth({
+      now: () => clock,
+      fetchToken: async (url) => {
+        fetched.push(url.origin);
+        if (url.origin === 'https://dead.example') throw new UpstreamError('unavailable', 'realm unreachable');
+        return { status: 200, header: () => null, body: Readable.from([Buffer.from('{"token":"t"}')]) };
+      },
+    });
+    const dead = parseChallenge('Bearer realm="https://dead.example/token",service="s"')!;
+    const origin = 'https://registry.example';
+    await expect(auth.answer(origin, dead, 'repository:app:pull', false)).rejects.toThrow('realm unreachable');
+    expect(await auth.headerFor(origin, 'repository:app:pull')).toBeUndefined(); // challenge dropped: re-challenge
+    await expect(auth.answer(origin, dead, 'repository:app:pull', false)).rejects.toThrow('realm unreachable');
+    clock += TOKEN_FAILURE_BACKOFF_MS - 1;
+    await expect(auth.answer(origin, dead, 'repository:app:pull', false)).rejects.toThrow('realm unreachable');
+    expect(fetched).toEqual(['https://dead.example']);
+    clock += 1;
+    await expect(auth.answer(origin, dead, 'repository:app:pull', false)).rejects.toThrow('realm unreachable');
+    expect(fetched).toEqual(['https://dead.example', 'https://dead.example']);
+
+    // Another realm (the registry moved it) is asked at once, and its token is used from then on.
+    const moved = parseChallenge('Bearer realm="https://moved.example/token",service="s"')!;
+    expect(await auth.answer(origin, moved, 'repository:app:pull', false)).toBe('Bearer t');
+    expect(await auth.headerFor(origin, 'repository:app:pull')).toBe('Bearer t');
+    expect(fetched).toEqual(['https://dead.example', 'https://dead.example', 'https://moved.example']);
   });
 });
