@@ -54,8 +54,9 @@ const ruleSchema = z
     insecureRedirectHosts: z.array(hostSchema).default([]),
     /**
      * Hosts (host[:port]) the upstream client may reach although they resolve to internal addresses (loopback,
-     * private, link-local, …): e.g. an in-VPC mirror an upstream redirects to, or the token realm of a registry
-     * reached through a redirect. The rule's own upstream host is always allowed (shared/upstream/address-policy.ts).
+     * private, link-local, …): e.g. an in-VPC mirror an upstream redirects to, or a token realm on an internal
+     * address (any realm, also the one the rule's own upstream names). The rule's own upstream host is always
+     * allowed (shared/upstream/address-policy.ts).
      */
     internalHosts: z.array(hostSchema).default([]),
     /**

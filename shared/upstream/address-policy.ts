@@ -4,8 +4,9 @@
  * network (loopback services, the cloud metadata endpoint at 169.254.169.254, an office LAN).
  *
  * - A **trusted** host (`host[:port]` exactly as in a URL) is reached whatever it resolves to: the rule's own
- *   upstream, the hosts the rule lists in `insecureRedirectHosts` and `internalHosts`, and the token realm the
- *   rule's own upstream names in its challenge (the rule trusts its upstream, which names its token service).
+ *   upstream and the hosts the rule lists in `insecureRedirectHosts` and `internalHosts`. Nothing an upstream
+ *   answers adds to them: not a redirect, not the token realm its challenge names (a hostile upstream could name
+ *   `https://127.0.0.1:<port>/token`); an internal realm must be listed in `internalHosts`.
  * - Any other host may be reached only at a **public** address: global unicast, classified by ipaddr.js. Refused:
  *   loopback, private (RFC 1918), carrier-grade NAT (RFC 6598, also Alibaba's metadata 100.100.100.200),
  *   link-local (169.254/16 with the AWS/GCP/Azure metadata endpoint, fe80::/10), unique-local IPv6 (fc00::/7 with
@@ -44,17 +45,12 @@ function rangeOf(address: string): string {
 export interface HostPolicy {
   /** Whether `host` (`hostname[:port]` as in `URL.host`) is trusted. */
   trusted(host: string): boolean;
-  /** Trusts `host` from now on (the token realm named by the rule's own upstream). */
-  trust(host: string): void;
 }
 
 /** The policy of `rule`: its upstream host, `insecureRedirectHosts` and `internalHosts` are trusted. */
 export function createHostPolicy(rule: Pick<PullThroughCacheRule, 'upstream' | 'insecureRedirectHosts' | 'internalHosts'>): HostPolicy {
   const hosts = new Set([new URL(rule.upstream).host, ...rule.insecureRedirectHosts, ...rule.internalHosts].map((h) => h.toLowerCase()));
-  return {
-    trusted: (host) => hosts.has(host.toLowerCase()),
-    trust: (host) => void hosts.add(host.toLowerCase()),
-  };
+  return { trusted: (host) => hosts.has(host.toLowerCase()) };
 }
 
 /** `hostname` without IPv6 brackets, lower-cased. */

@@ -14,8 +14,10 @@
  * - the rule's credentials go only to its own upstream origin and hosts in `credentialHosts` (and the token
  *   realms those name); other hosts get anonymous tokens, and a host that never challenged (a presigned CDN URL)
  *   never gets an `Authorization` header.
- * The token realm named by the rule's own upstream is trusted like the upstream (it receives the credentials
- * already); realms named by hosts reached through redirects are checked like any other host.
+ * A token realm gets the same address rules as any other host, whoever names it: an upstream can name any URL
+ * as its realm, so trusting the realm it names would let a hostile upstream send the cache's requests into its
+ * own network. A realm on an internal address must be the upstream's own host or listed in `internalHosts`.
+ * Sending a realm the rule's credentials (auth.ts) is no address trust: it never makes the realm a redirect target.
  */
 import type { PullThroughCacheRule } from '../config.js';
 import { assertLiteralAllowed, type HostPolicy } from './address-policy.js';
@@ -116,13 +118,6 @@ export function createExchange(deps: {
     const challenge = parseChallenge(res.header('www-authenticate'));
     if (!challenge) return res;
     await discard(res);
-    if (url.origin === base.origin && challenge.params.realm) {
-      try {
-        policy.trust(new URL(challenge.params.realm).host);
-      } catch {
-        // not a URL: fetchToken refuses it
-      }
-    }
     const retry = await auth.answer(url.origin, challenge, scope, credentialed(url));
     return retry ? send({ method, url, headers: withAuth(retry), signal }, kind) : res;
   }

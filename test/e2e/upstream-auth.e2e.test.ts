@@ -63,6 +63,8 @@ beforeAll(async () => {
   await open.stop();
   tokenUpstream = await startUpstreamRegistry({ port: open.port, dataDir: open.dataDir, tokenAuth: tokens });
 
+  // The token server listens on loopback, which only a realm the rule lists in internalHosts may be.
+  const internalHosts = [new URL(tokens.realm).host];
   secrets = await startSecretsStandin({ 'pullthrough/token-upstream': JSON.stringify({ username: ROBOT, accessToken: ROBOT_TOKEN }) });
   cache = await startLocalServer(
     {
@@ -71,10 +73,10 @@ beforeAll(async () => {
         { prefix: 'basic-env', upstream: basicUpstream.url, username: TEST_REGISTRY_USER, accessTokenEnv: 'PT_E2E_UPSTREAM_TOKEN' },
         { prefix: 'basic-wrong', upstream: basicUpstream.url, username: TEST_REGISTRY_USER, accessToken: 'not-the-password' },
         { prefix: 'basic-none', upstream: basicUpstream.url },
-        { prefix: 'token-secret', upstream: tokenUpstream.url, credentialsSecret: 'pullthrough/token-upstream' },
-        { prefix: 'token-wrong', upstream: tokenUpstream.url, username: ROBOT, accessToken: 'not-the-token' },
-        { prefix: 'token-none', upstream: tokenUpstream.url },
-        { prefix: 'token-missing-secret', upstream: tokenUpstream.url, credentialsSecret: 'pullthrough/does-not-exist' },
+        { prefix: 'token-secret', upstream: tokenUpstream.url, internalHosts, credentialsSecret: 'pullthrough/token-upstream' },
+        { prefix: 'token-wrong', upstream: tokenUpstream.url, internalHosts, username: ROBOT, accessToken: 'not-the-token' },
+        { prefix: 'token-none', upstream: tokenUpstream.url, internalHosts },
+        { prefix: 'token-missing-secret', upstream: tokenUpstream.url, internalHosts, credentialsSecret: 'pullthrough/does-not-exist' },
       ],
     },
     { env: { PT_E2E_UPSTREAM_TOKEN: TEST_REGISTRY_PASSWORD, PULLTHROUGH_LOG_LEVEL: 'DEBUG', ...secretsClientEnv(secrets) } },

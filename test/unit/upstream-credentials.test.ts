@@ -138,8 +138,8 @@ describe('a rule’s credentials reach only its upstream and its token realm', (
       void self;
       res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"tags":["v1"]}');
     });
-    // The realm's redirect target is on loopback like every test server: the rule must name it (internalHosts).
-    const rule = parseConfig({ rules: [{ prefix: 'p', upstream: upstream.url, credentialsSecret: 's', insecureRedirectHosts: [cdn.host], internalHosts: [elsewhere.host] }] }).rules[0];
+    // The realm and its redirect target are on loopback like every test server: the rule must name them (internalHosts).
+    const rule = parseConfig({ rules: [{ prefix: 'p', upstream: upstream.url, credentialsSecret: 's', insecureRedirectHosts: [cdn.host], internalHosts: [realm.host, elsewhere.host] }] }).rules[0];
     const client = createUpstreamClient(rule, { credentials: secretCredentials({ secretId: 's', readSecret: async () => JSON.stringify({ username: USER, accessToken: TOKEN }) }) });
 
     expect((await client.listTags('team/app', {})).tags).toEqual(['v1']);

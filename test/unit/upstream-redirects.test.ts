@@ -155,6 +155,33 @@ describe('bounds and realms', () => {
     expect(realm.seen.map((r) => [new URL(r.path, realm.url).searchParams.get('scope'), r.authorization])).toEqual([['repository:mirror/team/app:pull', undefined]]);
   });
 
+  it('a token realm named by the rule’s own upstream gets the same address rules (internal: refused unless listed) and never becomes a redirect target', async () => {
+    // The attack: a hostile upstream names a loopback "realm" to make the cache send GET /token into its own
+    // network; before the fix the realm's host also stayed trusted, so blob redirects to it passed afterwards.
+    const internal = await server((req, res) => res.writeHead(200, { 'Content-Type': 'application/json' }).end(req.url?.startsWith('/token') ? '{"token":"t"}' : 'internal-secret'));
+    const digest = `sha256:${'1'.repeat(64)}` as never;
+    const hostile = await server((req, res) => {
+      if (req.url?.includes('/blobs/')) return void res.writeHead(307, { Location: `https://${internal.host}/blob` }).end();
+      if (req.headers.authorization === 'Bearer t') return void res.writeHead(200, { 'Content-Type': 'application/json' }).end('{"tags":["a"]}');
+      res.writeHead(401, { 'WWW-Authenticate': `Bearer realm="${internal.url}/token",service="x"` }).end();
+    });
+    const client = createUpstreamClient(rule(hostile.url, {}));
+    for (let i = 0; i < 3; i++) {
+      const err = await client.listTags('team/app', {}).catch((e: unknown) => e);
+      expect((err as UpstreamError).failure).toBe('unavailable');
+      expect((err as Error).message).toContain(`refusing to connect to ${internal.host}: 127.0.0.1 is an internal address (loopback)`);
+    }
+    // The realm's host is no redirect target either: not handed to a client, not followed.
+    expect(await client.blobRedirect('team/app', digest)).toBeUndefined();
+    expect(((await client.getBlob('team/app', digest).catch((e: unknown) => e)) as Error).message).toMatch(/127\.0\.0\.1 is an internal address/);
+    expect(internal.seen).toHaveLength(0);
+
+    // Listed in internalHosts, the realm issues the token.
+    const listed = createUpstreamClient(rule(hostile.url, { internalHosts: [internal.host] }));
+    expect((await listed.listTags('team/app', {})).tags).toEqual(['a']);
+    expect(internal.seen.map((r) => new URL(r.path, internal.url).pathname)).toEqual(['/token']);
+  });
+
   it('headBlob follows a registry hop, and takes a redirect elsewhere (a CDN) as "exists" without following it', async () => {
     const { front, img } = await setUp();
     const client = createUpstreamClient(rule(front.url, { insecureRedirectHosts: [registry.host], credentialHosts: [registry.host] }));
