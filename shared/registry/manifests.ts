@@ -6,6 +6,8 @@
  * manifest). A GET still running then is not abandoned: it finishes in the background (bounded by the rule's
  * `upstreamTimeoutSeconds`) and moves the tag once the new manifest is verified and stored, so the next pull gets
  * it. (On Lambda the background work may be frozen with the invocation; the scheduled refresh catches up.) "Does not exist" answers are remembered briefly (negative cache) so repeated misses skip the upstream.
+ * A manifest over `maxManifestBytes` is refused for good (502 `MANIFEST_INVALID` naming the limit, not a 503
+ * inviting retries), and the refusal is remembered like a miss.
  */
 import { digestLike, isDigest, sha256Digest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
@@ -68,7 +70,10 @@ export interface ManifestService {
 export function createManifestService(deps: RegistryDeps): ManifestService {
   const { stores, log } = deps;
   const flights = createSingleFlight();
-  const missing = createNegativeCache(() => deps.now());
+  /** Remembered answers: the upstream does not have it, or its manifest is over `maxManifestBytes`. */
+  const missing = createNegativeCache<'unknown' | 'too-large'>(() => deps.now());
+  const tooLarge = (cause?: unknown) =>
+    new RegistryError('MANIFEST_INVALID', `manifest larger than maxManifestBytes (${deps.maxManifestBytes} bytes)`, { status: 502, cause });
   const pulls = createPullRecorder(deps);
   const signatures = createSignatureCheck(deps);
 
@@ -96,15 +101,20 @@ export function createManifestService(deps: RegistryDeps): ManifestService {
     return record;
   }
 
-  /** Runs `fn`, remembering an upstream "not found" for the rule's negative-cache time. */
+  /** Runs `fn`, remembering an upstream "not found" and a manifest too large for the rule's negative-cache time. */
   async function rememberingMisses<T>(resolved: ResolvedName, key: string, fn: () => Promise<T>): Promise<T> {
     const k = `${resolved.name}\n${key}`;
-    if (missing.has(k)) throw new RegistryError('MANIFEST_UNKNOWN');
+    const known = missing.get(k);
+    if (known) throw known === 'too-large' ? tooLarge() : new RegistryError('MANIFEST_UNKNOWN');
     try {
       return await fn();
     } catch (err) {
-      if (err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied')) missing.remember(k, resolved.rule.negativeCacheSeconds * 1000);
-      throw err;
+      if (!(err instanceof UpstreamError)) throw err;
+      const ttlMs = resolved.rule.negativeCacheSeconds * 1000;
+      if (err.failure === 'not-found' || err.failure === 'denied') missing.remember(k, ttlMs, 'unknown');
+      if (err.failure !== 'too-large') throw err;
+      missing.remember(k, ttlMs, 'too-large');
+      throw tooLarge(err);
     }
   }
 

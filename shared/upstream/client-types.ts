@@ -33,6 +33,7 @@ export interface FetchedBlob {
 export interface UpstreamClient {
   /** `timeoutMs` overrides the rule's upstream timeout (short on pull-time revalidation). */
   headManifest(repository: string, reference: string, opts?: { timeoutMs?: number }): Promise<ManifestHead>;
+  /** Throws `UpstreamError('too-large')` for a manifest over `maxBytes` (by `Content-Length` or as it arrives). */
   getManifest(repository: string, reference: string, maxBytes: number): Promise<FetchedManifest>;
   headBlob(repository: string, digest: Digest): Promise<{ size?: number }>;
   getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;

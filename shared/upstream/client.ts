@@ -99,9 +99,9 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamC
       if (!ok(res)) return fail(res, 'manifest GET');
       if ((sizeOf(res) ?? 0) > maxBytes) {
         await discard(res);
-        throw new UpstreamError('unavailable', `manifest larger than ${maxBytes} bytes`);
+        throw new UpstreamError('too-large', `manifest larger than ${maxBytes} bytes`);
       }
-      const body = await readCapped(res.body, maxBytes);
+      const body = await readCapped(res.body, maxBytes, 'manifest', 'too-large');
       return { body, contentType: res.header('content-type') ?? undefined, digestHeader: res.header('docker-content-digest') ?? undefined };
     },
 

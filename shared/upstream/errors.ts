@@ -4,8 +4,12 @@
  */
 import { RegistryError, type ErrorCode } from '../oci/errors.js';
 
-/** What went wrong upstream. `unavailable` covers 5xx, timeouts, refused connections and bad answers. */
-export type UpstreamFailure = 'not-found' | 'rate-limited' | 'unavailable' | 'denied';
+/**
+ * What went wrong upstream. `unavailable` covers 5xx, timeouts, refused connections and bad answers;
+ * `too-large`: a manifest past the caller's size limit (client.ts `getManifest`), a refusal of ours that
+ * retrying cannot change.
+ */
+export type UpstreamFailure = 'not-found' | 'rate-limited' | 'unavailable' | 'denied' | 'too-large';
 
 /** Thrown by the upstream client; the cache decides whether to serve stale content or map it to an error. */
 export class UpstreamError extends Error {
@@ -34,7 +38,8 @@ export function upstreamErrorFor(status: number, what: string, retryAfter?: stri
 /**
  * Maps an upstream failure to the OCI error the client sees (other errors are returned unchanged).
  * `notFound` is the code for this kind of object (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, `NAME_UNKNOWN`).
- * Unavailable → 503 `UNAVAILABLE` (not 404: clients read 404 as "does not exist").
+ * Unavailable → 503 `UNAVAILABLE` (not 404: clients read 404 as "does not exist"). Too large → 502
+ * `MANIFEST_INVALID` (only manifests are refused for their size; no `Retry-After`: retrying cannot help).
  */
 export function toRegistryError(err: unknown, notFound: ErrorCode): unknown {
   // RegistryErrors pass as they are; anything else is a bug and stays itself (500 UNKNOWN, logged).
@@ -43,6 +48,8 @@ export function toRegistryError(err: unknown, notFound: ErrorCode): unknown {
     case 'not-found':
     case 'denied':
       return new RegistryError(notFound, undefined, { cause: err });
+    case 'too-large':
+      return new RegistryError('MANIFEST_INVALID', err.message, { status: 502, cause: err });
     case 'rate-limited':
       return new RegistryError('TOOMANYREQUESTS', 'upstream registry rate limit reached', {
         headers: err.retryAfter ? { 'Retry-After': err.retryAfter } : {},

@@ -4,20 +4,20 @@
  * Each turns malformed input into `undefined` or an `UpstreamError('unavailable')`.
  */
 import type { Readable } from 'node:stream';
-import { UpstreamError } from './errors.js';
+import { UpstreamError, type UpstreamFailure } from './errors.js';
 
 /**
  * Reads a response body, failing once it passes `maxBytes` (the rest is not read: the stream is destroyed).
- * `what` names the body in errors (`manifest`, `tags list`, …).
- * @throws UpstreamError `unavailable` when the body is too large or breaks off
+ * `what` names the body in errors (`manifest`, `tags list`, …); `tooLarge` is the failure when it passes the limit.
+ * @throws UpstreamError `tooLarge` (default `unavailable`) when the body is too large, `unavailable` when it breaks off
  */
-export async function readCapped(body: Readable, maxBytes: number, what = 'manifest'): Promise<Buffer> {
+export async function readCapped(body: Readable, maxBytes: number, what = 'manifest', tooLarge: UpstreamFailure = 'unavailable'): Promise<Buffer> {
   const chunks: Buffer[] = [];
   let total = 0;
   try {
     for await (const chunk of body as AsyncIterable<Uint8Array>) {
       total += chunk.length;
-      if (total > maxBytes) throw new UpstreamError('unavailable', `${what} larger than ${maxBytes} bytes`);
+      if (total > maxBytes) throw new UpstreamError(tooLarge, `${what} larger than ${maxBytes} bytes`);
       chunks.push(Buffer.from(chunk));
     }
   } catch (err) {
