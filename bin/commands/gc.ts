@@ -14,6 +14,7 @@ function summary(r: GcReport): string {
   const lines = [
     `${r.dryRun ? 'would evict' : 'evicted'} ${r.evictedTags} tags, deleted ${r.deletedManifests} manifests and ${r.deletedBlobs} blobs (${formatBytes(r.freedBytes)})${r.dryRun ? ' [dry run]' : ''}`,
     `removed ${r.removedObjects} storage objects past the grace period; ${formatBytes(r.pendingBytes)} waiting for it`,
+    `${r.dryRun ? 'would remove' : 'removed'} ${r.removedTempFiles} temp files of writes killed mid-way (${formatBytes(r.removedTempBytes)})`,
     `stored: ${formatBytes(r.storedBytes)}${r.complete ? '' : ' (pass not finished: the next gc resumes it)'}`,
   ];
   const rules = Object.entries(r.rules).map(([rule, u]) => [rule || '(no rule)', formatBytes(u.storedBytes), u.maxBytes === undefined ? '-' : formatBytes(u.maxBytes)]);

@@ -5,11 +5,13 @@
  * unpublish time. The local server's blob route still serves a trashed file to a validly signed URL (one handed out
  * before), so removing the trash file only after the grace period (longer than the URL lifetime) never breaks a
  * pull in progress. A refill writes a new file under `blobs/`; the trash copy is removed independently.
- * There are no orphans here: the rename is the commit, and `tmp/` leftovers are cleared by age at open.
+ * There are no orphans here: the rename is the commit. `tmp/` leftovers of writers that died are removed at open
+ * and by GC (`removeAbandonedWrites`, fs-temp-files.ts).
  */
 import { createReadStream, promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { parseDigest, type Digest } from '../oci/digest.js';
+import { removeAbandonedTemps } from './fs-temp-files.js';
 import type { BlobReaper, StoredBlob } from './ports.js';
 
 const ALGORITHMS = ['sha256', 'sha512'] as const;
@@ -91,6 +93,8 @@ export function createFsBlobReaper(root: string, pathOf: (digest: Digest) => str
       const fh = await fs.open(pathOf(digest)).catch(() => undefined);
       return fh && createReadStream('', { fd: fh, highWaterMark: 1024 * 1024 });
     },
+
+    removeAbandonedWrites: (opts) => removeAbandonedTemps(join(root, 'tmp'), opts),
 
     async dropBlob(digest) {
       await fs.rm(pathOf(digest), { force: true });

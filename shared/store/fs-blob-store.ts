@@ -1,7 +1,9 @@
 /**
  * Embedded blob store: content-addressed files under `<root>/blobs/<algorithm>/<hex>`. A write streams into
  * `<root>/tmp/`, hashing as it goes, fsyncs, and renames into place only when the digest (and size) match, so
- * a blob is visible whole or not at all. Memory stays flat whatever the blob size (stream backpressure).
+ * a blob is visible whole or not at all. Memory stays flat whatever the blob size (stream backpressure). Temp
+ * files are named after their writer, so those of a writer killed mid-write are removed at the next open and by
+ * GC while another process's writes in progress stay (fs-temp-files.ts).
  *
  * Clients get blobs through a signed, short-lived URL to the local server's own blob route
  * (`/_blobs/<algorithm>/<hex>?expires=<unix s>&signature=<hmac>`), so the registry handler answers a blob hit
@@ -24,7 +26,7 @@
  * The registry uses this only when told the blob route can tail writes ({@link FsBlobStore.enableStreamWhileFilling},
  * called by the local server); otherwise blob GETs wait for the commit as before.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -36,10 +38,8 @@ import { RegistryError } from '../oci/errors.js';
 import { BLOB_READ_CHUNK, openInProgressBlob, type InProgressBlob, type WriteEntry, type WriteState } from './fs-blob-tail.js';
 import { signedBlobUrl, verifyBlobUrl } from './fs-blob-urls.js';
 import { createFsBlobReaper } from './fs-blob-reaper.js';
+import { newTempName, releaseTempName, removeAbandonedTemps } from './fs-temp-files.js';
 import type { BlobReaper, BlobStore } from './ports.js';
-
-/** Age (ms) after which a file in `tmp/` is a crashed write's leftover: a write in progress touches it constantly. */
-const STALE_TMP_MS = 60 * 60 * 1000;
 
 export { LOCAL_BLOB_ROUTE } from './fs-blob-urls.js';
 export { BLOB_READ_CHUNK, IN_PROGRESS_IDLE_MS, type InProgressBlob } from './fs-blob-tail.js';
@@ -111,13 +111,9 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
   await fs.mkdir(join(root, 'tmp'), { recursive: true });
   await fs.mkdir(join(root, 'blobs', 'sha256'), { recursive: true });
   await fs.mkdir(join(root, 'blobs', 'sha512'), { recursive: true });
-  // Leftovers of a crash are never visible (they are not at their final path); clear them. Only old ones: another
-  // process on the same data dir (the server, while a CLI command opens the store) may be writing the fresh ones.
-  const cutoff = Date.now() - STALE_TMP_MS;
-  for (const f of await fs.readdir(join(root, 'tmp'))) {
-    const st = await fs.stat(join(root, 'tmp', f)).catch(() => undefined);
-    if (st && st.mtimeMs < cutoff) await fs.rm(join(root, 'tmp', f), { force: true });
-  }
+  // Leftovers of a crash are never visible (they are not at their final path); clear those of dead writers only:
+  // another process on the same data dir (the server, while a CLI command opens the store) may be writing.
+  await removeAbandonedTemps(join(root, 'tmp'));
 
   const pathOf = (digest: Digest) => {
     const { algorithm, encoded } = parseDigest(digest)!;
@@ -145,7 +141,8 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
       }
     },
     async write(digest, source: Readable, expectedSize) {
-      const tmp = join(root, 'tmp', randomUUID());
+      const tmpName = newTempName();
+      const tmp = join(root, 'tmp', tmpName);
       const hash = hasherFor(digest);
       let size = 0;
       let markOpened!: () => void;
@@ -226,6 +223,7 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
       } finally {
         if (!closed) await opening.then((fh) => fh.close()).catch(() => undefined);
         await fs.rm(tmp, { force: true });
+        releaseTempName(tmpName);
       }
     },
     async hasRoomFor(bytes) {

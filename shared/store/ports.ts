@@ -343,6 +343,12 @@ export interface BlobReaper {
   readBlob(digest: Digest): Promise<Readable | undefined>;
   /** Drops a damaged committed blob at once, record and object (`verify --repair`): the next pull refills it. */
   dropBlob(digest: Digest): Promise<void>;
+  /**
+   * Optional: removes (with `dryRun`, only counts) what writes whose process died left behind (the filesystem
+   * store's temp files, fs-temp-files.ts); never a write in progress. S3 needs none: a bucket lifecycle rule
+   * aborts incomplete multipart uploads after a day. Returns the files and their bytes.
+   */
+  removeAbandonedWrites?(opts: { dryRun?: boolean }): Promise<{ files: number; bytes: number }>;
 }
 
 /** Everything the registry core needs from storage. */

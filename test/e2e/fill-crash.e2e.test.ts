@@ -2,11 +2,12 @@
  * A fill cannot outlive its process: the real local server is killed (SIGKILL) in the middle of a blob fill, so
  * its fill lease stays behind in SQLite with no one to release it. After a restart on the same data dir the blob
  * is served within seconds (the lease's heartbeat goes stale and the next request takes it over), not after
- * `leaseSeconds` (900 s). Debian's docker-registry is the upstream; the fault proxy holds the blob body after its
+ * `leaseSeconds` (900 s), and the partial temp file it left is removed when the restarted server opens the store.
+ * Debian's docker-registry is the upstream; the fault proxy holds the blob body after its
  * first 64 KiB, so the fill is mid-transfer when the process dies (a real registry cannot be made to stall).
  */
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -74,14 +75,24 @@ describe('the local server killed (SIGKILL) mid-fill', () => {
     expect(leases(dataDir).map((l) => l.key)).toEqual([`blob:${digest}`]);
     for (let i = 0; i < 100 && faults.requests.filter((r) => r.fault === 'truncate').length === 0; i++) await new Promise((r) => setTimeout(r, 50));
 
-    process.kill(cache.pid, 'SIGKILL');
+    // The fill has its temp file (the proxy records the request before the cache has the answer's first bytes).
+    const tmpFiles = () => readdirSync(join(dataDir, 'tmp'));
+    for (let i = 0; i < 100 && tmpFiles().length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    const killedPid = cache.pid;
+    process.kill(killedPid, 'SIGKILL');
     await cache.stop();
     const orphan = leases(dataDir);
     expect(orphan).toHaveLength(1);
     expect(orphan[0].expires_at - Date.now()).toBeGreaterThan(800_000); // it would block for ~15 minutes
+    // The partial temp file of the killed fill, named after its writer (host.pid.uuid).
+    const partial = tmpFiles();
+    expect(partial).toHaveLength(1);
+    expect(partial[0]).toMatch(new RegExp(`\\.${killedPid}\\.[0-9a-f-]{36}$`));
 
     faults.clear();
     cache = await startLocalServer(config(), { dataDir });
+    // Removed when the restarted server opened the store (not an hour later).
+    expect(tmpFiles()).toEqual([]);
     const started = Date.now();
     const got = await getBlob(cache.url, 'local/crash/app', digest);
     const seconds = (Date.now() - started) / 1000;

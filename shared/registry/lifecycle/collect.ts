@@ -27,6 +27,9 @@ export interface Counts {
   freedBytes: number;
   /** Storage objects deleted (blobs unpublished at least the grace period ago, orphans). */
   removedObjects: number;
+  /** Temp files of writes whose process died (kill -9 mid-fill), removed, and their bytes (BlobReaper.removeAbandonedWrites). */
+  removedTempFiles: number;
+  removedTempBytes: number;
 }
 
 /** What the deleting steps work with. */
@@ -41,7 +44,7 @@ export interface Collector {
   counts: Counts;
 }
 
-export const emptyCounts = (): Counts => ({ evictedTags: 0, deletedManifests: 0, deletedBlobs: 0, freedBytes: 0, removedObjects: 0 });
+export const emptyCounts = (): Counts => ({ evictedTags: 0, deletedManifests: 0, deletedBlobs: 0, freedBytes: 0, removedObjects: 0, removedTempFiles: 0, removedTempBytes: 0 });
 
 /** The fill lease key of a blob: the one the miss path takes (blobs.ts), so a GC and a fill of one digest exclude each other. */
 export const blobLeaseKey = (digest: Digest) => `blob:${digest}`;

@@ -36,6 +36,8 @@
  *    ago and of orphans, count the referenced ones per rule (a blob counts once in every rule that references it,
  *    once in the cache-wide total);
  * 4. budgets (budget.ts): evict least recently pulled first until every `maxBytes` fits.
+ * Every run also removes what writes killed mid-way left in storage (the filesystem store's temp files of dead
+ * writers; never a write in progress): `removedTempFiles`, `removedTempBytes`.
  * No set grows with the store: a repository is held one at a time, blobs are streamed, budgets keep a bounded
  * candidate list. Memory is bounded by the largest repository.
  */
@@ -133,6 +135,12 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
 
       await index.finishInterruptedDeletes();
       await backfillReferences(c);
+      const abandoned = await reaper.removeAbandonedWrites?.({ dryRun });
+      if (abandoned) {
+        // A pass saved by an older version has no such counts yet.
+        c.counts.removedTempFiles = (c.counts.removedTempFiles ?? 0) + abandoned.files;
+        c.counts.removedTempBytes = (c.counts.removedTempBytes ?? 0) + abandoned.bytes;
+      }
 
       if (state.phase === 'repositories') {
         let handled = 0;
