@@ -4,30 +4,42 @@
  * serves it (it is not at a blob's path), but it holds disk space, so it is removed as soon as its writer is
  * known to be dead: when a store opens (the next server start) and on every GC pass (`pullthrough gc`).
  *
- * A temp file is named after its writer: `<host>.<pid>.<uuid>` (the host name with anything but letters, digits
- * and `-` as `_`). Another process's file must not be removed while it is writing (a CLI command opening the store
- * of a running server), so a file is judged by its name:
+ * A temp file is named after its writer: `<host>.<pid>.<uuid>`, where `<host>` is the host name (anything but
+ * letters, digits and `-` as `_`) followed, on Linux, by `_<pid namespace inode>` (`/proc/self/ns/pid`): a
+ * container on the host's network takes the host's name but has pids of its own, so the name alone would let a CLI
+ * on the host judge a containerised server's pids. Another process's file must not be removed while it is writing
+ * (a CLI command opening the store of a running server), so a file is judged by its name:
  * - **this process** (same host and pid): in progress exactly when a write of this process still holds it (all
  *   stores of the process share one list); otherwise it is a leftover of an earlier process that had the same pid
  *   (a container restarted after kill -9 often runs its server as the same pid again);
- * - **another process on this host** (same host name, so the same pid namespace in practice): dead when no process
+ * - **another process on this host** (same host name and pid namespace): dead when no process
  *   has that pid any more (`kill(pid, 0)` answers `ESRCH`); a live pid, even one reused by an unrelated process,
  *   keeps the file;
  * - **another host** (a data dir on a network file system or a volume shared with a container of another host
  *   name, whose pids mean nothing here) or a name of an older version: removed only once it has not been written
  *   for {@link STALE_TMP_MS} (a write in progress writes it constantly).
- * Two containers that share a data dir *and* were given the same host name but live in separate pid namespaces
- * would defeat the pid check; give them distinct host names (the default).
+ * Where there is no pid namespace to read (not Linux), two processes that share a data dir and a host name but not
+ * their pids would defeat the pid check; give them distinct host names.
  */
 import { randomUUID } from 'node:crypto';
-import { promises as fs } from 'node:fs';
+import { promises as fs, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 
 /** Age (ms) after which a temp file the pid check cannot judge is a crashed write's leftover. */
 export const STALE_TMP_MS = 60 * 60 * 1000;
 
-const HOST = hostname().replace(/[^A-Za-z0-9-]/g, '_') || 'host';
+/** This process's pid namespace (the inode in `pid:[4026531836]`), '' where there is none to read. */
+function pidNamespace(): string {
+  try {
+    return /^pid:\[(\d+)\]$/.exec(readlinkSync('/proc/self/ns/pid'))?.[1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
+/** The writer part of this process's temp file names: host name and pid namespace. */
+const HOST = [hostname().replace(/[^A-Za-z0-9-]/g, '_') || 'host', pidNamespace()].filter(Boolean).join('_');
 const NAME_RE = /^([A-Za-z0-9_-]+)\.(\d+)\.([0-9a-f-]{36})$/;
 
 /** Temp file names of writes in progress in this process, across all stores it opened. */

@@ -6,8 +6,8 @@
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, statSync, utimesSync, writeFileSync } from 'node:fs';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -55,6 +55,15 @@ describe('who wrote a temp file', () => {
     expect(writerOf(newTempName(live.child.pid))).toBe('alive');
     expect(writerOf(newTempName(await deadPid()))).toBe('dead');
     expect(writerOf(`other-host.${live.child.pid}.${randomUUID()}`)).toBe('unknown');
+    if (process.platform === 'linux') {
+      // The writer is the host name and the pid namespace: a process of another pid namespace with the same host name
+      // (a container on the host's network) is not judged by pid here.
+      const host = hostname().replace(/[^A-Za-z0-9-]/g, '_');
+      const namespace = /\d+/.exec(readlinkSync('/proc/self/ns/pid'))![0];
+      expect(newTempName(live.child.pid).split('.')[0]).toBe(`${host}_${namespace}`);
+      expect(writerOf(`${host}_1.${await deadPid()}.${randomUUID()}`)).toBe('unknown');
+      expect(writerOf(`${host}.${await deadPid()}.${randomUUID()}`)).toBe('unknown');
+    }
     expect(writerOf(randomUUID())).toBe('unknown'); // a name from before writers were named
   });
 });
