@@ -18,7 +18,7 @@
  * - **Races with pulls and refreshes.** Tags and manifests are deleted conditionally: only if their last-pulled
  *   time (and a tag's digest) is what the pass read. A pull updates that time at least once per touch interval, a
  *   refill rewrites the manifest, and a refresh that points a tag at an already stored manifest first touches it
- *   (manifests.ts): each makes the delete fail, or finds the manifest gone and fetches it again.
+ *   (tag-check.ts): each makes the delete fail, or finds the manifest gone and fetches it again.
  * - **Killed half-way.** Every step is idempotent and ordered so that a crash leaves garbage, never a reference to
  *   something missing: a manifest's reference items go after the manifest (DynamoDB journals the two steps and the
  *   next pass finishes them), a tombstone goes before its object (an object left behind is an orphan, deleted
