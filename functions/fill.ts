@@ -7,16 +7,28 @@ import middy from '@middy/core';
 import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
 import type { FillJob } from '../shared/registry/deps.js';
 import { getRuntime } from '../shared/runtime.js';
+import { isUpstreamUnknown } from '../shared/upstream/errors.js';
 import { flushMetrics } from './flush-metrics.js';
 
 const runtime = await getRuntime();
 
-/** Entry point. Errors are logged and rethrown (Lambda's async retry then applies; the lease bounds overlap). */
-export const handler = middy<FillJob, { size?: number }>()
+/**
+ * Entry point. A blob the upstream does not have (404, or 401/403) is an answer, not an error: the fill logged it
+ * (`event: "fill-not-found"`) and counted no failure, and the invocation succeeds with `{ missing: true }` (the
+ * waiting request then answers 404 BLOB_UNKNOWN). Other errors are logged and rethrown: the invocation fails
+ * (`FillFailures` counted them), with no Lambda retry (serverless.yml: the client's next hop starts a new fill).
+ */
+export const handler = middy<FillJob, { size?: number; missing?: true }>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
   .use(flushMetrics(runtime.emf, runtime.stats))
   .handler(async (job) => {
-    const size = await runtime.blobs.fill(job.name, job.digest, job.leaseOwner);
+    let size: number | undefined;
+    try {
+      size = await runtime.blobs.fill(job.name, job.digest, job.leaseOwner);
+    } catch (err) {
+      if (isUpstreamUnknown(err)) return { missing: true };
+      throw err;
+    }
     // undefined: the fill did not start, its lease having been taken over meanwhile (logged by the fill).
     if (size !== undefined) runtime.logger.info('fill done', { name: job.name, digest: job.digest, size });
     return { size };

@@ -15,7 +15,7 @@ import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import { isStorageFull, noSpaceError, storageFullError } from '../store/storage-full.js';
-import { UpstreamError } from '../upstream/errors.js';
+import { isUpstreamUnknown, UpstreamError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 import { fillLeaseKey, startFillWatchdog, type FillProgress } from './fill-lease.js';
 import type { ResolvedName } from './rules.js';
@@ -119,11 +119,19 @@ export function createFiller(deps: RegistryDeps): Filler {
       deps.metrics?.fill({ rule: resolved.rule.prefix, seconds: (Date.now() - progress.startedAt) / 1000, ok: true });
       return written.size;
     } catch (err) {
+      if (isUpstreamUnknown(err)) {
+        // No failed fill: the upstream does not have the blob (a typo'd digest, a scanner): 404 BLOB_UNKNOWN.
+        // `fill_failures` (and the AWS `FillFailures` alarm) count fills of a blob the upstream has that did not
+        // complete: unreachable, too slow, wrong bytes, storage full.
+        log.info('blob not found upstream', { event: 'fill-not-found', name: resolved.name, digest, status: err.status, reason: err.message });
+        throw err;
+      }
       deps.metrics?.fill({ rule: resolved.rule.prefix, seconds: (Date.now() - progress.startedAt) / 1000, ok: false });
       if (isStorageFull(err)) throw onStorageFull(resolved, digest, err);
+      // An abandoned fill was logged when it was abandoned.
+      if (!abandoned) log.warn('blob fill failed', { event: 'fill-failed', name: resolved.name, digest, reason: (err as Error).message });
       if (err instanceof RegistryError || err instanceof UpstreamError) throw err;
       // The body broke mid-transfer (connection reset, truncation): nothing was committed.
-      log.warn('blob fill failed', { name: resolved.name, digest, reason: (err as Error).message });
       throw new UpstreamError('unavailable', `blob transfer failed: ${(err as Error).message}`);
     } finally {
       stopWatchdog();

@@ -36,6 +36,14 @@ export function upstreamErrorFor(status: number, what: string, retryAfter?: stri
 }
 
 /**
+ * True for the upstream's "no such object": 404, or the 401/403 registries answer for what does not exist (see
+ * {@link upstreamErrorFor}). A blob fill that meets it never started: it is no failed fill (blob-fill.ts).
+ */
+export function isUpstreamUnknown(err: unknown): err is UpstreamError {
+  return err instanceof UpstreamError && (err.failure === 'not-found' || err.failure === 'denied');
+}
+
+/**
  * Maps an upstream failure to the OCI error the client sees (other errors are returned unchanged).
  * `notFound` is the code for this kind of object (`MANIFEST_UNKNOWN`, `BLOB_UNKNOWN`, `NAME_UNKNOWN`).
  * Unavailable → 503 `UNAVAILABLE` (not 404: clients read 404 as "does not exist"). Too large → 502

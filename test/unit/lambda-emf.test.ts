@@ -110,3 +110,33 @@ describe('EMF from the registry handler', () => {
     expect(lines.flatMap((l) => l._aws.CloudWatchMetrics[0].Metrics.map((m) => [m.Name, m.Unit]))).toEqual([['Verifications', 'Count'], ['Verifications', 'Count']]);
   });
 });
+
+describe('EMF from the fill handler', () => {
+  type FillHandler = (job: { name: string; digest: string; leaseOwner: string }, c: Context) => Promise<{ size?: number; missing?: true }>;
+  const fillCtx = { ...ctx, functionName: 'fill', getRemainingTimeInMillis: () => 900_000 } as unknown as Context;
+  // No lease (leaseOwner ''): invoked directly, as `aws lambda invoke` would.
+  const fill = async (digest: string) => ((await import('../../functions/fill.js')) as unknown as { handler: FillHandler }).handler({ name: 'local/team/fill', digest, leaseOwner: '' }, fillCtx);
+
+  it('a blob the upstream does not have succeeds as { missing: true } and counts no FillFailures', async () => {
+    const from = written.length;
+    expect(await fill(`sha256:${'cd'.repeat(32)}`)).toEqual({ missing: true });
+    const lines = emfLines(from);
+    expect(sum(lines, 'FillFailures', { service: 'pullthrough' })).toBe(0);
+    expect(sum(lines, 'Fills', { Rule: 'local', Kind: 'blob', Result: 'failed' })).toBe(0);
+  });
+
+  it('a blob the upstream fails to send (503) fails the invocation and counts one FillFailures', async () => {
+    const digest = up.putBlob('team/fill', Buffer.from('a layer the upstream cannot send'));
+    up.faults.status = { kind: 'blob', code: 503 };
+    const from = written.length;
+    try {
+      await expect(fill(digest)).rejects.toThrow('upstream answered 503');
+    } finally {
+      up.faults.status = undefined;
+    }
+    const lines = emfLines(from);
+    expect(sum(lines, 'FillFailures', { service: 'pullthrough' })).toBe(1);
+    expect(sum(lines, 'Fills', { Rule: 'local', Kind: 'blob', Result: 'failed' })).toBe(1);
+    expect(await fill(digest)).toEqual({ size: 32 });
+  });
+});
