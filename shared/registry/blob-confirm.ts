@@ -1,17 +1,36 @@
 /**
- * One name, one upstream (DESIGN.md). Blob bytes are stored once per digest and shared by every repository, yet a
- * blob is served under a name only when that name's own upstream confirmed the digest — a HEAD or GET of the blob
- * in that name's upstream repository answered 2xx — or the digest is linked to the name (an earlier confirmation:
- * a fill for the name, or a HEAD). A manifest of the name referencing the digest is no confirmation: the manifest's
- * upstream vouches for its bytes, not for having the blobs it names, and a manifest naming the digest of another
- * rule's private blob must not make that blob servable (ports.ts, `BlobLinks`). So a committed blob first served
- * under a name that did not fill it costs one HEAD to that name's upstream, then it is linked. A blob's location (a signed URL that serves the digest to
- * whoever holds it, locally and on S3 alike) is made only from a {@link Confirmed}, and only this module makes one:
- * from a link, from the name's upstream answering a HEAD, or for a fill started for the same name (its upstream
- * GET answered 2xx before any byte was stored or served).
+ * One name, one upstream (DESIGN.md): the trust model of serving stored blob bytes under a name.
+ *
+ * Blob bytes are stored once per digest and shared by every repository of every rule, yet a blob is served under a
+ * name only with a {@link Confirmed} for that name, and only this module makes one. The ways to it:
+ * - **linked**: the digest is linked to the name (an earlier confirmation; ports.ts `BlobLinks`);
+ * - **own fill**: a fill started for this very name (its upstream's GET answered 2xx, and nothing is committed
+ *   unless the bytes hash to the digest);
+ * - **a HEAD that proves it**: the name's upstream answered a HEAD of the blob with `Docker-Content-Digest` equal
+ *   to the digest *and* `Content-Length` equal to the size of the bytes at hand: the committed blob's, or the size
+ *   the running fill's upstream announced (its store commits nothing of another size). A 2xx alone proves nothing:
+ *   a catch-all upstream (a web server or proxy answering 200 to every path) would otherwise confirm every digest,
+ *   and so hand its rule's clients another rule's private blob by digest. A HEAD is compared only with a size known
+ *   at that moment, so a request never waits on another name's fill before its own upstream proved the digest
+ *   (how long it waited would tell that someone else is pulling that digest);
+ * - **the bytes**: when the HEAD proves nothing — no or another `Docker-Content-Digest`, no or another size, a
+ *   redirect (a CDN), or 401/403 (public.ecr.aws answers every blob HEAD 401 while its GET works) — the name's own
+ *   upstream GET, hashed as it streams and thrown away ({@link Confirmations.byDownload}); the stored copy is then
+ *   served, being those very bytes. Cost: one download per name and digest (the link makes it once); concurrent
+ *   requests share it. Wrong bytes are 502 `DIGEST_INVALID`, as the same request for a digest nobody stored gets.
+ * An upstream 404 (HEAD or GET) is `BLOB_UNKNOWN`.
+ *
+ * What is trusted: a rule's upstream speaks for the rule's repositories. An upstream that knows a digest and its
+ * size (it saw the manifest) can still claim the blob with a well-formed HEAD; the cache refuses only to let a
+ * careless or catch-all answer stand for knowledge of the bytes. A manifest of the name referencing the digest is
+ * no confirmation: the manifest's upstream vouches for its bytes, not for having the blobs it names, and a manifest
+ * naming another rule's private blob must not make that blob servable (ports.ts, `BlobLinks`). A blob's location
+ * (a signed URL that serves the digest to whoever holds it, locally and on S3 alike) is made only from a proof.
  */
-import type { Digest } from '../oci/digest.js';
+import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
+import { RegistryError } from '../oci/errors.js';
 import type { BlobLocation } from '../store/ports.js';
+import { UpstreamError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 import type { ResolvedName } from './rules.js';
 
@@ -28,6 +47,12 @@ export interface Confirmed {
   readonly [confirmed]: true;
 }
 
+/** What a name's upstream said of a digest when asked with a HEAD: its `Docker-Content-Digest`, its size (bytes). */
+export interface UpstreamClaim {
+  digest?: string;
+  size?: number;
+}
+
 const proof = (resolved: ResolvedName, digest: Digest, linked: boolean) => ({ name: resolved.name, digest, linked }) as Confirmed;
 
 /** The ways to a {@link Confirmed}, and the one way from it to a location. */
@@ -38,33 +63,107 @@ export interface Confirmations {
    */
   byOwnFill(resolved: ResolvedName, digest: Digest, linked?: boolean): Confirmed;
   /**
-   * Asks the name's own upstream (HEAD) unless the digest is linked to the name (`skipLink`: ask regardless, e.g.
-   * for the size). Returns the proof and the size the HEAD gave (bytes), if any.
-   * @throws UpstreamError from the upstream (404 → the caller's BLOB_UNKNOWN).
+   * Asks the name's own upstream (HEAD) what it has under the digest. A 401/403 proves nothing either way (some
+   * registries refuse every blob HEAD): an empty claim, the GET decides.
+   * @throws UpstreamError from the upstream (404 → the caller's BLOB_UNKNOWN; 429; 5xx).
    */
-  confirmByUpstream(resolved: ResolvedName, digest: Digest, opts?: { skipLink?: boolean }): Promise<{ proof: Confirmed; size?: number }>;
-  /** For a committed blob: the proof (asking the upstream when none is given), with the link written if missing. */
-  linkConfirmed(resolved: ResolvedName, digest: Digest, proof?: Confirmed): Promise<Confirmed>;
+  ask(resolved: ResolvedName, digest: Digest): Promise<UpstreamClaim>;
+  /** Proof when `claim` names `digest` and `size` (bytes; undefined: not known, so no proof). */
+  byClaim(resolved: ResolvedName, digest: Digest, claim: UpstreamClaim, size: number | undefined): Confirmed | undefined;
+  /**
+   * Proof by the bytes: GETs the blob from the name's own upstream and hashes it as it streams, storing nothing
+   * (stopped past `size` bytes when given). One download for concurrent callers of one name and digest.
+   * @throws RegistryError 502 `DIGEST_INVALID` when the bytes do not hash to the digest; UpstreamError.
+   */
+  byDownload(resolved: ResolvedName, digest: Digest, size?: number): Promise<Confirmed>;
+  /**
+   * Proof for a name about to wait on a fill started for another name (`size`: what that fill's upstream announced,
+   * if known yet): a HEAD that proves it, else the bytes. Throws as {@link ask} and {@link byDownload}.
+   */
+  beforeWaiting(resolved: ResolvedName, digest: Digest, size?: number): Promise<Confirmed>;
+  /**
+   * For a committed blob of `size` bytes: the proof (the given one; the link; `claim` or a HEAD when it proves it;
+   * else the bytes), with the link written if missing. Throws as {@link beforeWaiting}.
+   */
+  linkConfirmed(resolved: ResolvedName, digest: Digest, size: number, opts?: { proof?: Confirmed; claim?: UpstreamClaim }): Promise<Confirmed>;
   /** Where the client fetches the blob: only with a proof for the name. */
   locationOf(proof: Confirmed): Promise<BlobLocation>;
 }
 
 /** Creates the confirmations over the registry's stores and upstreams. */
 export function createConfirmations(deps: RegistryDeps): Confirmations {
-  const { stores } = deps;
+  const { stores, log } = deps;
+  const downloads = new Map<string, Promise<Confirmed>>();
+
+  /** Streams the name's upstream copy of `digest` through its hash; throws unless it matches. */
+  async function hashUpstreamCopy(resolved: ResolvedName, digest: Digest, size?: number): Promise<number> {
+    const blob = await deps.upstreamFor(resolved.rule).getBlob(resolved.upstreamRepository, digest);
+    const hash = hasherFor(digest);
+    let bytes = 0;
+    try {
+      for await (const chunk of blob.stream as AsyncIterable<Buffer>) {
+        bytes += chunk.length;
+        if (size !== undefined && bytes > size) break; // longer than the blob: cannot be it
+        hash.update(chunk);
+      }
+    } catch (err) {
+      if (err instanceof UpstreamError) throw err;
+      throw new UpstreamError('unavailable', `blob transfer failed: ${(err as Error).message}`);
+    } finally {
+      blob.stream.destroy();
+    }
+    if ((size !== undefined && bytes !== size) || `${parseDigest(digest)!.algorithm}:${hash.digest('hex')}` !== digest) {
+      throw new RegistryError('DIGEST_INVALID', 'upstream blob did not match its digest', { status: 502 });
+    }
+    return bytes;
+  }
+
   const confirmations: Confirmations = {
     byOwnFill: (resolved, digest, linked = false) => proof(resolved, digest, linked),
-    async confirmByUpstream(resolved, digest, opts = {}) {
-      if (!opts.skipLink && (await stores.links.isLinked(resolved.name, digest))) return { proof: proof(resolved, digest, true) };
-      const head = await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
-      const size = head.size !== undefined && Number.isSafeInteger(head.size) ? head.size : undefined;
-      return { proof: proof(resolved, digest, false), size };
+
+    async ask(resolved, digest) {
+      try {
+        return await deps.upstreamFor(resolved.rule).headBlob(resolved.upstreamRepository, digest);
+      } catch (err) {
+        if (err instanceof UpstreamError && err.failure === 'denied') return {};
+        throw err;
+      }
     },
-    async linkConfirmed(resolved, digest, given) {
-      const p = given ?? (await confirmations.confirmByUpstream(resolved, digest)).proof;
-      if (!p.linked) await stores.links.link(resolved.name, digest);
+
+    byClaim: (resolved, digest, claim, size) =>
+      size !== undefined && claim.digest === digest && claim.size === size ? proof(resolved, digest, false) : undefined,
+
+    byDownload(resolved, digest, size) {
+      const key = `${resolved.name}\n${digest}`;
+      let running = downloads.get(key);
+      if (!running) {
+        const started = Date.now();
+        running = hashUpstreamCopy(resolved, digest, size)
+          .then((bytes) => {
+            log.info('blob confirmed by its bytes', { event: 'confirm-by-download', name: resolved.name, digest, bytes, ms: Date.now() - started });
+            return proof(resolved, digest, false);
+          })
+          .finally(() => downloads.delete(key));
+        downloads.set(key, running);
+      }
+      return running;
+    },
+
+    async beforeWaiting(resolved, digest, size) {
+      return confirmations.byClaim(resolved, digest, await confirmations.ask(resolved, digest), size) ?? (await confirmations.byDownload(resolved, digest, size));
+    },
+
+    async linkConfirmed(resolved, digest, size, opts = {}) {
+      if (opts.proof?.linked) return opts.proof;
+      if (!opts.proof && (await stores.links.isLinked(resolved.name, digest))) return proof(resolved, digest, true);
+      if (!opts.proof) {
+        const claim = opts.claim ?? (await confirmations.ask(resolved, digest));
+        if (!confirmations.byClaim(resolved, digest, claim, size)) await confirmations.byDownload(resolved, digest, size);
+      }
+      await stores.links.link(resolved.name, digest);
       return proof(resolved, digest, true);
     },
+
     locationOf: (p) => stores.blobs.locate(p.digest),
   };
   return confirmations;

@@ -34,6 +34,8 @@ export interface RunningFill {
    * rejects only when the fill fails before that.
    */
   streaming: Promise<number | undefined>;
+  /** The size (bytes) the upstream announced, once it answered (set when `streaming` resolves); the store commits nothing of another size. */
+  announcedSize?: number;
 }
 
 /** Fills in this process (see the file header). */
@@ -139,10 +141,14 @@ export function createFiller(deps: RegistryDeps): Filler {
   }
 
   function start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill {
+    const announced: { size?: number } = {};
     let markStreaming!: (size?: number) => void;
     let failStreaming!: (err: unknown) => void;
     const streaming = new Promise<number | undefined>((resolve, reject) => {
-      markStreaming = resolve;
+      markStreaming = (size) => {
+        announced.size = size;
+        resolve(size);
+      };
       failStreaming = reject;
     });
     const done = run(resolved, digest, owner, markStreaming).finally(async () => {
@@ -150,7 +156,14 @@ export function createFiller(deps: RegistryDeps): Filler {
       await stores.leases.releaseLease(fillLeaseKey(digest), owner).catch(() => undefined);
     });
     done.catch(failStreaming); // no-op once streaming resolved
-    const running: RunningFill = { name: resolved.name, done, streaming };
+    const running: RunningFill = {
+      name: resolved.name,
+      done,
+      streaming,
+      get announcedSize() {
+        return announced.size;
+      },
+    };
     inflight.set(digest, running);
     // A background fill nobody awaits must not become an unhandled rejection.
     done.catch(() => undefined);

@@ -3,8 +3,11 @@
  *
  * **One name, one upstream** (DESIGN.md): a blob is served under a name only when that name's own upstream
  * confirmed the digest, or it is linked to the name, on every path (committed, in flight here or elsewhere, on a
- * hop, HEAD, AWS). Locations are made only from a proof (blob-confirm.ts); a request joining a fill started for
- * another name asks its own upstream (HEAD) meanwhile.
+ * hop, HEAD, AWS). Locations are made only from a proof (blob-confirm.ts: a link, a fill for the name, a HEAD of
+ * its upstream that names the digest and the size at hand, or its upstream's bytes). A request finding a fill
+ * started for another name — running here, or elsewhere (the lease owner names the name it was taken for) — gets
+ * its proof first and only then waits on that fill, so how long it waited tells nothing about another tenant's
+ * pull; a request for the same name waits as before.
  *
  * The miss path works under API Gateway's ~30 s limit (DESIGN.md, "The miss path"): the request takes the
  * fill lease and starts the fill (in the background here, or through `dispatchFill` on AWS), then waits up to
@@ -22,7 +25,6 @@
  * at once, and a 401/5xx an error, since they come before any byte. HEAD (`stat`) still waits for the committed
  * size unless the upstream HEAD gave one. The fill links the blob to its name when it commits.
  */
-import { randomUUID } from 'node:crypto';
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import { noteCache } from '../observe/request-scope.js';
@@ -31,7 +33,7 @@ import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import { createConfirmations, type Confirmed } from './blob-confirm.js';
 import { createFiller, type RunningFill } from './blob-fill.js';
 import type { RegistryDeps } from './deps.js';
-import { dispatchWithRetry, fillLeaseKey, isLive, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
+import { dispatchWithRetry, fillLeaseKey, isLive, nameOfLeaseOwner, newLeaseOwner, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
 import { createNegativeCache } from './negative-cache.js';
 import type { ResolvedName } from './rules.js';
 import { admitBlob } from './signature-check.js';
@@ -85,16 +87,17 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   };
   const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.has(`${resolved.name}\n${digest}`);
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
-  const { confirmByUpstream, linkConfirmed, byOwnFill, locationOf } = createConfirmations(deps);
+  const { ask, beforeWaiting, linkConfirmed, byOwnFill, locationOf } = createConfirmations(deps);
 
   /**
    * Waits for a fill running in this process until it streams (`untilStreaming`) or commits, or `deadline`.
-   * A fill for another name proves nothing for this one: its upstream is asked meanwhile, and when that fill fails
-   * this request goes on (`again`) instead of inheriting another upstream's verdict.
+   * A fill for another name proves nothing for this one: the proof comes first (blob-confirm.ts, against the size
+   * that fill announced), and when that fill fails this request goes on (`again`) instead of inheriting another
+   * upstream's verdict.
    */
   async function join(resolved: ResolvedName, digest: Digest, running: RunningFill, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | 'again' | undefined> {
     const sameName = running.name === resolved.name;
-    const confirming = proof || sameName ? undefined : confirmByUpstream(resolved, digest);
+    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize);
     const fill = (untilStreaming ? running.streaming : running.done).then(
       (size) => ({ size }),
       (err: unknown) => {
@@ -105,8 +108,8 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), Math.max(0, deadline - Date.now()))));
     try {
-      const [outcome, confirmed] = await Promise.all([Promise.race([fill, timeout]), confirming]);
-      const p = proof ?? confirmed?.proof ?? byOwnFill(resolved, digest);
+      const outcome = await Promise.race([fill, timeout]);
+      const p = proof ?? byOwnFill(resolved, digest);
       if (outcome === 'failed') return 'again';
       if (untilStreaming && outcome !== 'timeout') return { streaming: true, size: outcome.size, proof: p };
       // A committed fill for this very name has linked it.
@@ -127,6 +130,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     let free: boolean | undefined;
     let dead: FillLease | undefined; // the lease found expired or stale, when there was one
     let dispatches = 0; // fills this request dispatched (AWS); each one found free again ended without a commit
+    let holder: string | undefined; // the name whose fill holds the lease, when known
     for (let round = 0; round < 50; round++) {
       const running = filler.running(digest);
       if (running) {
@@ -139,6 +143,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         const lease = await stores.leases.getLease(fillLeaseKey(digest));
         free = !isLive(lease, Date.now(), deps.fill);
         dead = lease;
+        holder = free ? undefined : nameOfLeaseOwner(lease?.owner);
         // A fill may have committed and released its lease since the caller's miss: read the blob after the lease
         // (a fill committing later must hold a live lease, so the take below would fail).
         const stored = free ? await stores.blobs.stat(digest) : undefined;
@@ -147,16 +152,22 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       if (free) {
         // Our own fill function ended without a commit: is the blob there at all (404 → BLOB_UNKNOWN now)? One
         // more fill, and after that the fill function's log has the reason, not another upstream download.
-        if (dispatches > 0 && !proof) proof = (await confirmByUpstream(resolved, digest, { skipLink: true })).proof;
+        if (dispatches === 1 && !proof) await ask(resolved, digest);
         if (dispatches >= MAX_DISPATCHES) throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream; retry later', { headers: { 'Retry-After': '10' } });
-        const owner = randomUUID();
+        const owner = newLeaseOwner(resolved.name);
         if (await takeFillLease(stores, digest, owner, deps.fill)) {
+          holder = resolved.name;
           if (dead) log.info('blob fill lease taken over', { event: 'lease-takeover', name: resolved.name, digest, heartbeatAgoMs: Date.now() - dead.heartbeatAt });
           if (!deps.dispatchFill) return nullIfAgain(await join(resolved, digest, filler.start(resolved, digest, owner), deadline, untilStreaming, proof));
           await dispatchWithRetry(deps.dispatchFill, { name: resolved.name, digest, leaseOwner: owner }, stores, log);
           dispatches++;
+        } else {
+          // Taken by someone else meanwhile: for which name?
+          holder = nameOfLeaseOwner((await stores.leases.getLease(fillLeaseKey(digest)))?.owner);
         }
       }
+      // A fill elsewhere for another name (or one whose name is not known): the proof first, as in `join`.
+      if (!proof && holder !== resolved.name) proof = await beforeWaiting(resolved, digest);
       const outcome = await waitForFillElsewhere(stores, digest, deadline, deps.fill, () => filler.running(digest) !== undefined);
       if (outcome.kind === 'committed') return { streaming: false, size: outcome.size, proof };
       if (outcome.kind === 'deadline') return undefined;
@@ -173,7 +184,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     await admitBlob(deps, resolved, digest);
     const stored = await stores.blobs.stat(digest);
     noteCache(stored ? 'hit' : 'miss');
-    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest) } };
+    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest, stored.size) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
     if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
@@ -188,12 +199,13 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { digest, size: stored.size };
-        // A HEAD miss asks the upstream itself (its size answers the HEAD without a fill): that is the proof too.
-        const head = await confirmByUpstream(resolved, digest, { skipLink: true });
-        if (head.size !== undefined) return { digest, size: head.size };
-        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, false, head.proof);
+        // A HEAD miss asks the upstream itself: its size answers the HEAD without a fill (nothing stored is
+        // served, so the upstream's word is enough, unless it names another digest).
+        const claim = await ask(resolved, digest);
+        if (claim.size !== undefined && (claim.digest === undefined || claim.digest === digest)) return { digest, size: claim.size };
+        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, false);
         if (filled === undefined || filled.streaming) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
-        await linkConfirmed(resolved, digest, filled.proof ?? head.proof);
+        await linkConfirmed(resolved, digest, filled.size, { proof: filled.proof, claim });
         return { digest, size: filled.size };
       } catch (err) {
         rememberMiss(resolved, rawDigest, err);
@@ -214,7 +226,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
           return { kind: 'blob', digest, size: filled.size, location: await locationOf(filled.proof), filling: true };
         }
         if (filled !== undefined) {
-          const proof = await linkConfirmed(resolved, digest, filled.proof);
+          const proof = await linkConfirmed(resolved, digest, filled.size, { proof: filled.proof });
           return { kind: 'blob', digest, size: filled.size, location: await locationOf(proof) };
         }
         if (hop < deps.fill.maxHops) {

@@ -22,15 +22,30 @@
  * - **Wait.** A request whose digest is being filled elsewhere reads the lease ({@link waitForFillElsewhere}),
  *   sleeping 0.25 s, then ×1.5 each time, at most 2 s apart. While the lease is live it only reads; once the lease
  *   is gone it reads the blob (committed: done), and only when the lease is gone, expired or stale does it try to
- *   take it. A healthy fill's waiters make about one read per waited second and no failing writes.
+ *   take it. A healthy fill's waiters make about one read per waited second and no failing writes. A lease's owner
+ *   names the repository its fill is for ({@link newLeaseOwner}): a request for another name (or finding an owner
+ *   that names none) gets its own upstream's proof before it waits (blob-confirm.ts), so its wait tells nothing.
  * - **Release.** The filler deletes its lease when its fill ends: committed, failed, or abandoned at its deadline.
  *   The expiry (`leaseSeconds`, pushed forward by each heartbeat) stays the last bound and the DynamoDB TTL.
  */
+import { randomUUID } from 'node:crypto';
 import pRetry from 'p-retry';
 import type { Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { FillLease, Stores } from '../store/ports.js';
 import type { FillJob, FillSettings, Log } from './deps.js';
+
+/**
+ * A new lease owner for a fill started for the cache-side `name`: `<uuid> <name>` (a name never holds a space), so
+ * a request finding the lease held knows whom the fill is for without asking anyone ({@link nameOfLeaseOwner}).
+ */
+export const newLeaseOwner = (name: string) => `${randomUUID()} ${name}`;
+
+/** The name a fill lease's owner was taken for (see {@link newLeaseOwner}); undefined for other owners (GC). */
+export function nameOfLeaseOwner(owner: string | undefined): string | undefined {
+  const at = owner?.indexOf(' ') ?? -1;
+  return at > 0 ? owner!.slice(at + 1) : undefined;
+}
 
 /** Lease key of the fill of `digest`. */
 export const fillLeaseKey = (digest: Digest) => `blob:${digest}`;

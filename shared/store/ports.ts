@@ -128,8 +128,9 @@ export interface ManifestStore {
 }
 
 /**
- * Repository ↔ blob links: the repository's own upstream confirmed the blob (a fill for that repository read it, or
- * a HEAD of it answered 2xx; shared/registry/blob-confirm.ts), so it is served for the repository without asking
+ * Repository ↔ blob links: the repository's own upstream confirmed the blob (a fill for that repository read it, a
+ * HEAD of it named the digest and size, or its GET hashed to the digest; shared/registry/blob-confirm.ts), so it is
+ * served for the repository without asking
  * again. A manifest referencing a blob is no such confirmation (its upstream vouches for the manifest's bytes, not
  * for having the blobs it names: a manifest naming the digest of another rule's private blob must not make that
  * blob servable), so manifests write reference items for the garbage collector, never links. Links are a serving

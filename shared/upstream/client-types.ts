@@ -35,7 +35,11 @@ export interface UpstreamClient {
   headManifest(repository: string, reference: string, opts?: { timeoutMs?: number }): Promise<ManifestHead>;
   /** Throws `UpstreamError('too-large')` for a manifest over `maxBytes` (by `Content-Length` or as it arrives). */
   getManifest(repository: string, reference: string, maxBytes: number): Promise<FetchedManifest>;
-  headBlob(repository: string, digest: Digest): Promise<{ size?: number }>;
+  /**
+   * What the upstream says about a blob without sending it: `Content-Length` (bytes) and `Docker-Content-Digest`
+   * when it sent them; both absent when it redirected elsewhere (a CDN). Throws like every operation.
+   */
+  headBlob(repository: string, digest: Digest): Promise<{ size?: number; digest?: string }>;
   getBlob(repository: string, digest: Digest): Promise<FetchedBlob>;
   /**
    * The upstream's own redirect target for a blob (e.g. a CDN URL that carries its own authorisation), or

@@ -119,7 +119,7 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamC
       }
       if (!ok(res)) return fail(res, 'blob HEAD');
       await discard(res);
-      return { size: sizeOf(res) };
+      return { size: sizeOf(res), digest: res.header('docker-content-digest') ?? undefined };
     },
 
     async getBlob(repository, digest) {

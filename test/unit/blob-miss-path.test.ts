@@ -8,6 +8,10 @@ import type { Digest } from '../../shared/oci/digest.js';
 import { Readable } from 'node:stream';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { newLeaseOwner } from '../../shared/registry/fill-lease.js';
+
+/** The owner of a lease another process took for a fill of `p/app` (its fill links that name). */
+const OTHER_PROCESS = newLeaseOwner('p/app');
 
 let up: FakeUpstream;
 let h: Awaited<ReturnType<typeof createHarness>>;
@@ -79,13 +83,13 @@ describe('blob miss path', () => {
     const layer = Buffer.from('filled elsewhere');
     const img = seedImage(up, 'app', 'v1', [layer]);
     const digest = img.layerDigests[0] as Digest;
-    expect(await h.index.acquireLease(`blob:${digest}`, 'other-process', 60)).toBe(true);
+    expect(await h.index.acquireLease(`blob:${digest}`, OTHER_PROCESS, 60)).toBe(true);
     const pending = h.request('GET', `/v2/p/app/blobs/${digest}`);
     await sleep(300);
     // The other process's fill, for this name, commits and links it, then releases its lease.
     await h.blobs.write(digest, Readable.from([layer]));
     await h.index.link('p/app', digest);
-    await h.index.releaseLease(`blob:${digest}`, 'other-process');
+    await h.index.releaseLease(`blob:${digest}`, OTHER_PROCESS);
     const res = await pending;
     expect(res.status).toBe(307);
     expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);
@@ -97,7 +101,7 @@ describe('blob miss path', () => {
     h = await createHarness([{ prefix: 'p', upstream: up.url }], { blobFill: { waitSeconds: 5 } });
     const layer = Buffer.from('orphaned fill');
     const img = seedImage(up, 'app', 'v1', [layer]);
-    expect(await h.index.acquireLease(`blob:${img.layerDigests[0]}`, 'crashed', 1)).toBe(true);
+    expect(await h.index.acquireLease(`blob:${img.layerDigests[0]}`, newLeaseOwner('p/app'), 1)).toBe(true);
     const res = await h.request('GET', `/v2/p/app/blobs/${img.layerDigests[0]}`);
     expect(res.status).toBe(307);
     expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);

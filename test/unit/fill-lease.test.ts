@@ -14,6 +14,11 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
 import { createHarness, silentLog } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { newLeaseOwner } from '../../shared/registry/fill-lease.js';
+
+/** Owners of leases other processes took for fills of `p/app`. */
+const ALIVE_ELSEWHERE = newLeaseOwner('p/app');
+const FILLER_ELSEWHERE = newLeaseOwner('p/app');
 
 let up: FakeUpstream;
 let h: Awaited<ReturnType<typeof createHarness>>;
@@ -120,11 +125,11 @@ describe('a stale lease', () => {
 
   it('a fresh lease is not taken over: the request waits and hops, no second download', async () => {
     const { digest, key } = await setUp({ blobFill: { waitSeconds: 0.3, maxHops: 3 } });
-    expect(await h.index.acquireLease(key, 'alive-elsewhere', 900)).toBe(true);
+    expect(await h.index.acquireLease(key, ALIVE_ELSEWHERE, 900)).toBe(true);
     const res = await h.request('GET', `/v2/p/app/blobs/${digest}`);
     expect(res.headers.Location).toBe(`/v2/p/app/blobs/${digest}?pt-hop=1`);
     expect(up.count({ kind: 'blob' })).toBe(0);
-    expect((await h.index.getLease(key))?.owner).toBe('alive-elsewhere');
+    expect((await h.index.getLease(key))?.owner).toBe(ALIVE_ELSEWHERE);
   });
 });
 
@@ -191,7 +196,7 @@ describe('a request waiting for a fill held elsewhere', () => {
   it('reads with backoff: under 2 store requests per waited second, no lease writes while the fill is alive', async () => {
     const { layer, digest, key } = await setUp({ blobFill: { waitSeconds: 30 } });
     vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-    expect(await h.index.acquireLease(key, 'filler-elsewhere', 900)).toBe(true);
+    expect(await h.index.acquireLease(key, FILLER_ELSEWHERE, 900)).toBe(true);
     h.storeCalls.length = 0;
     let answered = false;
     const pending = h.request('GET', `/v2/p/app/blobs/${digest}`).finally(() => (answered = true));
@@ -202,14 +207,14 @@ describe('a request waiting for a fill held elsewhere', () => {
     const WAITED_SECONDS = 20;
     for (let s = 0; s < WAITED_SECONDS; s++) {
       await vi.advanceTimersByTimeAsync(1000);
-      expect(await h.index.heartbeatLease(key, 'filler-elsewhere', 900)).toBe(true); // the filler is alive
+      expect(await h.index.heartbeatLease(key, FILLER_ELSEWHERE, 900)).toBe(true); // the filler is alive
     }
     expect(answered).toBe(false);
     const waitingCalls = h.storeCalls.length;
     // The filler (for this name) commits and links, then releases; the waiter notices within its longest sleep (2 s).
     await h.blobs.write(digest, Readable.from([layer]));
     await h.index.link('p/app', digest);
-    await h.index.releaseLease(key, 'filler-elsewhere');
+    await h.index.releaseLease(key, FILLER_ELSEWHERE);
     await vi.advanceTimersByTimeAsync(2000);
     const res = await pending;
     expect(res.status).toBe(307);
