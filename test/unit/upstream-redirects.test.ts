@@ -185,7 +185,7 @@ describe('bounds and realms', () => {
   it('headBlob follows a registry hop, and takes a redirect elsewhere (a CDN) as "exists" without following it', async () => {
     const { front, img } = await setUp();
     const client = createUpstreamClient(rule(front.url, { insecureRedirectHosts: [registry.host], credentialHosts: [registry.host] }));
-    expect(await client.headBlob('team/app', img.layerDigests[0] as never)).toEqual({ size: 'layer behind a vanity host'.length });
+    expect(await client.headBlob('team/app', img.layerDigests[0] as never)).toEqual({ size: 'layer behind a vanity host'.length, digest: img.layerDigests[0] });
     const missing = await client.headBlob('team/app', `sha256:${'0'.repeat(64)}` as never).catch((e: unknown) => e);
     expect((missing as UpstreamError).failure).toBe('not-found');
     expect(registry.requests.filter((r) => r.kind === 'blob').map((r) => r.method)).toEqual(['HEAD', 'HEAD', 'HEAD']); // 401, retry, 404
