@@ -13,14 +13,19 @@ import { createLogger } from '../shared/logger.js';
 import { exposureWarning } from '../shared/auth/setup.js';
 import { getRuntime } from '../shared/runtime.js';
 import { createBlobRoute } from './blob-route.js';
+import { CANNOT_START } from './cli/runtime.js';
 import { startMetricsListener } from './metrics-listener.js';
 import { warmUp } from './warm-up.js';
 import { writeError } from './write-error.js';
 
-/** A start-up problem the operator can fix (bad config, environment, busy port): one line, no stack, exit 1. */
+/**
+ * A start-up problem the operator can fix (bad config, environment, busy port): `pullthrough: cannot start: `
+ * with every problem (shared/config-environment.ts `StartupError`), no stack, exit code 2 like every CLI command
+ * whose runtime cannot start (bin/cli/runtime.ts `CANNOT_START`).
+ */
 function cannotStart(message: string): never {
   process.stderr.write(`pullthrough: cannot start: ${message}\n`);
-  process.exit(1);
+  process.exit(CANNOT_START);
 }
 
 const runtime = await getRuntime().catch((err: unknown) => cannotStart((err as Error).message));

@@ -85,65 +85,103 @@ export interface Environment {
   proxy: { httpProxy?: string; httpsProxy?: string; noProxy?: string };
 }
 
+/**
+ * Settings that cannot start the process: every problem of the environment (one line each) and of the config file
+ * (its own block, config.ts) at once, so a start fails once, not once per fix. A lone environment problem is its
+ * own one-line message; otherwise `invalid environment:` with a `✖` line per variable, then the config's block.
+ */
+export class StartupError extends Error {
+  constructor(
+    readonly environment: string[],
+    readonly config?: string,
+  ) {
+    const lines = environment.length ? [`invalid environment:`, ...environment.map((p) => `✖ ${p}`)] : [];
+    super(environment.length === 1 && !config ? environment[0] : [...lines, ...(config ? [config] : [])].join('\n'));
+    this.name = 'StartupError';
+  }
+}
+
 /** A proxy variable, lower-case form first (curl's rule); `undefined` when unset or empty. */
-function proxyVariable(env: NodeJS.ProcessEnv, name: string): string | undefined {
+function proxyVariable(env: NodeJS.ProcessEnv, name: string, problems: string[]): string | undefined {
   const value = env[name.toLowerCase()] || env[name] || undefined;
   if (value !== undefined && name !== 'NO_PROXY' && !URL.canParse(value.includes('://') ? value : `http://${value}`)) {
-    throw new Error(`${name} must be a proxy URL such as http://proxy.internal:3128`);
+    problems.push(`${name} must be a proxy URL such as http://proxy.internal:3128`);
   }
   return value;
 }
 
-/** A port number variable (0-65535). */
-function portNumber(name: string, text: string): number {
+/** A port number variable (0-65535); a problem noted (and 0 returned) otherwise. */
+function portNumber(name: string, text: string, problems: string[]): number {
   const port = Number(text);
-  if (!/^\d{1,5}$/.test(text) || port > 65535) throw new Error(`${name} must be a port number (0-65535), got ${JSON.stringify(text)}`);
+  if (!/^\d{1,5}$/.test(text) || port > 65535) problems.push(`${name} must be a port number (0-65535), got ${JSON.stringify(text)}`);
   return port;
 }
 
-/** Reads the process environment (the only place that does). */
+/** `PULLTHROUGH_URL_TTL_SECONDS` (default 900), or undefined when it is not 1..604800 (the S3 presigned URL maximum). */
+export function urlTtlSecondsOf(env: NodeJS.ProcessEnv): number | undefined {
+  const ttl = Number(env.PULLTHROUGH_URL_TTL_SECONDS ?? 900);
+  return Number.isInteger(ttl) && ttl >= 1 && ttl <= 7 * 24 * 3600 ? ttl : undefined;
+}
+
+/**
+ * Reads the process environment (the only place that does).
+ * @throws StartupError listing every variable that is wrong, not only the first.
+ */
 export function readEnvironment(env: NodeJS.ProcessEnv = process.env): Environment {
-  const port = portNumber('PULLTHROUGH_PORT', env.PULLTHROUGH_PORT || '5000');
+  const problems: string[] = [];
+  const port = portNumber('PULLTHROUGH_PORT', env.PULLTHROUGH_PORT || '5000', problems);
   const accounting = env.PULLTHROUGH_ACCOUNTING || 'on';
-  if (accounting !== 'on' && accounting !== 'off') throw new Error(`PULLTHROUGH_ACCOUNTING must be on or off, got ${JSON.stringify(accounting)}`);
-  const metricsPort = env.PULLTHROUGH_METRICS_PORT ? portNumber('PULLTHROUGH_METRICS_PORT', env.PULLTHROUGH_METRICS_PORT) : undefined;
+  if (accounting !== 'on' && accounting !== 'off') problems.push(`PULLTHROUGH_ACCOUNTING must be on or off, got ${JSON.stringify(accounting)}`);
+  const metricsPort = env.PULLTHROUGH_METRICS_PORT ? portNumber('PULLTHROUGH_METRICS_PORT', env.PULLTHROUGH_METRICS_PORT, problems) : undefined;
+  const host = env.PULLTHROUGH_HOST || '127.0.0.1';
+  const metricsHost = env.PULLTHROUGH_METRICS_HOST || '127.0.0.1';
+  // One listener cannot take both: the metrics listener has a port of its own (or none). Port 0 picks two free ones.
+  if (metricsPort !== undefined && metricsPort !== 0 && metricsPort === port) {
+    problems.push(`PULLTHROUGH_METRICS_PORT must differ from PULLTHROUGH_PORT (both ${port}): the Prometheus listener needs a port of its own`);
+  }
   const logLevel = (env.PULLTHROUGH_LOG_LEVEL || 'INFO').toUpperCase();
-  if (!LOG_LEVELS.includes(logLevel)) throw new Error(`PULLTHROUGH_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(env.PULLTHROUGH_LOG_LEVEL)}`);
+  if (!LOG_LEVELS.includes(logLevel)) problems.push(`PULLTHROUGH_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(env.PULLTHROUGH_LOG_LEVEL)}`);
   const backend = env.PULLTHROUGH_BACKEND || 'embedded';
-  if (backend !== 'embedded' && backend !== 'aws') throw new Error(`PULLTHROUGH_BACKEND must be embedded or aws, got ${backend}`);
+  if (backend !== 'embedded' && backend !== 'aws') problems.push(`PULLTHROUGH_BACKEND must be embedded or aws, got ${backend}`);
   if (backend === 'aws' && (!env.PULLTHROUGH_TABLE || !env.PULLTHROUGH_BUCKET)) {
-    throw new Error('PULLTHROUGH_BACKEND=aws needs PULLTHROUGH_TABLE and PULLTHROUGH_BUCKET');
+    problems.push('PULLTHROUGH_BACKEND=aws needs PULLTHROUGH_TABLE and PULLTHROUGH_BUCKET');
   }
   if (env.PULLTHROUGH_STS_ENDPOINT && !/^https?:\/\/[^/?#@]+\/?$/.test(env.PULLTHROUGH_STS_ENDPOINT)) {
-    throw new Error('PULLTHROUGH_STS_ENDPOINT must be an origin such as http://127.0.0.1:4566');
+    problems.push('PULLTHROUGH_STS_ENDPOINT must be an origin such as http://127.0.0.1:4566');
   }
-  const urlTtlSeconds = Number(env.PULLTHROUGH_URL_TTL_SECONDS ?? 900);
-  if (!Number.isInteger(urlTtlSeconds) || urlTtlSeconds < 1 || urlTtlSeconds > 7 * 24 * 3600) {
-    throw new Error('PULLTHROUGH_URL_TTL_SECONDS must be 1..604800 (the S3 presigned URL maximum)');
-  }
+  const urlTtlSeconds = urlTtlSecondsOf(env);
+  if (urlTtlSeconds === undefined) problems.push('PULLTHROUGH_URL_TTL_SECONDS must be 1..604800 (the S3 presigned URL maximum)');
   const requireAuth = env.PULLTHROUGH_REQUIRE_AUTH ?? '';
-  if (!['', 'true', 'false'].includes(requireAuth)) throw new Error(`PULLTHROUGH_REQUIRE_AUTH must be true or false, got ${requireAuth}`);
+  if (!['', 'true', 'false'].includes(requireAuth)) problems.push(`PULLTHROUGH_REQUIRE_AUTH must be true or false, got ${requireAuth}`);
+  let tokenKey: TokenKeySource | undefined;
+  try {
+    tokenKey = env.PULLTHROUGH_TOKEN_KEY ? parseTokenKeySource(env.PULLTHROUGH_TOKEN_KEY) : undefined;
+  } catch (err) {
+    problems.push((err as Error).message);
+  }
+  const proxy = { httpProxy: proxyVariable(env, 'HTTP_PROXY', problems), httpsProxy: proxyVariable(env, 'HTTPS_PROXY', problems), noProxy: proxyVariable(env, 'NO_PROXY', problems) };
+  if (problems.length) throw new StartupError(problems);
   return {
     configPath: env.PULLTHROUGH_CONFIG || undefined,
     dataDir: env.PULLTHROUGH_DATA_DIR || './.data',
     port,
-    host: env.PULLTHROUGH_HOST || '127.0.0.1',
+    host,
     metricsPort,
-    metricsHost: env.PULLTHROUGH_METRICS_HOST || '127.0.0.1',
+    metricsHost,
     accounting: accounting === 'on',
     logLevel,
-    backend,
+    backend: backend as Environment['backend'],
     table: env.PULLTHROUGH_TABLE || undefined,
     bucket: env.PULLTHROUGH_BUCKET || undefined,
     s3Endpoint: env.AWS_ENDPOINT_URL_S3 || env.AWS_ENDPOINT_URL || undefined,
-    urlTtlSeconds,
+    urlTtlSeconds: urlTtlSeconds!,
     fillFunction: env.PULLTHROUGH_FILL_FUNCTION || undefined,
     eventBus: env.PULLTHROUGH_EVENT_BUS || undefined,
     requireAuth: requireAuth === 'true',
-    tokenKey: env.PULLTHROUGH_TOKEN_KEY ? parseTokenKeySource(env.PULLTHROUGH_TOKEN_KEY) : undefined,
+    tokenKey,
     inLambda: Boolean(env.AWS_LAMBDA_FUNCTION_NAME),
     stsEndpoint: env.PULLTHROUGH_STS_ENDPOINT || undefined,
     awsRegion: env.AWS_REGION || env.AWS_DEFAULT_REGION || undefined,
-    proxy: { httpProxy: proxyVariable(env, 'HTTP_PROXY'), httpsProxy: proxyVariable(env, 'HTTPS_PROXY'), noProxy: proxyVariable(env, 'NO_PROXY') },
+    proxy,
   };
 }

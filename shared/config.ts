@@ -13,7 +13,9 @@ import { parsePasswordHash } from './auth/passwords.js';
 import { lifecycleSchema, regexSource, ruleLifecycleSchema } from './config-lifecycle.js';
 import { loadPolicyKeys, verifySchema } from './config-verify.js';
 
-export { parseTokenKeySource, readEnvironment, type Environment, type TokenKeySource } from './config-environment.js';
+import { readEnvironment, StartupError, urlTtlSecondsOf, type Environment } from './config-environment.js';
+
+export { parseTokenKeySource, readEnvironment, StartupError, type Environment, type TokenKeySource } from './config-environment.js';
 export { assertServable, LAMBDA_MAX_MANIFEST_BYTES, LAMBDA_RESPONSE_BYTES } from './config-limits.js';
 
 const DAY_SECONDS = 24 * 60 * 60;
@@ -153,11 +155,21 @@ const authSchema = z
   .refine((a) => a.realm === undefined || a.service !== undefined, { message: 'auth.realm needs auth.service (the token audience both sides agree on)' })
   .prefault({});
 
+/** Built-in rules: those of a config without `rules` (or of no config file at all). */
+export const DEFAULT_RULES = [
+  { prefix: 'docker-hub', upstream: 'https://registry-1.docker.io' },
+  { prefix: 'ghcr', upstream: 'https://ghcr.io' },
+  { prefix: 'quay', upstream: 'https://quay.io' },
+  { prefix: 'ecr-public', upstream: 'https://public.ecr.aws' },
+  { prefix: 'k8s', upstream: 'https://registry.k8s.io' },
+];
+
 const configSchema = z
   .object({
     /** Client authentication (issue: docker login to your own cache). */
     auth: authSchema,
-    rules: z.array(ruleSchema).min(1),
+    /** The pull-through cache rules; absent: the built-in {@link DEFAULT_RULES} (e.g. a file that only sets `auth`). */
+    rules: z.array(ruleSchema).min(1).prefault(DEFAULT_RULES),
     /**
      * Prefix of the rule serving names that start with no rule prefix (Docker `registry-mirrors` sends bare
      * Docker Hub names such as `library/nginx`). Unset: such names are `NAME_UNKNOWN`.
@@ -242,8 +254,8 @@ type CrossFieldIssue = { code: 'custom'; message: string; path: PropertyKey[]; i
 function crossFieldIssues(input: unknown, env: NodeJS.ProcessEnv): CrossFieldIssue[] {
   const issues: CrossFieldIssue[] = [];
   const add = (path: PropertyKey[], message: string) => issues.push({ code: 'custom', message, path, input: undefined });
-  const raw = (input ?? {}) as { rules?: unknown; defaultRule?: unknown; auth?: { users?: unknown } };
-  const rules = Array.isArray(raw.rules) ? (raw.rules as Array<Record<string, unknown> | null>) : [];
+  const raw = (input ?? {}) as { rules?: unknown; defaultRule?: unknown; auth?: { users?: unknown }; lifecycle?: { graceSeconds?: unknown } };
+  const rules = Array.isArray(raw.rules) ? (raw.rules as Array<Record<string, unknown> | null>) : raw.rules === undefined ? DEFAULT_RULES : [];
   const prefixes = rules.map((r) => (typeof r?.prefix === 'string' ? r.prefix : undefined));
   const seen = new Set<string>();
   prefixes.forEach((p, i) => {
@@ -266,6 +278,13 @@ function crossFieldIssues(input: unknown, env: NodeJS.ProcessEnv): CrossFieldIss
     const name = r?.accessTokenEnv;
     if (typeof name === 'string' && !env[name]) add(['rules', i, 'accessTokenEnv'], `rule ${String(r?.prefix)}: accessTokenEnv ${name} is not set in the environment`);
   });
+  // The grace period against the signed-URL lifetime (graceSecondsFor's rule), listed with the rest: a URL handed
+  // out just before a blob left the index must not outlive its bytes. A bad TTL is the environment's problem.
+  const grace = raw.lifecycle?.graceSeconds;
+  const urlTtlSeconds = urlTtlSecondsOf(env);
+  if (typeof grace === 'number' && urlTtlSeconds !== undefined && grace < 2 * urlTtlSeconds) {
+    add(['lifecycle', 'graceSeconds'], `graceSeconds (${grace}) must be at least twice PULLTHROUGH_URL_TTL_SECONDS (${urlTtlSeconds}): ${2 * urlTtlSeconds} or more`);
+  }
   return issues;
 }
 
@@ -276,14 +295,6 @@ export type PullThroughCacheRule = z.output<typeof ruleSchema>;
 /** The validated registry configuration. */
 export type RegistryConfig = z.output<typeof configSchema>;
 
-/** Built-in rules used when no config file is given. */
-export const DEFAULT_RULES = [
-  { prefix: 'docker-hub', upstream: 'https://registry-1.docker.io' },
-  { prefix: 'ghcr', upstream: 'https://ghcr.io' },
-  { prefix: 'quay', upstream: 'https://quay.io' },
-  { prefix: 'ecr-public', upstream: 'https://public.ecr.aws' },
-  { prefix: 'k8s', upstream: 'https://registry.k8s.io' },
-];
 
 /**
  * Validates a config object (e.g. parsed YAML). Key files of signature policies are read relative to `baseDir`
@@ -305,8 +316,8 @@ export function parseConfig(input: unknown, env: NodeJS.ProcessEnv = process.env
 }
 
 /** Loads the YAML config file at `path`, or the built-in rules when `path` is undefined. */
-export function loadConfig(path: string | undefined): RegistryConfig {
-  if (!path) return parseConfig({ rules: DEFAULT_RULES });
+export function loadConfig(path: string | undefined, env: NodeJS.ProcessEnv = process.env): RegistryConfig {
+  if (!path) return parseConfig({});
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -319,5 +330,29 @@ export function loadConfig(path: string | undefined): RegistryConfig {
   } catch (err) {
     throw new Error(`the config file ${path} is not valid YAML: ${(err as Error).message}`);
   }
-  return parseConfig(parsed, process.env, dirname(path));
+  return parseConfig(parsed, env, dirname(path));
+}
+
+/**
+ * The environment and the config file it names, read together.
+ * @throws StartupError with every problem of both (a bad port and a bad log level; a typo'd key and a too short
+ *   grace period): one start-up names them all.
+ */
+export function loadSettings(processEnv: NodeJS.ProcessEnv = process.env): { env: Environment; config: RegistryConfig } {
+  let env: Environment | undefined;
+  let envProblems: string[] = [];
+  try {
+    env = readEnvironment(processEnv);
+  } catch (err) {
+    if (!(err instanceof StartupError)) throw err;
+    envProblems = err.environment;
+  }
+  try {
+    const config = loadConfig(processEnv.PULLTHROUGH_CONFIG || undefined, processEnv);
+    if (env) return { env, config };
+    throw new StartupError(envProblems);
+  } catch (err) {
+    if (err instanceof StartupError) throw err;
+    throw new StartupError(envProblems, (err as Error).message);
+  }
 }

@@ -17,7 +17,7 @@ import { S3Client } from '@aws-sdk/client-s3';
 import { EventBridgeClient, PutEventsCommand } from '@aws-sdk/client-eventbridge';
 import { Metrics, MetricUnit } from '@aws-lambda-powertools/metrics';
 import { assertAuthAllowed, buildClientAuth } from './auth/setup.js';
-import { assertServable, loadConfig, readEnvironment, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
+import { assertServable, loadConfig, loadSettings, type Environment, type PullThroughCacheRule, type RegistryConfig } from './config.js';
 import { graceSecondsFor } from './config-lifecycle.js';
 import { createLogger } from './logger.js';
 import type { PrometheusMetrics } from './observe/prometheus.js';
@@ -183,7 +183,10 @@ let current: Promise<Runtime> | undefined;
 
 /** The process-wide runtime, built from the environment on first use. */
 export function getRuntime(): Promise<Runtime> {
-  // A bad environment rejects the promise like a bad config does (entry points print one line, no stack).
-  current ??= Promise.resolve().then(() => buildRuntime(readEnvironment()));
+  // A bad environment or config rejects the promise with every problem of both (entry points print them, no stack).
+  current ??= Promise.resolve().then(() => {
+    const { env, config } = loadSettings();
+    return buildRuntime(env, config);
+  });
   return current;
 }

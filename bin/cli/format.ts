@@ -12,6 +12,11 @@ export function formatBytes(bytes: number): string {
   return i === 0 ? `${v} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
+/** `n` and its noun: `1 tag`, `2 tags`, `0 repositories` (`plural` when it is not `<singular>s`). */
+export function count(n: number, singular: string, plural = `${singular}s`): string {
+  return `${n} ${n === 1 ? singular : plural}`;
+}
+
 /** A time (ms since the epoch) as `YYYY-MM-DD HH:MM` UTC; `-` for none. */
 export function formatTime(ms: number | undefined): string {
   return ms ? new Date(ms).toISOString().slice(0, 16).replace('T', ' ') : '-';

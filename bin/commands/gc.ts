@@ -7,14 +7,16 @@
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import type { GcReport } from '../../shared/registry/lifecycle/index.js';
-import { formatBytes, printJson, table } from '../cli/format.js';
+import { count, formatBytes, printJson, table } from '../cli/format.js';
 import { positiveSeconds, withRuntime } from '../cli/runtime.js';
 
+/** The report in words; a dry run says what it would do, in the conditional throughout. */
 function summary(r: GcReport): string {
+  const [evict, del, remove] = r.dryRun ? ['would evict', 'would delete', 'would remove'] : ['evicted', 'deleted', 'removed'];
   const lines = [
-    `${r.dryRun ? 'would evict' : 'evicted'} ${r.evictedTags} tags, deleted ${r.deletedManifests} manifests and ${r.deletedBlobs} blobs (${formatBytes(r.freedBytes)})${r.dryRun ? ' [dry run]' : ''}`,
-    `removed ${r.removedObjects} storage objects past the grace period; ${formatBytes(r.pendingBytes)} waiting for it`,
-    `${r.dryRun ? 'would remove' : 'removed'} ${r.removedTempFiles} temp files of writes killed mid-way (${formatBytes(r.removedTempBytes)})`,
+    `${evict} ${count(r.evictedTags, 'tag')}, ${del} ${count(r.deletedManifests, 'manifest')} and ${count(r.deletedBlobs, 'blob')} (${formatBytes(r.freedBytes)})${r.dryRun ? ' [dry run]' : ''}`,
+    `${remove} ${count(r.removedObjects, 'storage object')} past the grace period; ${formatBytes(r.pendingBytes)} waiting for it`,
+    `${remove} ${count(r.removedTempFiles, 'temp file')} of writes killed mid-way (${formatBytes(r.removedTempBytes)})`,
     `stored: ${formatBytes(r.storedBytes)}${r.complete ? '' : ' (pass not finished: the next gc resumes it)'}`,
   ];
   const rules = Object.entries(r.rules).map(([rule, u]) => [rule || '(no rule)', formatBytes(u.storedBytes), u.maxBytes === undefined ? '-' : formatBytes(u.maxBytes)]);

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import type { RepositoryListing } from '../../shared/registry/lifecycle/index.js';
-import { formatBytes, formatTime, printJson, table } from '../cli/format.js';
+import { count, formatBytes, formatTime, printJson, table } from '../cli/format.js';
 import { withRuntime } from '../cli/runtime.js';
 
 type Manifest = RepositoryListing['manifests'][number];
@@ -49,7 +49,7 @@ export function register(program: Command): void {
         if (opts.json) return printJson({ repositories, usage: usage ?? null });
         process.stdout.write(table(['REPOSITORY', 'TAG', 'DIGEST', 'MEDIA TYPE', 'STORED', 'LAST PULLED (UTC)', 'SIGNATURE'], repositories.flatMap(rows)));
         const total = repositories.reduce((s, r) => s + r.storedBytes, 0);
-        process.stdout.write(`\n${repositories.length} repositories, ${formatBytes(total)} stored (shared blobs counted per repository)\n`);
+        process.stdout.write(`\n${count(repositories.length, 'repository', 'repositories')}, ${formatBytes(total)} stored (shared blobs counted per repository)\n`);
         if (usage) process.stdout.write(`last gc (${formatTime(usage.at)}): ${formatBytes(usage.storedBytes)} stored in all\n`);
       });
     });

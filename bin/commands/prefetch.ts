@@ -10,6 +10,7 @@ import { readFileSync } from 'node:fs';
 import { MultiBar, Presets, type SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { parseImageRef, prefetchImage, type ImageRef, type PrefetchProgress } from '../../shared/registry/prefetch.js';
+import { count } from '../cli/format.js';
 import { UsageError } from '../cli/program.js';
 import { withRuntime } from '../cli/runtime.js';
 
@@ -52,7 +53,7 @@ function reporter(label: string, bars: MultiBar | undefined): PrefetchProgress &
   return {
     planned(plan) {
       total = plan.bytes;
-      const what = `${plan.platforms.length === 1 && plan.platforms[0] === 'single' ? '1 image' : `${plan.platforms.length} platforms (${plan.platforms.join(', ')})`}, ${plan.blobs} blobs, ${bytes(plan.bytes)}`;
+      const what = `${plan.platforms.length === 1 && plan.platforms[0] === 'single' ? '1 image' : `${count(plan.platforms.length, 'platform')} (${plan.platforms.join(', ')})`}, ${count(plan.blobs, 'blob')}, ${bytes(plan.bytes)}`;
       if (bars) bar = bars.create(Math.max(plan.bytes, 1), 0, { image: label, amount: `0 B/${bytes(plan.bytes)}` });
       else process.stderr.write(`${label}: ${what}\n`);
     },

@@ -5,7 +5,7 @@
  * target matched nothing.
  */
 import type { Command } from 'commander';
-import { formatBytes, printJson } from '../cli/format.js';
+import { count, formatBytes, printJson } from '../cli/format.js';
 import { UsageError } from '../cli/program.js';
 import { withRuntime } from '../cli/runtime.js';
 
@@ -27,8 +27,8 @@ export function register(program: Command): void {
         if (opts.json) printJson(report);
         else {
           process.stdout.write(
-            `purged ${target}: ${report.evictedTags} tags, ${report.deletedManifests} manifests, ${report.deletedBlobs} blobs ` +
-              `(${formatBytes(report.freedBytes)}) from ${report.repositories} repositories\n`,
+            `purged ${target}: ${count(report.evictedTags, 'tag')}, ${count(report.deletedManifests, 'manifest')}, ${count(report.deletedBlobs, 'blob')} ` +
+              `(${formatBytes(report.freedBytes)}) from ${count(report.repositories, 'repository', 'repositories')}\n`,
           );
         }
         if (report.repositories === 0) {

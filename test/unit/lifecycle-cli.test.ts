@@ -11,6 +11,7 @@ import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
+import { formatBytes } from '../../bin/cli/format.js';
 import { openFsBlobStore } from '../../shared/store/fs-blob-store.js';
 import { openSqliteIndex } from '../../shared/store/sqlite-index.js';
 import { trackChild } from '../support/child-processes.js';
@@ -93,11 +94,33 @@ describe('lifecycle subcommands beside the running server', () => {
     for (const key of ['evictedTags', 'deletedManifests', 'deletedBlobs', 'freedBytes', 'storedBytes', 'overBudget']) expect(report).toHaveProperty(key);
     expect(report).toMatchObject({ complete: true, evictedTags: 0, deletedBlobs: 0 });
     expect(report.storedBytes).toBe(app.storedBytes + listing.repositories[1].storedBytes);
-    expect(cli(['gc', '--dry-run'], env).stdout).toContain('[dry run]');
+    // A dry run speaks in the conditional throughout, with each count's own noun.
+    const dry = cli(['gc', '--dry-run'], env);
+    // (The purged image's bytes wait for the grace period.)
+    expect(dry.stdout.split('\n').slice(0, 3)).toEqual([
+      'would evict 0 tags, would delete 0 manifests and 0 blobs (0 B) [dry run]',
+      `would remove 0 storage objects past the grace period; ${formatBytes(report.pendingBytes)} waiting for it`,
+      'would remove 0 temp files of writes killed mid-way (0 B)',
+    ]);
 
     const verify = cli(['verify', '--json'], env);
     expect(verify.status, verify.stderr).toBe(0);
     expect(lastJson(verify.stdout)).toMatchObject({ checkedBlobs: 4, checkedManifests: 2, damagedBlobs: [], damagedManifests: [] });
+
+    // Damage found is a problem (exit 1) also when --repair dropped it; a clean store is 0 again.
+    const layer = img.layerDigests[0] as Digest;
+    await fs.writeFile((await openFsBlobStore(server.dataDir)).pathOf(layer), Buffer.alloc(40_000, 'x'));
+    const found = cli(['verify'], env);
+    expect(found.status).toBe(1);
+    expect(found.stdout).toMatch(new RegExp(`^checked 4 blobs \\([\\d.]+ KiB\\) and 2 manifests\ndamaged blob ${layer}\n$`));
+    const repaired = cli(['verify', '--repair'], env);
+    expect([repaired.status, repaired.stdout.split('\n')[1]]).toEqual([1, `damaged blob ${layer} (dropped)`]);
+    expect(cli(['verify'], env).status).toBe(0);
+
+    // Counts take their noun's number.
+    const purgedKeep = cli(['purge', 'local/keep:v1'], env);
+    expect(purgedKeep.stdout).toMatch(/^purged local\/keep:v1: 1 tag, 1 manifest, 2 blobs \([\d.]+ KiB\) from 1 repository\n$/);
+    expect(cli(['ls'], env).stdout).toMatch(/\n1 repository, [\d.]+ (B|KiB) stored/);
   }, 120_000);
 });
 

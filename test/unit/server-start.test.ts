@@ -1,8 +1,9 @@
 /**
  * The first minutes of a new user: `npm start` (node --import tsx bin/server.ts, as a child process) with a bad
  * environment, a busy port, a config with several problems, or no SQLite native binding stops with one line
- * `pullthrough: cannot start: …` that says what to do, exit code 1 and no stack trace; listening beyond loopback
- * without client auth logs a warning first.
+ * `pullthrough: cannot start: …` that says what to do (every problem of the environment and the config at once),
+ * exit code 2 (README: a config that cannot start; `pullthrough serve` the same) and no stack trace; listening
+ * beyond loopback without client auth logs a warning first.
  */
 import { createServer, type Server } from 'node:net';
 import { writeFileSync } from 'node:fs';
@@ -16,10 +17,13 @@ import { scratchDir } from '../support/scratch.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 
-/** Runs the server with `env` (and `nodeArgs` before the entry point); it is expected to stop by itself. */
-async function start(env: Record<string, string>, nodeArgs: string[] = []) {
+/**
+ * Runs the server with `env` (and `nodeArgs` before the entry point; `entry`: the CLI's `serve` instead of
+ * bin/server.ts); it is expected to stop by itself.
+ */
+async function start(env: Record<string, string>, nodeArgs: string[] = [], entry = ['bin/server.ts']) {
   const dir = scratchDir('start-');
-  const r = await runCommand(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, 'bin/server.ts')], {
+  const r = await runCommand(process.execPath, [...nodeArgs, '--import', 'tsx', join(ROOT, entry[0]), ...entry.slice(1)], {
     env: { PATH: process.env.PATH, HOME: process.env.HOME, PULLTHROUGH_DATA_DIR: join(dir, 'data'), ...env },
     timeoutMs: 60_000,
   });
@@ -28,7 +32,7 @@ async function start(env: Record<string, string>, nodeArgs: string[] = []) {
 
 /** The one `cannot start` line, and no stack trace anywhere. */
 function expectCannotStart(r: Awaited<ReturnType<typeof start>>, message: RegExp) {
-  expect(r.code, r.stderr).toBe(1);
+  expect(r.code, r.stderr).toBe(2);
   expect(r.lines.filter((l) => l.startsWith('pullthrough: cannot start: '))).toHaveLength(1);
   expect(r.stderr).toMatch(message);
   expect(r.stderr + r.stdout).not.toMatch(/^\s+at /m);
@@ -50,6 +54,39 @@ describe('npm start refuses a bad start with one line', () => {
   it('PULLTHROUGH_LOG_LEVEL=LOUD (lower-case levels are fine)', async () => {
     const r = await start({ PULLTHROUGH_LOG_LEVEL: 'LOUD', PULLTHROUGH_PORT: '0' });
     expectCannotStart(r, /PULLTHROUGH_LOG_LEVEL must be one of DEBUG, INFO, WARN, ERROR, SILENT, got "LOUD"/);
+    expect(r.lines).toHaveLength(1);
+  });
+
+  it('a bad port and a bad log level: both listed', async () => {
+    const r = await start({ PULLTHROUGH_PORT: 'abc', PULLTHROUGH_LOG_LEVEL: 'loud' });
+    expectCannotStart(r, /PULLTHROUGH_PORT must be a port number \(0-65535\), got "abc"\n✖ PULLTHROUGH_LOG_LEVEL must be one of DEBUG, INFO, WARN, ERROR, SILENT, got "loud"/);
+    expect(r.lines).toEqual([
+      'pullthrough: cannot start: invalid environment:',
+      '✖ PULLTHROUGH_PORT must be a port number (0-65535), got "abc"',
+      '✖ PULLTHROUGH_LOG_LEVEL must be one of DEBUG, INFO, WARN, ERROR, SILENT, got "loud"',
+    ]);
+  });
+
+  it('a typo\'d key, a grace period shorter than twice the URL lifetime and a bad environment: all listed, by serve too', async () => {
+    const configPath = join(scratchDir('config-'), 'config.yml');
+    writeFileSync(configPath, stringify({ rulez: [], lifecycle: { graceSeconds: 100 } }));
+    for (const entry of [['bin/server.ts'], ['bin/pullthrough.ts', 'serve']]) {
+      const r = await start({ PULLTHROUGH_CONFIG: configPath, PULLTHROUGH_PORT: '0', PULLTHROUGH_METRICS_PORT: 'm' }, [], entry);
+      expectCannotStart(r, /invalid pullthrough config/);
+      expect(r.lines).toEqual([
+        'pullthrough: cannot start: invalid environment:',
+        '✖ PULLTHROUGH_METRICS_PORT must be a port number (0-65535), got "m"',
+        'invalid pullthrough config:',
+        '✖ Unrecognized key: "rulez"',
+        '✖ graceSeconds (100) must be at least twice PULLTHROUGH_URL_TTL_SECONDS (900): 1800 or more',
+        '  → at lifecycle.graceSeconds',
+      ]);
+    }
+  });
+
+  it('the metrics port equal to the server port: says they must differ', async () => {
+    const r = await start({ PULLTHROUGH_PORT: '5999', PULLTHROUGH_METRICS_PORT: '5999' });
+    expectCannotStart(r, /PULLTHROUGH_METRICS_PORT must differ from PULLTHROUGH_PORT \(both 5999\)/);
     expect(r.lines).toHaveLength(1);
   });
 
