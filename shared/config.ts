@@ -73,6 +73,16 @@ const ruleSchema = z
      */
     missFallback: z.enum(['unavailable', 'upstream-redirect']).default('unavailable'),
     /**
+     * What a blob GET that misses gets first. `wait` (default): the fill starts and the request waits for it (the
+     * bytes stream while they arrive locally; on AWS the blob is served once in S3, with hops and then
+     * `missFallback` for long fills). `redirect`: the fill starts in the background and the client is answered at
+     * once with a 307 to the upstream's own blob URL when the upstream hands out one that needs no credentials (a
+     * CDN or presigned URL on another host), so it downloads straight from the upstream's CDN while the cache fills;
+     * when the upstream gives no such URL, as `wait`. Clients without a route to the upstream (private subnets, a
+     * VPC endpoint only) need `wait`.
+     */
+    missMode: z.enum(['wait', 'redirect']).default('wait'),
+    /**
      * Tags matching this regular expression are never re-checked once cached (e.g. release tags
      * `^v?\\d+\\.\\d+\\.\\d+$`): neither on pull nor by the scheduled refresh.
      */

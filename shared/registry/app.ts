@@ -149,7 +149,10 @@ export function createRegistry(
       }
       case 'manifest': {
         const m = await manifests.get(cacheName(route.name, req), route.reference);
-        if (req.method !== 'HEAD') scope.servedBytes = m.size;
+        if (req.method !== 'HEAD') {
+          scope.servedBytes = m.size;
+          blobs.noteManifest(m); // a pull: its blobs come next
+        }
         return {
           status: 200,
           headers: {

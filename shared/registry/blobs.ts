@@ -15,7 +15,14 @@
  * counter (`?pt-hop=N`, the URL built by the app), so the client comes back and waits again. Past
  * `fill.maxHops`, the rule's `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream
  * download in total. The lease protocol (take, heartbeat, stale takeover, waiting with backoff) is in
- * fill-lease.ts; fills running in this process (deadline, storage exhaustion) in blob-fill.ts.
+ * fill-lease.ts; waiting for a fill in blob-wait.ts; fills running in this process (deadline, storage exhaustion)
+ * in blob-fill.ts.
+ *
+ * `missMode: redirect` (per rule): a GET miss asks the upstream for its own credential-free URL of the blob (a CDN
+ * redirect, `UpstreamClient.blobRedirect`); when there is one, the fill starts in the background and the client
+ * gets a 307 to that URL at once (no proof needed: the client fetches from the name's own upstream). Without one,
+ * the miss waits as above. A layer GET that misses also starts fills of the next layers of the image manifest the
+ * name just served (pull-hints.ts), so a client fetching layers one after another finds them arriving.
  *
  * Stream while filling (embedded backend, fill in this process, `stores.blobs.streamsWhileFilling`): a blob GET
  * does not wait for the commit. Its answer (307 to the store's location) goes out as soon as the upstream
@@ -28,13 +35,15 @@
 import { assertDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import { noteCache } from '../observe/request-scope.js';
-import type { BlobLocation, FillLease } from '../store/ports.js';
+import type { BlobLocation, ManifestRecord } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import { createConfirmations, type Confirmed } from './blob-confirm.js';
-import { createFiller, type RunningFill } from './blob-fill.js';
+import { createFiller } from './blob-fill.js';
+import { createFillWaiter } from './blob-wait.js';
 import type { RegistryDeps } from './deps.js';
-import { dispatchWithRetry, fillLeaseKey, isLive, nameOfLeaseOwner, newLeaseOwner, takeFillLease, waitForFillElsewhere } from './fill-lease.js';
+import { fillLeaseKey } from './fill-lease.js';
 import { createNegativeCache } from './negative-cache.js';
+import { createPullHints } from './pull-hints.js';
 import type { ResolvedName } from './rules.js';
 import { admitBlob } from './signature-check.js';
 
@@ -66,13 +75,9 @@ export interface BlobService {
    * run because its lease had been taken over before it started (see fill-lease.ts, "Stale").
    */
   fill(name: string, digest: string, leaseOwner?: string): Promise<number | undefined>;
+  /** A client GOT this manifest: a miss of one of its blobs starts fills of the others (pull-hints.ts). */
+  noteManifest(record: ManifestRecord): void;
 }
-
-/** Fills (AWS fill function) one request dispatches at most: the first and one more after it failed. */
-const MAX_DISPATCHES = 2;
-
-/** What waiting for a fill gave: streaming (a fill here started writing) or committed. Bytes. */
-type Filled = { streaming: true; size?: number; proof: Confirmed } | { streaming: false; size: number; proof?: Confirmed };
 
 /** Creates the blob service. */
 export function createBlobService(deps: RegistryDeps): BlobService {
@@ -87,103 +92,41 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   };
   const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.has(`${resolved.name}\n${digest}`);
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
-  const { ask, beforeWaiting, linkConfirmed, byOwnFill, locationOf } = createConfirmations(deps);
+  const confirmations = createConfirmations(deps);
+  const { ask, linkConfirmed, locationOf } = confirmations;
+  const { awaitFill, startFill } = createFillWaiter(deps, filler, confirmations);
+  const hints = createPullHints(() => deps.now());
 
-  /**
-   * Waits for a fill running in this process until it streams (`untilStreaming`) or commits, or `deadline`.
-   * A fill for another name proves nothing for this one: the proof comes first (blob-confirm.ts, against the size
-   * that fill announced), and when that fill fails this request goes on (`again`) instead of inheriting another
-   * upstream's verdict.
-   */
-  async function join(resolved: ResolvedName, digest: Digest, running: RunningFill, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | 'again' | undefined> {
-    const sameName = running.name === resolved.name;
-    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize);
-    const fill = (untilStreaming ? running.streaming : running.done).then(
-      (size) => ({ size }),
-      (err: unknown) => {
-        if (sameName) throw err;
-        return 'failed' as const;
-      },
-    );
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), Math.max(0, deadline - Date.now()))));
-    try {
-      const outcome = await Promise.race([fill, timeout]);
-      const p = proof ?? byOwnFill(resolved, digest);
-      if (outcome === 'failed') return 'again';
-      if (untilStreaming && outcome !== 'timeout') return { streaming: true, size: outcome.size, proof: p };
-      // A committed fill for this very name has linked it.
-      if (outcome !== 'timeout') return { streaming: false, size: outcome.size as number, proof: sameName && !proof ? byOwnFill(resolved, digest, true) : p };
-      const stored = await stores.blobs.stat(digest);
-      return stored ? { streaming: false, size: stored.size, proof: p } : undefined;
-    } finally {
-      clearTimeout(timer);
-    }
+  /** Starts fills of the blobs the client will ask for next (pull-hints.ts); failures are logged, never thrown. */
+  async function fillAhead(resolved: ResolvedName, digest: Digest): Promise<void> {
+    const ahead = hints.ahead(resolved.name, digest);
+    const started = await Promise.allSettled(ahead.map((d) => startFill(resolved, d)));
+    started.forEach((r, i) => {
+      if (r.status === 'fulfilled' && r.value === 'started') hints.startedAhead(resolved.name, ahead[i]);
+      if (r.status === 'rejected') log.warn('fill ahead could not start', { name: resolved.name, digest: ahead[i], reason: (r.reason as Error).message });
+    });
   }
 
   /**
-   * Waits until the blob is stored (or, `untilStreaming`, a fill here started writing) or `deadline` (wall-clock
-   * ms) passes, taking the lease and starting a fill when nobody holds a live one (fill-lease.ts). Undefined at
-   * the deadline. `proof`: this name's upstream confirmed the digest already (HEAD).
+   * `missMode: redirect`: the upstream's own credential-free URL of the blob (a CDN), with a fill of it started in
+   * the background; undefined when the upstream serves the blob itself (then the request waits, as `wait`).
    */
-  async function awaitFill(resolved: ResolvedName, digest: Digest, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | undefined> {
-    let free: boolean | undefined;
-    let dead: FillLease | undefined; // the lease found expired or stale, when there was one
-    let dispatches = 0; // fills this request dispatched (AWS); each one found free again ended without a commit
-    let holder: string | undefined; // the name whose fill holds the lease, when known
-    for (let round = 0; round < 50; round++) {
-      const running = filler.running(digest);
-      if (running) {
-        const joined = await join(resolved, digest, running, deadline, untilStreaming, proof);
-        if (joined !== 'again') return joined;
-        free = undefined;
-        continue;
-      }
-      if (free === undefined) {
-        const lease = await stores.leases.getLease(fillLeaseKey(digest));
-        free = !isLive(lease, Date.now(), deps.fill);
-        dead = lease;
-        holder = free ? undefined : nameOfLeaseOwner(lease?.owner);
-        // A fill may have committed and released its lease since the caller's miss: read the blob after the lease
-        // (a fill committing later must hold a live lease, so the take below would fail).
-        const stored = free ? await stores.blobs.stat(digest) : undefined;
-        if (stored) return { streaming: false, size: stored.size, proof };
-      }
-      if (free) {
-        // Our own fill function ended without a commit: is the blob there at all (404 → BLOB_UNKNOWN now)? One
-        // more fill, and after that the fill function's log has the reason, not another upstream download.
-        if (dispatches === 1 && !proof) await ask(resolved, digest);
-        if (dispatches >= MAX_DISPATCHES) throw new RegistryError('UNAVAILABLE', 'the blob could not be fetched from the upstream; retry later', { headers: { 'Retry-After': '10' } });
-        const owner = newLeaseOwner(resolved.name);
-        if (await takeFillLease(stores, digest, owner, deps.fill)) {
-          holder = resolved.name;
-          if (dead) log.info('blob fill lease taken over', { event: 'lease-takeover', name: resolved.name, digest, heartbeatAgoMs: Date.now() - dead.heartbeatAt });
-          if (!deps.dispatchFill) return nullIfAgain(await join(resolved, digest, filler.start(resolved, digest, owner), deadline, untilStreaming, proof));
-          await dispatchWithRetry(deps.dispatchFill, { name: resolved.name, digest, leaseOwner: owner }, stores, log);
-          dispatches++;
-        } else {
-          // Taken by someone else meanwhile: for which name?
-          holder = nameOfLeaseOwner((await stores.leases.getLease(fillLeaseKey(digest)))?.owner);
-        }
-      }
-      // A fill elsewhere for another name (or one whose name is not known): the proof first, as in `join`.
-      if (!proof && holder !== resolved.name) proof = await beforeWaiting(resolved, digest);
-      const outcome = await waitForFillElsewhere(stores, digest, deadline, deps.fill, () => filler.running(digest) !== undefined);
-      if (outcome.kind === 'committed') return { streaming: false, size: outcome.size, proof };
-      if (outcome.kind === 'deadline') return undefined;
-      free = true;
-      dead = outcome.dead;
-    }
-    return undefined;
+  async function redirectMiss(resolved: ResolvedName, digest: Digest): Promise<string | undefined> {
+    const target = await deps.upstreamFor(resolved.rule).blobRedirect(resolved.upstreamRepository, digest);
+    if (!target) return undefined;
+    const fill = await startFill(resolved, digest).catch((err: unknown) => `not started: ${(err as Error).message}`);
+    log.info('blob miss answered with the upstream\'s redirect', { event: 'miss-redirect', name: resolved.name, digest, fill });
+    return target;
   }
-  const nullIfAgain = (joined: Filled | 'again' | undefined) => (joined === 'again' ? undefined : joined);
+
 
   async function prepare(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
     await admitBlob(deps, resolved, digest);
     const stored = await stores.blobs.stat(digest);
-    noteCache(stored ? 'hit' : 'miss');
+    // A layer this pull had filled ahead is still the pull's miss (the hit ratio counts what came from upstream).
+    noteCache(stored && !hints.takeStartedAhead(resolved.name, digest) ? 'hit' : 'miss');
     if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest, stored.size) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
@@ -220,7 +163,12 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { kind: 'blob', digest, size: stored.size, location: await locationOf(stored.proof) };
-        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere());
+        const ahead = fillAhead(resolved, digest); // runs while this request waits; awaited before answering
+        if (resolved.rule.missMode === 'redirect') {
+          const target = await redirectMiss(resolved, digest).finally(() => ahead);
+          if (target) return { kind: 'upstream', digest, location: target };
+        }
+        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere()).finally(() => ahead);
         if (filled?.streaming) {
           // Served while the fill runs; the fill links the blob to its name when it commits.
           return { kind: 'blob', digest, size: filled.size, location: await locationOf(filled.proof), filling: true };
@@ -262,5 +210,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         if (leaseOwner) await stores.leases.releaseLease(key, leaseOwner).catch(() => undefined);
       }
     },
+
+    noteManifest: (record) => hints.noteManifest(record),
   };
 }

@@ -10,7 +10,7 @@ import { startCountingProxy, type CountingProxy } from '../support/counting-prox
 import { startDynamoDbLocal, type DynamoDbLocal } from '../support/dynamodb-local.js';
 import { pushMultiArchImage, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
-import { createBucket, s3ClientFor, startS3rver, S3RVER_CREDENTIALS, type S3rverInstance } from '../support/s3rver.js';
+import { awsBackendEnv, createBucket, s3ClientFor, startS3rver, S3RVER_CREDENTIALS, type S3rverInstance } from '../support/s3rver.js';
 import { pullImage, sha256 } from '../support/pull.js';
 import { imageRef } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
@@ -41,20 +41,7 @@ beforeAll(async () => {
   proxy = await startCountingProxy(upstream.url);
   cache = await startLocalServer(
     { rules: [{ prefix: 'local', upstream: proxy.url }] },
-    {
-      env: {
-        PULLTHROUGH_BACKEND: 'aws',
-        PULLTHROUGH_TABLE: TABLE,
-        PULLTHROUGH_BUCKET: BUCKET,
-        AWS_ENDPOINT_URL_S3: s3.endpoint,
-        AWS_ENDPOINT_URL_DYNAMODB: dynamo.endpoint,
-        AWS_REGION: 'us-east-1',
-        AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId,
-        AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
-        AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED',
-        AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
-      },
-    },
+    { env: awsBackendEnv({ dynamodb: dynamo.endpoint, s3: s3.endpoint, table: TABLE, bucket: BUCKET }) },
   );
 }, 120_000);
 

@@ -119,3 +119,17 @@ export function s3ClientFor(endpoint: string): S3Client {
 export async function createBucket(client: S3Client, name: string): Promise<void> {
   await client.send(new CreateBucketCommand({ Bucket: name }));
 }
+
+/**
+ * The environment of a pullthrough process on the AWS backend over local stand-ins: DynamoDB at `dynamodb` (DynamoDB
+ * Local, or a proxy in front of it) and S3 at `s3` (s3rver: its credentials, checksums only when required), table
+ * `table`, bucket `bucket` (default: the table's name).
+ */
+export function awsBackendEnv(opts: { dynamodb: string; s3: string; table: string; bucket?: string }): Record<string, string> {
+  return {
+    PULLTHROUGH_BACKEND: 'aws', PULLTHROUGH_TABLE: opts.table, PULLTHROUGH_BUCKET: opts.bucket ?? opts.table,
+    AWS_ENDPOINT_URL_S3: opts.s3, AWS_ENDPOINT_URL_DYNAMODB: opts.dynamodb, AWS_REGION: 'us-east-1',
+    AWS_ACCESS_KEY_ID: S3RVER_CREDENTIALS.accessKeyId, AWS_SECRET_ACCESS_KEY: S3RVER_CREDENTIALS.secretAccessKey,
+    AWS_REQUEST_CHECKSUM_CALCULATION: 'WHEN_REQUIRED', AWS_RESPONSE_CHECKSUM_VALIDATION: 'WHEN_REQUIRED',
+  };
+}

@@ -1,0 +1,103 @@
+/**
+ * What a blob miss answers besides waiting: `missMode: redirect` (a 307 to the upstream's own CDN URL at once, the
+ * fill in the background; `wait` when the upstream serves blobs itself), and the layers of the image being pulled
+ * filled ahead of the client's requests (shared/registry/pull-hints.ts). The fake upstream stands in for a
+ * registry whose blob GETs redirect to a CDN (its `redirectBlobs` switch) and for a slow one (`slowBody`), which
+ * the real registry cannot be made to be on demand.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Digest } from '../../shared/oci/digest.js';
+import { createHarness } from '../support/harness.js';
+import { eventually } from '../support/eventually.js';
+import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+
+let up: FakeUpstream;
+let h: Awaited<ReturnType<typeof createHarness>>;
+afterEach(async () => {
+  await up?.close();
+  await new Promise((r) => setTimeout(r, 50)); // background fills cut off by the close settle first
+  h?.close();
+});
+
+const layers = () => [1, 2, 3, 4].map((i) => Buffer.alloc(96 * 1024 + i, `layer ${i} `));
+const blobGets = () => up.requests.filter((r) => r.method === 'GET' && r.kind === 'blob').map((r) => r.path.split('/').pop());
+
+describe('missMode: redirect', () => {
+  for (const dispatch of [false, true]) {
+    it(`${dispatch ? 'fill function (AWS)' : 'fill in this process'}: the first GET gets the upstream's CDN URL, the fill stores the blob, the next GET is a hit`, async () => {
+      up = await startFakeUpstream({ redirectBlobs: true });
+      h = await createHarness(
+        [{ prefix: 'p', upstream: up.url, missMode: 'redirect', insecureRedirectHosts: [up.cdnHost!] }],
+        dispatch ? { dispatchFill: { delayMs: 0 } } : {},
+      );
+      const img = seedImage(up, 'app', 'v1', [Buffer.from('bytes from the CDN')]);
+      const digest = img.layerDigests[0] as Digest;
+      const first = await h.request('GET', `/v2/p/app/blobs/${digest}`);
+      expect(first.status).toBe(307);
+      expect(first.headers.Location).toBe(`http://${up.cdnHost}/cdn/${digest}`);
+      await eventually(async () => (await h.blobs.stat(digest)) !== undefined);
+      expect(h.fillJobs.map((j) => j.digest)).toEqual(dispatch ? [digest] : []);
+      up.reset();
+      const next = await h.request('GET', `/v2/p/app/blobs/${digest}`);
+      expect(next.status).toBe(307);
+      expect(next.headers.Location).toMatch(/^\/_blobs\/sha256\//);
+      expect(h.readLocation(next.headers.Location).toString()).toBe('bytes from the CDN');
+      expect(up.count()).toBe(0);
+    });
+  }
+
+  it('an upstream that serves blobs itself (no CDN URL): the request waits as in missMode wait, and is served the stored blob', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url, missMode: 'redirect' }]);
+    const img = seedImage(up, 'app', 'v1', [Buffer.from('served by the upstream itself')]);
+    const res = await h.request('GET', `/v2/p/app/blobs/${img.layerDigests[0]}`);
+    expect(res.status).toBe(307);
+    expect(res.headers.Location).toMatch(/^\/_blobs\/sha256\//);
+    expect(h.readLocation(res.headers.Location).toString()).toBe('served by the upstream itself');
+  });
+
+  it('a blob the upstream does not have: 404 BLOB_UNKNOWN, no fill', async () => {
+    up = await startFakeUpstream({ redirectBlobs: true });
+    h = await createHarness([{ prefix: 'p', upstream: up.url, missMode: 'redirect', insecureRedirectHosts: [up.cdnHost!] }]);
+    seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    const res = await h.request('GET', `/v2/p/app/blobs/sha256:${'0'.repeat(64)}`);
+    expect(res.status).toBe(404);
+    expect(h.jsonOf(res).errors[0].code).toBe('BLOB_UNKNOWN');
+    expect(h.storeCalls.filter((c) => c.method === 'acquireLease')).toEqual([]);
+  });
+});
+
+describe('the layers of an image being pulled are filled ahead', () => {
+  it('a layer miss starts the next layers\' fills; the client\'s later GETs join them (one upstream GET per layer)', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    const img = seedImage(up, 'app', 'v1', layers());
+    const [l1, l2, l3, l4] = img.layerDigests;
+    expect((await h.request('GET', '/v2/p/app/manifests/v1')).status).toBe(200);
+    expect((await h.request('GET', `/v2/p/app/blobs/${img.configDigest}`)).status).toBe(307);
+    expect(blobGets()).toEqual([img.configDigest]); // the config blob (what `skopeo inspect` reads) fills nothing more
+    up.faults.slowBody = { chunkBytes: 16 * 1024, pauseMs: 20 };
+    expect((await h.request('GET', `/v2/p/app/blobs/${l1}`)).status).toBe(307);
+    expect(new Set(blobGets())).toEqual(new Set([img.configDigest, l1, l2, l3, l4]));
+    for (const [i, d] of [l2, l3, l4].entries()) {
+      const res = await h.request('GET', `/v2/p/app/blobs/${d}`);
+      expect(res.status).toBe(307);
+      await eventually(async () => (await h.blobs.stat(d as Digest)) !== undefined);
+      expect(h.readLocation(res.headers.Location).equals(layers()[i + 1])).toBe(true);
+    }
+    expect(blobGets().length).toBe(5);
+  });
+
+  it('a manifest GET alone fills nothing; another name\'s layer miss fills nothing of this name\'s image', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    const img = seedImage(up, 'app', 'v1', layers());
+    seedImage(up, 'other', 'v1', layers());
+    expect((await h.request('GET', '/v2/p/app/manifests/v1')).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(blobGets()).toEqual([]);
+    expect((await h.request('GET', `/v2/p/other/blobs/${img.layerDigests[0]}`)).status).toBe(307);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(blobGets()).toEqual([img.layerDigests[0]]);
+  });
+});
