@@ -185,6 +185,7 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
           opening.then((fh) => writeAll(fh, bufs, start)).then(
             (n) => {
               entry.bytesWritten += n;
+              entry.events.emit('written', start, bufs); // readers that caught up take them from memory
               entry.events.emit('change');
               cb();
             },

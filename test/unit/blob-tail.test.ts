@@ -5,11 +5,11 @@
  * wrong. The source here is a PassThrough the test writes into: the real upstream cannot be paused at N bytes.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, promises as fsPromises, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, type Readable } from 'node:stream';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { sha256Digest } from '../../shared/oci/digest.js';
 import { openFsBlobStore, type FsBlobStore } from '../../shared/store/fs-blob-store.js';
 import { eventually } from '../support/eventually.js';
@@ -83,5 +83,76 @@ describe('a reader of a known-size blob still being written', () => {
     expect(got.error).toBeDefined();
     expect(got.length).toBe(N - 1);
     expect(await store.stat(sha256Digest(bytes))).toBeUndefined();
+  });
+});
+
+describe('a reader that caught up with the writer', () => {
+  /** Counts reads through file handles opened for reading (the tail reader's), from now until `restore`. */
+  function countFileReads() {
+    let reads = 0;
+    let opened = 0;
+    const open = fsPromises.open.bind(fsPromises);
+    const spy = vi.spyOn(fsPromises, 'open').mockImplementation(async (...args: Parameters<typeof fsPromises.open>) => {
+      const fh = await open(...args);
+      if (args[1] === 'r') {
+        opened++;
+        const read = fh.read.bind(fh) as (...a: unknown[]) => unknown;
+        (fh as unknown as { read: unknown }).read = (...a: unknown[]) => {
+          reads++;
+          return read(...a);
+        };
+      }
+      return fh;
+    });
+    return { reads: () => reads, opened: () => opened, restore: () => spy.mockRestore() };
+  }
+
+  it('takes the bytes from memory as they are written: no file read (but the held-back last byte)', async () => {
+    const counter = countFileReads();
+    try {
+      for (const announced of [N, undefined]) {
+        const bytes = randomBytes(N);
+        const source = new PassThrough();
+        const before = counter.reads();
+        const writing = store.write(sha256Digest(bytes), source, announced);
+        const opens = counter.opened();
+        const got = collect(store.openInProgress(sha256Digest(bytes))!.read({ idleMs: 10_000 }));
+        await eventually(() => counter.opened() > opens); // the reader is open and waiting before the first byte
+        await new Promise((r) => setImmediate(r));
+        for (let off = 0; off < N; off += 64 * 1024) {
+          source.write(bytes.subarray(off, off + 64 * 1024));
+          await eventually(() => got.length >= Math.min(N, off + 64 * 1024) - 1);
+        }
+        source.end();
+        await writing;
+        await eventually(() => got.ended);
+        expect(Buffer.concat(got.chunks).equals(bytes)).toBe(true);
+        // A known size holds its last byte back until verification: that one byte comes from the file.
+        expect(counter.reads() - before).toBe(announced === undefined ? 0 : 1);
+      }
+    } finally {
+      counter.restore();
+    }
+  });
+
+  it('a reader whose consumer is behind reads the bytes it missed from the file', async () => {
+    const counter = countFileReads();
+    try {
+      const size = 3 * 1024 * 1024;
+      const bytes = randomBytes(size);
+      const source = new PassThrough();
+      const writing = store.write(sha256Digest(bytes), source, size);
+      const reader = store.openInProgress(sha256Digest(bytes))!.read({ idleMs: 10_000 });
+      reader.pause(); // nobody reads: its buffer fills (1 MiB) and the rest stays in the file
+      source.end(bytes);
+      await writing;
+      const got = collect(reader);
+      reader.resume();
+      await eventually(() => got.ended);
+      expect(Buffer.concat(got.chunks).equals(bytes)).toBe(true);
+      expect(counter.reads()).toBeGreaterThan(0);
+    } finally {
+      counter.restore();
+    }
   });
 });
