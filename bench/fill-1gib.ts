@@ -4,7 +4,9 @@
  * bounded by the part size, not the blob size. Target: peak RSS < 300 MB.
  *
  *  - filesystem: `openFsBlobStore` into a temp directory (first, so the S3 phase's buffers don't inflate it).
- *  - S3:         `createS3BlobStore` (default 8 MiB parts, queue 2) into s3rver on loopback. s3rver runs in its
+ *  - S3:         `createS3BlobStore` into s3rver on loopback, twice in the same run: with the defaults (parts sized
+ *                for the blob: 5 MiB for 1 GiB, 4 uploading at once) and with the settings before them (fixed
+ *                8 MiB parts, 2 at once), so the fill MB/s compare on the same machine state. s3rver runs in its
  *                own process, so its memory is NOT in the peak; its RSS is sampled from /proc and shown apart.
  *
  * The blob is a deterministic pseudo-random stream (AES-256-CTR keystream, fixed key) generated on the fly
@@ -20,7 +22,7 @@ import { pipeline } from 'node:stream/promises';
 import type { Digest } from '../shared/oci/digest.js';
 import { openFsBlobStore } from '../shared/store/fs-blob-store.js';
 import type { BlobRecords, BlobStore } from '../shared/store/ports.js';
-import { createS3BlobStore, DEFAULT_PART_BYTES } from '../shared/store/s3-blob-store.js';
+import { createS3BlobStore, DEFAULT_QUEUE_SIZE, partSizeFor } from '../shared/store/s3-blob-store.js';
 import { memoryBlobRecords } from '../test/support/memory-blob-records.js';
 import { createBucket, s3ClientFor, startS3rver } from '../test/support/s3rver.js';
 
@@ -121,7 +123,9 @@ try {
   try {
     await createBucket(client, 'bench');
     const store = createS3BlobStore({ client, bucket: 'bench', records: memoryBlobRecords() });
-    results.push(await measure(`S3 via s3rver (${DEFAULT_PART_BYTES / MiB} MiB parts, queue 2)`, store, digest, s3rver.pid));
+    results.push(await measure(`S3 via s3rver (${partSizeFor(BLOB_MIB * MiB) / MiB} MiB parts, queue ${DEFAULT_QUEUE_SIZE})`, store, digest, s3rver.pid));
+    const before = createS3BlobStore({ client, bucket: 'bench', records: memoryBlobRecords(), partSizeBytes: 8 * MiB, queueSize: 2 });
+    results.push(await measure('S3 via s3rver (before: 8 MiB parts, queue 2)', before, digest, s3rver.pid));
   } finally {
     client.destroy();
     await s3rver.stop();
@@ -141,8 +145,9 @@ for (const r of results) {
     r.peakRssMB.toFixed(1).padStart(12),
   );
 }
-const s3 = results[1];
+const [, s3, s3Before] = results;
 console.log('');
+console.log(`S3 fill: ${(BLOB_MIB / s3.seconds).toFixed(0)} MiB/s with the defaults = ${(s3Before.seconds / s3.seconds).toFixed(2)}× the settings before them, same run.`);
 console.log(`Peak RSS is this (filling) process only, sampled every 100 ms; target < ${TARGET_PEAK_MB} MB.`);
 console.log(`s3rver runs in its own process and is NOT counted above (its own peak RSS: ${s3.otherPeakRssMB} MB).`);
 const ok = results.every((r) => r.peakRssMB < TARGET_PEAK_MB);

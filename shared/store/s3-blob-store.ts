@@ -3,16 +3,20 @@
  * `BlobRecords` entry (DynamoDB `pk=blob#<digest>`). A blob exists for clients only once its record exists,
  * and the record is written only after the bytes hashed to the digest (DESIGN.md, "Storage").
  *
- * A write streams the source through a hashing Transform into a lib-storage multipart `Upload` with a fixed
- * part size, so memory stays bounded (about `partSizeBytes × (queueSize + 1)`: one part per uploader plus the
- * part being cut) whatever the blob size. The digest and size are checked when the source ends, *before* the
- * last part is sent and CompleteMultipartUpload is called: on a mismatch the upload fails and is aborted, so
- * wrong bytes never become an object (and never overwrite a committed blob written by an earlier fill).
+ * A write streams the source through a hashing Transform into a lib-storage multipart `Upload`: the upstream is
+ * read while up to `queueSize` parts (default 4) upload in parallel, so reading and writing overlap, and memory
+ * stays bounded (about `part size × (queueSize + 1)`: one part per uploader plus the part being cut) whatever the
+ * blob size. The digest and size are checked when the source ends, *before* the last part is sent and
+ * CompleteMultipartUpload is called: on a mismatch the upload fails and is aborted, so wrong bytes never become
+ * an object (and never overwrite a committed blob written by an earlier fill).
  *
- * S3 limits (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html): a part is 5 MiB–5 GiB
- * (the last one may be smaller), at most 10,000 parts, objects ≤ 5 TiB. So the largest blob this store can
- * write is `partSizeBytes × 10,000`: 80,000 MiB (≈ 78 GiB) with the default 8 MiB part size. A blob no larger
- * than one part goes up with a single PutObject. Incomplete multipart uploads left by a crashed writer are
+ * Parts are sized for the blob ({@link partSizeFor}): S3's smallest part (5 MiB) while that fits the blob in
+ * 10,000 parts — small parts mean more of a blob uploads in parallel — else the blob's size / 10,000 rounded up to
+ * a MiB; 8 MiB when the size is unknown (the upstream sent no `Content-Length`). S3 limits
+ * (https://docs.aws.amazon.com/AmazonS3/latest/userguide/qfacts.html): a part is 5 MiB–5 GiB (the last one may be
+ * smaller), at most 10,000 parts, objects ≤ 5 TiB; so a blob of known size may be up to 5 TiB, one of unknown size
+ * up to 80,000 MiB (≈ 78 GiB); a fixed `partSizeBytes` limits every blob to `partSizeBytes × 10,000`. A blob no
+ * larger than one part goes up with a single PutObject. Incomplete multipart uploads left by a crashed writer are
  * invisible (no object, no record) and removed by the bucket's lifecycle rule after a day.
  *
  * Clients fetch a blob with a presigned GetObject URL (SigV4 query signature, `host` the only signed header),
@@ -39,8 +43,22 @@ export const S3_MIN_PART_BYTES = 5 * 1024 * 1024;
 export const S3_MAX_PART_BYTES = 5 * 1024 * 1024 * 1024;
 /** S3's largest number of parts in one multipart upload. */
 export const S3_MAX_PARTS = 10_000;
-/** Default part size (bytes): 8 MiB, so blobs up to 80,000 MiB (≈ 78 GiB). */
+/** Part size (bytes) for a blob of unknown size: 8 MiB, so blobs up to 80,000 MiB (≈ 78 GiB). */
 export const DEFAULT_PART_BYTES = 8 * 1024 * 1024;
+/** S3's largest object (bytes): 5 TiB. */
+export const S3_MAX_OBJECT_BYTES = 5 * 1024 ** 4;
+/** Parts uploaded at once per write, by default. */
+export const DEFAULT_QUEUE_SIZE = 4;
+
+/**
+ * The part size (bytes) for a blob of `size` bytes (undefined: unknown): the smallest that S3 accepts and that fits
+ * the blob in 10,000 parts, in whole MiB; {@link DEFAULT_PART_BYTES} for an unknown size.
+ */
+export function partSizeFor(size: number | undefined): number {
+  if (size === undefined) return DEFAULT_PART_BYTES;
+  const MiB = 1024 * 1024;
+  return Math.max(S3_MIN_PART_BYTES, Math.ceil(size / S3_MAX_PARTS / MiB) * MiB);
+}
 
 /** Options of {@link createS3BlobStore}. */
 export interface S3BlobStoreOptions {
@@ -49,11 +67,11 @@ export interface S3BlobStoreOptions {
   /** The commit point: a blob is visible only once its record exists. */
   records: BlobRecords;
   /**
-   * Multipart part size in bytes; default 8 MiB; at least 5 MiB (S3's minimum). The largest writable blob is
-   * `partSizeBytes × 10,000` bytes.
+   * A fixed multipart part size in bytes, at least 5 MiB (S3's minimum); the largest writable blob is then
+   * `partSizeBytes × 10,000` bytes. Default: sized for each blob ({@link partSizeFor}).
    */
   partSizeBytes?: number;
-  /** Parts uploaded concurrently per write; default 2. Memory per write ≈ `partSizeBytes × (queueSize + 1)`. */
+  /** Parts uploaded concurrently per write; default 4. Memory per write ≈ `part size × (queueSize + 1)`. */
   queueSize?: number;
   /** Lifetime of presigned GET URLs in seconds; default 900. */
   urlTtlSeconds?: number;
@@ -72,15 +90,14 @@ export function blobKey(digest: Digest): string {
  */
 export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeObjectStore & BlobReaper {
   const { client, bucket, records } = opts;
-  const partSize = opts.partSizeBytes ?? DEFAULT_PART_BYTES;
-  const queueSize = opts.queueSize ?? 2;
+  const fixedPartSize = opts.partSizeBytes;
+  const queueSize = opts.queueSize ?? DEFAULT_QUEUE_SIZE;
   const urlTtlSeconds = opts.urlTtlSeconds ?? 900;
-  if (!Number.isInteger(partSize) || partSize < S3_MIN_PART_BYTES) {
-    throw new Error(`partSizeBytes must be an integer ≥ ${S3_MIN_PART_BYTES} (S3's minimum part size), got ${partSize}`);
+  if (fixedPartSize !== undefined && (!Number.isInteger(fixedPartSize) || fixedPartSize < S3_MIN_PART_BYTES)) {
+    throw new Error(`partSizeBytes must be an integer ≥ ${S3_MIN_PART_BYTES} (S3's minimum part size), got ${fixedPartSize}`);
   }
-  if (partSize > S3_MAX_PART_BYTES) throw new Error(`partSizeBytes must be ≤ ${S3_MAX_PART_BYTES} (S3's maximum part size), got ${partSize}`);
+  if (fixedPartSize !== undefined && fixedPartSize > S3_MAX_PART_BYTES) throw new Error(`partSizeBytes must be ≤ ${S3_MAX_PART_BYTES} (S3's maximum part size), got ${fixedPartSize}`);
   if (!Number.isInteger(queueSize) || queueSize < 1) throw new Error(`queueSize must be an integer ≥ 1, got ${queueSize}`);
-  const maxBlobBytes = partSize * S3_MAX_PARTS;
 
   return {
     ...createS3BlobReaper({ client, bucket, records, blobKey }),
@@ -93,9 +110,11 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
     async write(digest, source: Readable, expectedSize) {
       const { algorithm } = parseDigest(digest)!;
       const key = blobKey(digest);
+      const partSize = fixedPartSize ?? partSizeFor(expectedSize);
+      const maxBlobBytes = Math.min(partSize * S3_MAX_PARTS, S3_MAX_OBJECT_BYTES);
       if (expectedSize !== undefined && expectedSize > maxBlobBytes) {
         source.destroy();
-        throw new Error(`blob of ${expectedSize} bytes exceeds this store's limit of ${maxBlobBytes} bytes (part size × ${S3_MAX_PARTS} parts)`);
+        throw new Error(`blob of ${expectedSize} bytes exceeds this store's limit of ${maxBlobBytes} bytes (part size × ${S3_MAX_PARTS} parts, or S3's 5 TiB)`);
       }
       const hash = hasherFor(digest);
       let size = 0;

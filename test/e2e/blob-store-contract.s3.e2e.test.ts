@@ -11,7 +11,7 @@ import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
 import type { BlobRecords } from '../../shared/store/ports.js';
-import { createS3BlobStore, S3_MIN_PART_BYTES } from '../../shared/store/s3-blob-store.js';
+import { createS3BlobStore, DEFAULT_PART_BYTES, partSizeFor, S3_MIN_PART_BYTES } from '../../shared/store/s3-blob-store.js';
 import { describeBlobStoreContract } from '../contract/blob-store.contract.js';
 import { memoryBlobRecords } from '../support/memory-blob-records.js';
 import { createBucket, s3ClientFor, startS3rver, type S3rverInstance } from '../support/s3rver.js';
@@ -99,6 +99,20 @@ describe('S3 blob store specifics (s3rver)', () => {
     sent.length = 0;
     await store.write(digestOf(bytes), Readable.from([bytes]), bytes.length);
     expect(order).toEqual(['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand', 'putBlobRecord']);
+  });
+
+  it('sizes parts for the blob by default: 12 MiB in 3 parts of 5 MiB (S3\'s minimum); 5 TiB at most', async () => {
+    const store = createS3BlobStore({ client, bucket, records: memoryBlobRecords() });
+    const bytes = randomBytes(12 * 1024 * 1024);
+    sent.length = 0;
+    await store.write(digestOf(bytes), Readable.from([bytes]), bytes.length);
+    expect(sent).toEqual(['CreateMultipartUploadCommand', 'UploadPartCommand', 'UploadPartCommand', 'UploadPartCommand', 'CompleteMultipartUploadCommand']);
+    expect([0, 1024 ** 3, 48 * 1024 ** 3, 100 * 1024 ** 3, 5 * 1024 ** 4].map((n) => partSizeFor(n) / 2 ** 20)).toEqual([5, 5, 5, 11, 525]);
+    expect(partSizeFor(undefined)).toBe(DEFAULT_PART_BYTES);
+    // Sized parts take any blob S3 can hold (5 TiB), refused beyond that before anything is sent.
+    sent.length = 0;
+    await expect(store.write(digestOf(Buffer.from('x')), Readable.from([Buffer.from('x')]), 5 * 1024 ** 4 + 1)).rejects.toThrow(/exceeds/);
+    expect(sent).toEqual([]);
   });
 
   it('sends a blob of at most one part with a single PutObject', async () => {
