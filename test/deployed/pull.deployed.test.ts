@@ -8,19 +8,23 @@
  *
  * The packaged pullthrough.config.yml is the operator's part: one rule to the local upstream, `nightly`
  * re-checked after 1 s so the scheduled refresh has something due, and the largest maxManifestBytes a Lambda
- * deploy accepts; defaults otherwise.
+ * deploy accepts; a `missMode: redirect` rule to the same registry's storage behind token auth and a CDN front
+ * (test/support/cdn-front.ts: blob GETs answer 307 to a credential-free URL on another host, as Docker Hub's do);
+ * defaults otherwise.
  */
 import { DynamoDBClient, GetItemCommand } from '@aws-sdk/client-dynamodb';
 import { GetObjectCommand, ListObjectsV2Command, S3Client } from '@aws-sdk/client-s3';
 import { stringify } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LAMBDA_MAX_MANIFEST_BYTES, LAMBDA_RESPONSE_BYTES } from '../../shared/config.js';
+import { startCdnFront, type CdnFront } from '../support/cdn-front.js';
 import { startCountingProxy, type CountingProxy } from '../support/counting-proxy.js';
 import { startDeployedShape, type DeployedShape } from '../support/deployed/deployed-shape.js';
 import { startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 import { MediaTypes, pushSinglePlatformImage, type PushedImage } from '../support/images.js';
 import { pullImage, sha256, type PulledImage } from '../support/pull.js';
 import { imageRef } from '../support/skopeo.js';
+import { startTokenServer, type TokenServer } from '../support/token-server.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
 const LAYERS = ['/usr/share/common-licenses', '/usr/share/zoneinfo', '/usr/share/doc/libc6'];
@@ -31,6 +35,12 @@ let proxy: CountingProxy;
 let large: FakeUpstream;
 let shape: DeployedShape;
 let app: PushedImage;
+/** `missMode: redirect`: a token-auth registry on upstream's storage, behind a CDN front; an image only it serves. */
+let tokens: TokenServer;
+let authed: UpstreamRegistry;
+let cdn: CdnFront;
+let cdnImage: PushedImage;
+const ROBOT = { username: 'robot', accessToken: 'deployed-cdn-robot-4c1e' };
 /** The deployed function names. */
 let fill: string;
 let registry: string;
@@ -58,10 +68,21 @@ beforeAll(async () => {
     pushSinglePlatformImage(upstream.url, 'team/app', 'v1', { format: 'oci', arch: 'amd64', layerSources: LAYERS }),
     startFakeUpstream(),
   ]);
+  // Pushed to the open registry; served by a second one on the same storage that wants a token, behind the CDN front.
+  [cdnImage, tokens] = await Promise.all([
+    pushSinglePlatformImage(upstream.url, 'team/cdn', 'v1', { format: 'oci', arch: 'amd64', layerSources: LAYERS.slice(0, 2), salt: 'cdn' }),
+    startTokenServer({ users: { [ROBOT.username]: ROBOT.accessToken } }),
+  ]);
+  authed = await startUpstreamRegistry({ dataDir: upstream.dataDir, tokenAuth: tokens });
+  cdn = await startCdnFront(authed.url, authed.dataDir);
   const config = {
     rules: [
       { prefix: 'local', upstream: proxy.url, frequentTags: { pattern: '^nightly$', ttlSeconds: 1 } },
       { prefix: 'large', upstream: large.url },
+      {
+        prefix: 'cdn', upstream: cdn.url, ...ROBOT, missMode: 'redirect',
+        insecureRedirectHosts: [cdn.cdnHost], internalHosts: [new URL(tokens.realm).host],
+      },
     ],
     maxManifestBytes: LAMBDA_MAX_MANIFEST_BYTES,
   };
@@ -74,6 +95,9 @@ afterAll(async () => {
   await shape?.stop();
   await proxy?.stop();
   await large?.close();
+  await cdn?.stop();
+  await authed?.stop();
+  await tokens?.close();
   await upstream?.stop();
 });
 
@@ -113,6 +137,40 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     const fills = shape.invoke.requests.slice(before).filter((r) => r.functionName === fill);
     expect(fills[0]).toMatchObject({ status: 403, errorType: 'AccessDeniedException' });
     expect(fills.slice(1).every((r) => r.status === 202)).toBe(true);
+  });
+
+  it('missMode redirect: the first blob GET gets the upstream\'s CDN URL, the fill stores the blob in S3, and the next pull is a hit', async () => {
+    const layer = cdnImage.blobs.at(-1)!;
+    const before = shape.invoke.requests.length;
+    const first = await fetch(`${shape.front.url}/v2/cdn/team/cdn/blobs/${layer.digest}`, { redirect: 'manual' });
+    expect(first.status).toBe(307);
+    const cdnUrl = new URL(first.headers.get('location')!);
+    expect(cdnUrl.host).toBe(cdn.cdnHost);
+    expect(sha256(Buffer.from(await (await fetch(cdnUrl)).arrayBuffer()))).toBe(layer.digest);
+    // The registry dispatched the fill before answering; the fill function stored the very bytes in the bucket.
+    expect(shape.invoke.requests.slice(before).filter((r) => r.functionName === fill).map((r) => r.status)).toContain(202);
+    await shape.runtime.settled();
+    const s3 = new S3Client({ ...shape.stack.clientConfig, forcePathStyle: true });
+    /** The digest of the bucket's object for `digest` (read straight from moto, not through the IAM gate). */
+    const stored = async (digest: string) => {
+      const object = await s3.send(new GetObjectCommand({ Bucket: shape.stack.physicalIds.Bucket, Key: `blobs/sha256/${digest.slice('sha256:'.length)}` }));
+      return sha256(Buffer.from(await object.Body!.transformToByteArray()));
+    };
+    expect(await stored(layer.digest)).toBe(layer.digest);
+    // skopeo: byte-exact while the rest fills (from the CDN or, once filled, from S3) ...
+    expectSameImage(await pull('cdn/team/cdn', 'v1'), cdnImage);
+    await shape.runtime.settled();
+    for (const b of cdnImage.blobs) expect(await stored(b.digest)).toBe(b.digest);
+    s3.destroy();
+    // ... and the next pull is a hit: no blob request to the front, none to its CDN.
+    const [frontSeen, cdnSeen] = [cdn.front.length, cdn.cdn.length];
+    const second = await fetch(`${shape.front.url}/v2/cdn/team/cdn/blobs/${layer.digest}`, { redirect: 'manual' });
+    expect(new URL(second.headers.get('location')!).origin).toBe(shape.gate.url);
+    expectSameImage(await pull('cdn/team/cdn', 'v1'), cdnImage);
+    expect(cdn.front.slice(frontSeen).filter((r) => r.path.includes('/blobs/'))).toEqual([]);
+    expect(cdn.cdn.length).toBe(cdnSeen);
+    expect(cdn.cdn.length).toBeGreaterThan(0);
+    expect(cdn.cdn.every((r) => !r.authorization)).toBe(true);
   });
 
   it('the scheduled event runs the refresh bundle: a moved tag is re-pointed in the table before any pull asks', async () => {

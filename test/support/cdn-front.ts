@@ -104,29 +104,36 @@ export async function startCdnFront(registryUrl: string, registryDataDir: string
     const method = req.method ?? 'GET';
     const path = req.url ?? '/';
     const blob = method === 'GET' ? BLOB_GET.exec(path) : null;
-    // A blob GET is asked of the registry as a HEAD (same credentials): 2xx → the CDN URL, else its answer as is.
-    const upstream = http.request({
-      protocol: 'http:', hostname: target.hostname, port: target.port, method: blob ? 'HEAD' : method, path,
-      headers: outgoingHeaders(req.rawHeaders), agent,
-    }, (up) => {
-      const status = up.statusCode ?? 502;
-      front.push({ method, path, status: blob && status < 300 ? 307 : status });
-      if (blob && status >= 200 && status < 300) {
-        up.resume();
-        const cdnPath = `/blobs/${blob[2]}/${blob[3]}`;
-        const expires = Math.floor(Date.now() / 1000) + (opts.urlSeconds ?? 600);
-        res.writeHead(307, { Location: `${cdnBase}${cdnPath}?expires=${expires}&signature=${sign(cdnPath, expires)}`, 'Content-Length': '0' });
-        return void res.end();
-      }
-      res.writeHead(status, forwardableHeaders(up.rawHeaders));
-      up.pipe(res);
-    });
-    upstream.on('error', () => {
-      front.push({ method, path, status: 502 });
-      if (!res.headersSent) res.writeHead(502, { 'Content-Length': '0' });
+    /** Sends `as` to the registry with the client's headers; `answer` gets its response. */
+    const ask = (as: string, answer: (up: http.IncomingMessage) => void) => {
+      const upstream = http.request({ protocol: 'http:', hostname: target.hostname, port: target.port, method: as, path, headers: outgoingHeaders(req.rawHeaders), agent }, answer);
+      upstream.on('error', () => {
+        front.push({ method, path, status: 502 });
+        if (!res.headersSent) res.writeHead(502, { 'Content-Length': '0' });
+        res.end();
+      });
+      return upstream;
+    };
+    /** The registry's answer as is. Either side may go away mid-body (a client that cancels, the registry stopping). */
+    const passOn = (up: http.IncomingMessage) => {
+      front.push({ method, path, status: up.statusCode ?? 502 });
+      res.writeHead(up.statusCode ?? 502, forwardableHeaders(up.rawHeaders));
+      pipeline(up, res).catch(() => res.destroy());
+    };
+    if (!blob) return void req.pipe(ask(method, passOn));
+    // A blob GET is asked of the registry as a HEAD (same credentials): 2xx → the CDN URL; anything else (a 401
+    // challenge, a 404) is the registry's answer to the GET itself, asked again as a GET so that its headers
+    // (Content-Length) and body agree — a HEAD's Content-Length over no body would leave the client waiting.
+    ask('HEAD', (head) => {
+      head.resume();
+      const status = head.statusCode ?? 502;
+      if (status < 200 || status >= 300) return void ask('GET', passOn).end();
+      front.push({ method, path, status: 307 });
+      const cdnPath = `/blobs/${blob[2]}/${blob[3]}`;
+      const expires = Math.floor(Date.now() / 1000) + (opts.urlSeconds ?? 600);
+      res.writeHead(307, { Location: `${cdnBase}${cdnPath}?expires=${expires}&signature=${sign(cdnPath, expires)}`, 'Content-Length': '0' });
       res.end();
-    });
-    req.pipe(upstream);
+    }).end();
   });
 
   cdnBase = await listenOnLoopback(cdn);

@@ -36,6 +36,8 @@ describe('missMode: redirect', () => {
       expect(first.status).toBe(307);
       expect(first.headers.Location).toBe(`http://${up.cdnHost}/cdn/${digest}`);
       await eventually(async () => (await h.blobs.stat(digest)) !== undefined);
+      // The fill ends (links the blob to the name, then releases its lease) just after the blob is committed.
+      await eventually(async () => h.storeCalls.some((c) => c.method === 'releaseLease'));
       expect(h.fillJobs.map((j) => j.digest)).toEqual(dispatch ? [digest] : []);
       up.reset();
       const next = await h.request('GET', `/v2/p/app/blobs/${digest}`);
