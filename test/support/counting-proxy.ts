@@ -15,6 +15,8 @@ export interface ProxiedRequest {
   method: string;
   path: string;
   status: number;
+  /** The request's `X-Amz-Target` header, when it has one (a DynamoDB operation: `DynamoDB_20120810.GetItem`). */
+  amzTarget?: string;
 }
 
 /** A running counting proxy. `requests`: recorded in the order their response status was known. */
@@ -46,7 +48,8 @@ export async function startCountingProxy(target: string): Promise<CountingProxy>
     const record = (status: number) => {
       if (recorded) return;
       recorded = true;
-      requests.push({ method, path, status });
+      const amzTarget = req.headers['x-amz-target'];
+      requests.push({ method, path, status, ...(typeof amzTarget === 'string' ? { amzTarget } : {}) });
     };
     const upstreamReq = http.request(
       {

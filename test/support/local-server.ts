@@ -24,8 +24,11 @@ export interface LocalServer {
   stop(): Promise<number | null>;
 }
 
-/** Starts the server with `config` (the YAML config as an object) and extra environment. */
-export async function startLocalServer(config: unknown, opts: { dataDir?: string; env?: Record<string, string>; port?: number } = {}): Promise<LocalServer> {
+/**
+ * Starts the server with `config` (the YAML config as an object) and extra environment; `root` runs another checkout
+ * of the repository (a baseline in a benchmark; default this one).
+ */
+export async function startLocalServer(config: unknown, opts: { dataDir?: string; env?: Record<string, string>; port?: number; root?: string } = {}): Promise<LocalServer> {
   const dir = scratchDir('server-');
   const configPath = join(dir, 'config.yaml');
   writeFileSync(configPath, stringify(config));
@@ -34,7 +37,7 @@ export async function startLocalServer(config: unknown, opts: { dataDir?: string
   const logPath = join(dir, 'server.log');
   const log = createWriteStream(logPath);
   const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'bin/server.ts'], {
-    cwd: ROOT,
+    cwd: opts.root ?? ROOT,
     env: { ...process.env, PULLTHROUGH_CONFIG: configPath, PULLTHROUGH_DATA_DIR: dataDir, PULLTHROUGH_PORT: String(port), ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
