@@ -6,6 +6,7 @@
  * cache fills the blob into S3 in the background; once filled, the blob is a hit served from S3. skopeo pulls
  * byte-exact both ways; the CDN never sees an Authorization header.
  */
+import { readFileSync } from 'node:fs';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -81,6 +82,10 @@ async function objectOf(digest: string): Promise<Buffer | undefined> {
   }
 }
 
+/** The server's `blob filled` log lines for `digest` (one per completed fill: stored, recorded, linked). */
+const filledLines = (digest: string) =>
+  readFileSync(cache.logPath, 'utf8').split('\n').filter((l) => l.includes('"blob filled"') && l.includes(digest)).length;
+
 const blobGet = (digest: string) => fetch(`${cache.url}/v2/cdn/team/app/blobs/${digest}`, { redirect: 'manual' });
 
 describe('missMode: redirect against an upstream whose blob GETs redirect to a CDN', () => {
@@ -106,6 +111,8 @@ describe('missMode: redirect against an upstream whose blob GETs redirect to a C
     // The fill ran meanwhile: the object is in the bucket with exactly the blob's bytes.
     await eventually(async () => (await objectOf(layer.digest)) !== undefined, 30_000);
     expect(sha256Digest((await objectOf(layer.digest))!)).toBe(layer.digest);
+    // The object is uploaded before the fill records and links it: the next GET is a hit once the fill ended.
+    await eventually(async () => filledLines(layer.digest) === 1, 30_000);
     const next = await blobGet(layer.digest);
     expect(next.status).toBe(307);
     expect(new URL(next.headers.get('location')!).origin).toBe(s3.endpoint);
