@@ -63,7 +63,14 @@ describe('a cold then a warm pull, as the logs and the metrics tell it', () => {
     const afterCold = await settle(registryRequests, (l) => l.filter((x) => String(x.path).includes('/blobs/')).length >= image.blobs.length);
     expect(afterCold.length).toBeGreaterThanOrEqual(1 + image.blobs.length);
     expect(afterCold.map((l) => l.cache)).toEqual(afterCold.map(() => 'miss'));
-    expect(afterCold.every((l) => l.rule === 'local' && Number(l.upstreamRequests) >= 1)).toBe(true);
+    expect(afterCold.every((l) => l.rule === 'local')).toBe(true);
+    // Each made its own upstream request, except a layer whose fill another layer's miss of this pull had already
+    // started ahead (shared/registry/pull-hints.ts; skopeo here fetches layers concurrently): it joined that fill.
+    // The fills started ahead are counted in /metrics (the next test), not in the line of the request that started them.
+    const layers = new Set(image.blobs.slice(1).map((b) => b.digest));
+    const joined = afterCold.filter((l) => Number(l.upstreamRequests) === 0);
+    expect(joined.every((l) => layers.has(String(l.path).split('/').pop()!))).toBe(true);
+    expect(joined.length).toBeLessThan(layers.size);
 
     const warm = await pullImage(imageRef(cache.url, 'local/team/seen', 'v1'));
     expect(warm.manifest.equals(cold.manifest)).toBe(true);
