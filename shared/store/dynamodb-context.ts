@@ -1,13 +1,13 @@
 /**
  * What the DynamoDB index's per-concern parts share: the document client and table name, read consistency, the
  * clock and the large-object store, plus the helpers more than one part uses — a strongly consistent item read,
- * the paged sort-key listing behind `listTags` and `listRepositories`, the repository marker write and the
+ * the paged sort-key listing behind `listTags` and `listRepositories`, the repository marker protocol and the
  * chunked, retried BatchWriteItem. {@link createDynamoDbContext} builds it from the index options once; the item
  * layout these keys follow is documented in `dynamodb-index.ts`.
  */
 import { ConditionalCheckFailedException, type DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import {
-  BatchWriteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, type QueryCommandInput,
+  BatchWriteCommand, DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand, QueryCommand, type QueryCommandInput,
 } from '@aws-sdk/lib-dynamodb';
 import type { Digest } from '../oci/digest.js';
 import type { LargeObjectStore, ManifestRecord, ManifestVerification } from './ports.js';
@@ -91,7 +91,17 @@ export interface DynamoDbContext {
   readonly opts: DynamoDbIndexOptions;
   get(pk: string, sk: string): Promise<Item | undefined>;
   querySortKeys(pk: string, after: string | undefined, upTo: string | undefined, n: number): Promise<string[]>;
+  /** Before a repository's tag or manifest is written: its catalog marker (skipped when this process wrote it). */
   markRepository(name: string): Promise<void>;
+  /**
+   * After a repository's tag or manifest was written: one strongly consistent read of its marker, put back when a
+   * garbage collection removed it meanwhile (see {@link createDynamoDbContext}).
+   */
+  confirmRepositoryMark(name: string): Promise<void>;
+  /** The lifecycle's side: deletes `name`'s marker (and forgets that this process wrote it). */
+  dropRepositoryMark(name: string): Promise<void>;
+  /** The lifecycle's side: puts `name`'s marker back (content appeared while it was being dropped). */
+  putRepositoryMark(name: string): Promise<void>;
   batchPut(items: Item[]): Promise<void>;
 }
 
@@ -150,10 +160,33 @@ export function createDynamoDbContext(opts: DynamoDbIndexOptions): DynamoDbConte
     return out;
   }
 
+  // Repository markers (`repos` / `<name>`, the catalog). A writer marks the repository before its content, so a
+  // crash never leaves content the catalog and the lifecycle cannot see; it skips the write when this process made
+  // it already. The lifecycle removes the marker of a repository it emptied (dynamodb-lifecycle.ts): it deletes
+  // the marker, then looks for content, and puts the marker back if it finds some. A writer, after its content,
+  // reads the marker and puts it back if it is gone. Whatever the interleaving, content ends up marked: if the
+  // lifecycle's look missed the content, the content was written after that look, so after the delete, and the
+  // writer's read after it finds the marker gone. No clock, no lease: one read per tag or manifest written.
   async function markRepository(name: string): Promise<void> {
     if (markedRepos.has(name)) return;
     await doc.send(new PutCommand({ TableName, Item: { pk: 'repos', sk: name } }));
     markedRepos.add(name);
+  }
+
+  async function confirmRepositoryMark(name: string): Promise<void> {
+    // Strongly consistent whatever `consistentRead` says: the protocol's argument needs the latest state.
+    if ((await doc.send(new GetCommand({ TableName, Key: { pk: 'repos', sk: name }, ConsistentRead: true }))).Item) return;
+    await doc.send(new PutCommand({ TableName, Item: { pk: 'repos', sk: name } }));
+    markedRepos.add(name);
+  }
+
+  async function putRepositoryMark(name: string): Promise<void> {
+    await doc.send(new PutCommand({ TableName, Item: { pk: 'repos', sk: name } }));
+  }
+
+  async function dropRepositoryMark(name: string): Promise<void> {
+    markedRepos.delete(name);
+    await doc.send(new DeleteCommand({ TableName, Key: { pk: 'repos', sk: name } }));
   }
 
   /** BatchWriteItem puts in chunks of 25, retrying unprocessed items with backoff (bounded). */
@@ -169,5 +202,8 @@ export function createDynamoDbContext(opts: DynamoDbIndexOptions): DynamoDbConte
     }
   }
 
-  return { doc, TableName, ConsistentRead, inlineLimit, now, opts, get, querySortKeys, markRepository, batchPut };
+  return {
+    doc, TableName, ConsistentRead, inlineLimit, now, opts, get, querySortKeys, markRepository, confirmRepositoryMark, dropRepositoryMark, putRepositoryMark,
+    batchPut,
+  };
 }

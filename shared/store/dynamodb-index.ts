@@ -7,7 +7,7 @@
  * | tag             | `repo#<name>`    | `tag#<tag>`         | digest, mediaType, size (bytes), fetchedAt, checkedAt, pulledAt (ms); dueAt (ms) + dueShard and lastCheck (map) when set |
  * | manifest        | `repo#<name>`    | `manifest#<digest>` | mediaType, size (bytes), storedAt, pulledAt (ms), rule, gen, `body` (Binary) or `bodyKey` |
  * | link            | `repo#<name>`    | `blob#<digest>`     | — (the name's upstream confirmed the blob: its fill, or a HEAD; never a manifest reference) |
- * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest) |
+ * | repository mark | `repos`          | `<name>`            | — (written with a repository's first tag or manifest; removed when the lifecycle empties it) |
  * | blob record     | `blob#<digest>`  | `blob`              | size (bytes), committedAt (ms); unpublishedAt (ms) on a tombstone (dynamodb-blob-records.ts) |
  * | fill lease      | `fill#<key>`     | `lease`             | owner, expiresAt, heartbeatAt (ms), `ttl` (epoch s, DynamoDB TTL) |
  * | listing         | `repo#<name>`    | `listing#<key>`     | body (JSON text ≤ `inlineLimitBytes`), fetchedAt (ms) |
@@ -28,8 +28,10 @@
  *
  * Listing repositories: every repository gets a marker item in the `repos` partition when its first tag or
  * manifest is stored, so the catalog is one Query instead of a table Scan. Markers are idempotent puts; an
- * in-process set skips re-writing the ones this process already wrote (the ports never delete a repository).
- * One partition holds all markers: writes are once per repository per process, reads are catalog calls.
+ * in-process set skips re-writing the ones this process already wrote, and every tag or manifest write is followed
+ * by one read of its marker, so one the lifecycle removed meanwhile is put back (dynamodb-context.ts). One
+ * partition holds all markers: writes are about once per repository per process, reads are catalog calls and
+ * those checks.
  *
  * Reads are strongly consistent by default: a cache that just wrote an item must see it, since a miss costs an
  * upstream request (Docker Hub counts manifest GETs against its pull limit). Lease expiry compares the clocks

@@ -5,7 +5,8 @@
  * |-----------------|-----------------|----------------------------------------|------------------------------------|
  * | blob reference  | `blob#<digest>` | `ref#<rule>#<name>@<manifest digest>`  | gen (the manifest store it belongs to) |
  * | lifecycle state | `lifecycle`     | `state#<key>`                          | value (JSON text)                  |
- * | delete journal  | `lifecycle`     | `pending#<name>@<manifest digest>`     | rule, gen, blobs (list)            |
+ * | delete journal  | `lifecycle`     | `pending#<name>@<manifest digest>`     | rule, gen, blobs (list), body      |
+ * | body reference  | `body#<digest>` | `ref#<name>`                           | gen (dynamodb-manifest-bodies.ts)  |
  *
  * Manifest items carry `rule`, `gen` (random per store) and `pulledAt`. A manifest is deleted item first, then
  * its reference items, each conditionally on the deleted item's `gen`: a refill that stored the manifest again
@@ -14,14 +15,17 @@
  * "Which rules reference this blob" is one Query of the blob's partition (20 reference keys), skipping ahead past
  * each rule found when there are more.
  * Large manifest bodies (over the inline limit, S3 `manifests/<alg>/<hex>`) are keyed by digest and may be shared by
- * several repositories' items, so deleting a manifest item leaves its body object (not collected yet: rare, small).
- * Repository markers (`repos`) are kept when a repository empties: the catalog may list an emptied repository
- * (its next pull refills it), but a process that remembers having written a marker never leaves new content
- * without one.
+ * several repositories' items: deleting a manifest item deletes its body reference (`body#<digest>` / `ref#<name>`,
+ * with the blob references, same gen rule, same journal), and a GC pass removes bodies no reference names any more
+ * once past the grace period ({@link LifecycleIndex.sweepManifestBodies}; protocol in dynamodb-manifest-bodies.ts).
+ * A repository left with no tag and no manifest loses its links, kept listings and catalog marker (`repos`), so
+ * `_catalog` and `ls` stop listing it; a fill adding content back meanwhile keeps (or puts back) its marker (the
+ * protocol: dynamodb-context.ts).
  */
 import { BatchWriteCommand, DeleteCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import type { Digest } from '../oci/digest.js';
 import { blobRefItem, conditionalWrite, manifestOfItem, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
+import { bodyRefItem, createManifestBodySweep } from './dynamodb-manifest-bodies.js';
 import { tagOf } from './dynamodb-tags.js';
 import type { LifecycleIndex } from './ports.js';
 
@@ -68,10 +72,25 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
 
   const conditional = conditionalWrite;
 
-  /** Deletes a manifest's reference items that belong to store `gen` (undefined: written before gens). */
-  async function deleteRefs(name: string, digest: string, rule: string, gen: string | undefined, blobs: string[]): Promise<void> {
-    for (const b of new Set(blobs)) {
-      const { pk, sk } = blobRefItem(b, rule, name, digest);
+  /** True when repository `name` has a tag or a manifest: one strongly consistent Query of at most one item. */
+  async function hasContent(name: string): Promise<boolean> {
+    // Sort keys `manifest#…` and `tag#…` are the repository's content; nothing else of the partition sorts between
+    // them (links are `blob#…`, listings `listing#…`).
+    const res = await doc.send(new QueryCommand({
+      TableName, KeyConditionExpression: '#pk = :pk AND #sk BETWEEN :from AND :to', ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' },
+      ExpressionAttributeValues: { ':pk': repoPk(name), ':from': 'manifest#', ':to': 'tag$' }, ProjectionExpression: '#sk', ConsistentRead: true, Limit: 1,
+    }));
+    return (res.Items?.length ?? 0) > 0;
+  }
+
+  /**
+   * Deletes a manifest's reference items that belong to store `gen` (undefined: written before gens): one per blob,
+   * and its body reference when `body` (its body is in the large-object store).
+   */
+  async function deleteRefs(name: string, digest: string, rule: string, gen: string | undefined, blobs: string[], body: boolean): Promise<void> {
+    const keys = [...new Set(blobs)].map((b) => blobRefItem(b, rule, name, digest));
+    if (body) keys.push(bodyRefItem(digest, name));
+    for (const { pk, sk } of keys) {
       await conditional(() => doc.send(new DeleteCommand({
         TableName, Key: { pk, sk },
         ConditionExpression: gen === undefined ? 'attribute_not_exists(#g)' : '#g = :g', ExpressionAttributeNames: { '#g': 'gen' },
@@ -122,7 +141,8 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
       const rule = (item.rule as string | undefined) ?? '';
       const gen = item.gen as string | undefined;
       const blobs = [...new Set(referencedBlobs)];
-      await doc.send(new PutCommand({ TableName, Item: { ...journalKey(name, digest), rule, ...(gen ? { gen } : {}), blobs } }));
+      const body = typeof item.bodyKey === 'string';
+      await doc.send(new PutCommand({ TableName, Item: { ...journalKey(name, digest), rule, ...(gen ? { gen } : {}), blobs, ...(body ? { body } : {}) } }));
       // Deleted only if it is still the store we read (same gen, not pulled since).
       const deleted = await conditional(() => doc.send(new DeleteCommand({
         TableName, Key: { pk: repoPk(name), sk: `manifest#${digest}` },
@@ -130,7 +150,7 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
         ExpressionAttributeNames: gen === undefined ? { '#pk': 'pk', '#g': 'gen' } : { '#g': 'gen' },
         ...(gen === undefined ? {} : { ExpressionAttributeValues: { ':g': gen } }),
       })));
-      if (deleted) await deleteRefs(name, digest, rule, gen, blobs);
+      if (deleted) await deleteRefs(name, digest, rule, gen, blobs, body);
       await doc.send(new DeleteCommand({ TableName, Key: journalKey(name, digest) }));
       return deleted;
     },
@@ -147,7 +167,7 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
           const item = await get(repoPk(name), `manifest#${digest}`);
           // Still the same store: its delete never happened, so its references stay. Otherwise (gone, or a refill
           // with a new gen) the references of the deleted store go; a refill's own ones do not match its gen.
-          if (!item || item.gen !== e.gen) await deleteRefs(name, digest, e.rule as string, e.gen as string | undefined, e.blobs as string[]);
+          if (!item || item.gen !== e.gen) await deleteRefs(name, digest, e.rule as string, e.gen as string | undefined, e.blobs as string[], e.body === true);
           await doc.send(new DeleteCommand({ TableName, Key: { pk: 'lifecycle', sk: e.sk as string } }));
           finished++;
         }
@@ -157,14 +177,20 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
     },
 
     async dropRepositoryIfEmpty(name) {
-      const hasContent = async () => (await queryItems(repoPk(name), 'manifest#', '', 1)).length > 0 || (await queryItems(repoPk(name), 'tag#', '', 1)).length > 0;
-      if (await hasContent()) return false;
+      if (await hasContent(name)) return false;
       for (const prefix of ['blob#', 'listing#']) {
         for (let page = 0; page < 100_000; page++) {
           const items = await queryItems(repoPk(name), prefix, '', 500);
           await batchDelete(items.map((i) => ({ pk: i.pk as string, sk: i.sk as string })));
           if (items.length < 500) break;
         }
+      }
+      // The catalog marker last, then a second look: content a writer stored meanwhile gets its marker back (the
+      // writers' side of this protocol: dynamodb-context.ts).
+      await ctx.dropRepositoryMark(name);
+      if (await hasContent(name)) {
+        await ctx.putRepositoryMark(name);
+        return false;
       }
       return true;
     },
@@ -173,7 +199,9 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
       const item = await get(repoPk(name), `manifest#${digest}`);
       if (!item) return;
       const gen = item.gen as string | undefined;
-      await ctx.batchPut([...new Set(blobs)].map((b) => blobRefItem(b, rule, name, digest, gen)));
+      const refs = [...new Set(blobs)].map((b) => blobRefItem(b, rule, name, digest, gen));
+      if (typeof item.bodyKey === 'string') refs.push(bodyRefItem(digest, name, gen));
+      await ctx.batchPut(refs);
       // The item names the rule its references are keyed by (deleteManifest reads it): set it when it has none.
       if (!item.rule) {
         await conditional(() => doc.send(new UpdateCommand({
@@ -215,6 +243,8 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
       }));
       return (res.Items?.length ?? 0) > 0;
     },
+
+    sweepManifestBodies: createManifestBodySweep(ctx),
 
     async getLifecycleState(key) {
       return (await get('lifecycle', `state#${key}`))?.value as string | undefined;

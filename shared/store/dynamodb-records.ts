@@ -7,8 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { DeleteCommand, PutCommand, UpdateCommand } from '@aws-sdk/lib-dynamodb';
-import { parseDigest, type Digest } from '../oci/digest.js';
 import { blobRefItem, conditionalWrite, isConditionFailure, manifestOfItem, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
+import { bodyRefItem, confirmBody, largeObjectKey } from './dynamodb-manifest-bodies.js';
 import { TTL_ATTRIBUTE } from './dynamodb-table.js';
 import type { BlobLinks, FillLeases, LargeObjectStore, ListingCache, ManifestRecord, ManifestStore } from './ports.js';
 
@@ -20,13 +20,7 @@ function leaseItem(key: string, owner: string, t: number, ttlSeconds: number): I
 
 /** The manifest, link, listing, blob-record and lease ports over the index's table. */
 export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore & BlobLinks & FillLeases & ListingCache {
-  const { doc, TableName, inlineLimit, now, opts, get, markRepository, batchPut } = ctx;
-
-  function largeObjectKey(digest: Digest): string {
-    const parsed = parseDigest(digest);
-    if (!parsed) throw new Error(`not a digest: ${digest.slice(0, 80)}`);
-    return `manifests/${parsed.algorithm}/${parsed.encoded}`;
-  }
+  const { doc, TableName, inlineLimit, now, opts, get, markRepository, confirmRepositoryMark, batchPut } = ctx;
 
   return {
     async getManifest(name, digest) {
@@ -67,10 +61,15 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
       // being collected a little longer and grant nothing. No TransactWriteItems: it costs twice the write units
       // (a 350 KB manifest item is 350 units already) and concurrent fills of one manifest would cancel each other
       // with TransactionConflict. No blob links: a reference is no confirmation by the name's upstream (ports.ts).
-      const blobs = [...new Set(referencedBlobs)];
-      await batchPut(blobs.map((d) => blobRefItem(d, rule, r.name, r.digest, gen)));
+      // A body in the large-object store gets its own reference item, and one look after the commit point puts
+      // the body back if a GC removed it meanwhile (dynamodb-manifest-bodies.ts).
+      const refs = [...new Set(referencedBlobs)].map((d) => blobRefItem(d, rule, r.name, r.digest, gen));
+      if (item.bodyKey) refs.push(bodyRefItem(r.digest, r.name, gen));
+      await batchPut(refs);
       await markRepository(r.name);
       await doc.send(new PutCommand({ TableName, Item: item }));
+      await confirmRepositoryMark(r.name);
+      if (item.bodyKey) await confirmBody(opts.largeObjects!, item.bodyKey as string, r.body);
     },
 
     async recordManifestPull(name, digest, pulledAt) {

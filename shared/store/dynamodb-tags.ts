@@ -30,7 +30,7 @@ export function tagOf(name: string, tag: string, item: Item): TagRecord {
 
 /** The {@link TagIndex} port over the index's table. */
 export function createDynamoDbTagIndex(ctx: DynamoDbContext): TagIndex {
-  const { doc, TableName, opts, get, querySortKeys, markRepository } = ctx;
+  const { doc, TableName, opts, get, querySortKeys, markRepository, confirmRepositoryMark } = ctx;
 
   /**
    * Tag items of one `due` GSI shard with dueAt ≤ `at`, earliest first, at most `n`, following LastEvaluatedKey.
@@ -82,6 +82,7 @@ export function createDynamoDbTagIndex(ctx: DynamoDbContext): TagIndex {
       if (r.lastCheck) item.lastCheck = lastCheckItem(r.lastCheck);
       if (r.pulledAt !== undefined) item.pulledAt = r.pulledAt;
       await doc.send(new PutCommand({ TableName, Item: item }));
+      await confirmRepositoryMark(r.name);
     },
 
     async recordCheck(name, tag, check) {
@@ -105,7 +106,8 @@ export function createDynamoDbTagIndex(ctx: DynamoDbContext): TagIndex {
     },
 
     async deleteTag(name, tag) {
-      // The repository marker stays: its manifests stay pullable by digest (the ports never delete a repository).
+      // The repository marker stays: its manifests stay pullable by digest (a GC pass drops the marker of a
+      // repository left with nothing).
       await doc.send(new DeleteCommand({ TableName, Key: { pk: repoPk(name), sk: `tag#${tag}` } }));
     },
 

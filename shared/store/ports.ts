@@ -240,7 +240,17 @@ export interface FillLeases {
  */
 export interface LargeObjectStore {
   putObject(key: string, bytes: Uint8Array): Promise<void>;
+  /** The object's bytes, or undefined when there is none. */
   getObject(key: string): Promise<Uint8Array | undefined>;
+  /** True when an object `key` exists (one HEAD). */
+  hasObject(key: string): Promise<boolean>;
+  /** Deletes object `key` (a no-op when there is none). */
+  deleteObject(key: string): Promise<void>;
+  /**
+   * Objects whose keys start with `prefix`, in key order after `after` (lazily, paged underneath): size in bytes,
+   * `modified` the last write (ms).
+   */
+  listObjects(prefix: string, after?: string): AsyncIterable<{ key: string; size: number; modified: number }>;
 }
 
 /**
@@ -275,7 +285,8 @@ export interface LifecycleIndex {
   deleteTagIf(name: string, tag: string, expect: { digest: Digest; pulledAt?: number }): Promise<boolean>;
   /**
    * Deletes a manifest: the manifest item first (only if its `pulledAt` is still `ifPulledAt`, when given), then
-   * its blob reference items (`referencedBlobs`, as given to `putManifest`) and its large body, if any. True when
+   * its blob reference items (`referencedBlobs`, as given to `putManifest`) and its large body's reference, if any
+   * (the body object itself goes with a later GC pass: {@link LifecycleIndex.sweepManifestBodies}). True when
    * this call deleted the item; false when it was gone or pulled since (then nothing else is touched).
    */
   deleteManifest(name: string, digest: Digest, opts: { referencedBlobs: string[]; ifPulledAt?: number }): Promise<boolean>;
@@ -301,6 +312,14 @@ export interface LifecycleIndex {
    * reference items). The signature policy serves a blob under `enforce` only then (shared/registry/signature-check.ts).
    */
   referencedBy(digest: Digest, rule: string, name: string): Promise<boolean>;
+  /**
+   * Optional capability of stores keeping large manifest bodies apart from their items (DynamoDB: S3
+   * `manifests/<alg>/<hex>`, shared by digest across repositories): goes through those objects in key order after
+   * `after` and removes each one no stored manifest points to, written before `graceFrom` (ms). Never one a
+   * manifest item points to, also while a writer is storing it (the adapter's protocol). `removed` is what a
+   * dry run would remove. Absent: bodies live inside the index (SQLite) and go with their manifests.
+   */
+  sweepManifestBodies?(after: string | undefined, opts: { graceFrom: number; dryRun: boolean }): AsyncIterable<{ key: string; size: number; removed: boolean }>;
   /** A small JSON value of the lifecycle's own (GC progress, last usage report), by key; undefined when unset. */
   getLifecycleState(key: string): Promise<string | undefined>;
   /** Sets (or with `undefined`, removes) a lifecycle state value (JSON text, ≤ ~300 KB). */

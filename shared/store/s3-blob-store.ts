@@ -25,8 +25,6 @@
 import {
   DeleteObjectCommand,
   GetObjectCommand,
-  NoSuchKey,
-  PutObjectCommand,
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -36,6 +34,7 @@ import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
 import type { BlobReaper, BlobRecords, BlobStore, LargeObjectStore } from './ports.js';
 import { createS3BlobReaper } from './s3-blob-reaper.js';
+import { createS3LargeObjects } from './s3-large-objects.js';
 
 /** S3's smallest part (bytes) for every part of a multipart upload but the last. */
 export const S3_MIN_PART_BYTES = 5 * 1024 * 1024;
@@ -101,6 +100,7 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
 
   return {
     ...createS3BlobReaper({ client, bucket, records, blobKey }),
+    ...createS3LargeObjects(client, bucket),
 
     async stat(digest) {
       const record = await records.getBlobRecord(digest);
@@ -178,26 +178,5 @@ export function createS3BlobStore(opts: S3BlobStoreOptions): BlobStore & LargeOb
       const url = await getSignedUrl(client, new GetObjectCommand({ Bucket: bucket, Key: blobKey(digest) }), { expiresIn: urlTtlSeconds });
       return { kind: 'redirect', url };
     },
-
-    async putObject(key, bytes) {
-      assertObjectKey(key);
-      await client.send(new PutObjectCommand({ Bucket: bucket, Key: key, Body: bytes, ContentType: 'application/octet-stream' }));
-    },
-
-    async getObject(key) {
-      assertObjectKey(key);
-      try {
-        const res = await client.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
-        return res.Body ? await res.Body.transformToByteArray() : new Uint8Array();
-      } catch (err) {
-        if (err instanceof NoSuchKey || (err as Error).name === 'NoSuchKey') return undefined;
-        throw err;
-      }
-    },
   };
-}
-
-/** `LargeObjectStore` keys never reach into `blobs/`, whose objects are written only after hashing. */
-function assertObjectKey(key: string): void {
-  if (key === '' || key.startsWith('blobs/')) throw new Error(`invalid large-object key ${JSON.stringify(key.slice(0, 200))}`);
 }

@@ -54,6 +54,8 @@ export function describeLifecycleBehaviour(label: string, open: () => Promise<Li
       const aOnly = [a.configDigest, a.layerDigests[1]];
       expect(await h.lifecycle.purge('local/a')).toMatchObject({ repositories: 1, evictedTags: 1, deletedManifests: 1, deletedBlobs: 2 });
       expect(await blobStates(reaper(), aOnly)).toEqual(['unpublished', 'unpublished']);
+      // The emptied repository leaves the catalog (and `ls`): nothing of it is left to list.
+      expect(h.jsonOf(await h.request('GET', '/v2/_catalog')).repositories).toEqual(['local/b']);
       expect((await h.lifecycle.gc()).removedObjects).toBe(0); // within the grace period the bytes stay
       expect(await fixture.storageObjects(h)).toEqual(expect.arrayContaining(aOnly));
       h.clock.now += 2 * HOUR;
@@ -72,6 +74,7 @@ export function describeLifecycleBehaviour(label: string, open: () => Promise<Li
       up.reset();
       await pullImage(h, 'local/a', 'v1', read);
       expect(up.count({ method: 'GET', kind: 'blob' })).toBe(2);
+      expect(h.jsonOf(await h.request('GET', '/v2/_catalog')).repositories).toEqual(['local/a', 'local/b']);
     });
 
     it('a budget that fits two of three images evicts the least recently pulled one', async () => {

@@ -185,6 +185,27 @@ export function describeLifecycleIndexContract(label: string, open: () => Promis
       expect(await index.getListing(name, 'tags')).toBeUndefined();
     });
 
+    it('a dropped repository leaves the catalog; a tag or manifest stored again (by the same process) lists it again', async () => {
+      const name = 'ghcr/org/emptied';
+      const m = manifest(name, 'e', T0);
+      await index.putManifest(m, [blob('e')], 'ghcr');
+      await index.putTag(tag(name, 'v1', m.digest, T0));
+      await index.putTag(tag('ghcr/org/kept', 'v1', m.digest, T0));
+      expect(await index.listRepositories()).toEqual(['ghcr/org/emptied', 'ghcr/org/kept']);
+      expect(await index.deleteTagIf(name, 'v1', { digest: m.digest })).toBe(true);
+      expect(await index.deleteManifest(name, m.digest, { referencedBlobs: [blob('e')] })).toBe(true);
+      expect(await index.dropRepositoryIfEmpty(name)).toBe(true);
+      expect(await index.listRepositories()).toEqual(['ghcr/org/kept']);
+      expect(await index.listRepositories({ last: 'ghcr/org/a' })).toEqual(['ghcr/org/kept']);
+      // The index wrote this repository's marker before: it must not take it for still written.
+      await index.putTag(tag(name, 'v2', m.digest, T0));
+      expect(await index.listRepositories()).toEqual(['ghcr/org/emptied', 'ghcr/org/kept']);
+      expect(await index.deleteTagIf(name, 'v2', { digest: m.digest })).toBe(true);
+      expect(await index.dropRepositoryIfEmpty(name)).toBe(true);
+      await index.putManifest(m, [blob('e')], 'ghcr');
+      expect(await index.listRepositories()).toEqual(['ghcr/org/emptied', 'ghcr/org/kept']);
+    });
+
     it('keeps lifecycle state values by key, and removes them', async () => {
       expect(await index.getLifecycleState('gc')).toBeUndefined();
       await index.putLifecycleState('gc', '{"phase":"blobs"}');

@@ -152,6 +152,25 @@ describe('S3 blob store specifics (s3rver)', () => {
     await expect(store.putObject('blobs/sha256/abc', bytes)).rejects.toThrow(/invalid large-object key/);
   });
 
+  it('large objects: HEAD, paged listing in key order after a key (size, last write), delete; never under blobs/', async () => {
+    const store = open();
+    const p = 'manifests/sha512/'; // a prefix no other test of this bucket writes
+    const before = Date.now() - 60_000;
+    for (const k of ['b', 'a', 'c']) await store.putObject(`${p}${k}`, new Uint8Array(k.charCodeAt(0)));
+    expect(await store.hasObject(`${p}a`)).toBe(true);
+    expect(await store.hasObject(`${p}zz`)).toBe(false);
+    const listed = [];
+    for await (const o of store.listObjects(p, `${p}a`)) listed.push(o);
+    expect(listed.map((o) => [o.key, o.size])).toEqual([[`${p}b`, 98], [`${p}c`, 99]]);
+    for (const o of listed) expect(o.modified).toBeGreaterThan(before);
+    await store.deleteObject(`${p}b`);
+    await store.deleteObject(`${p}missing`); // a no-op
+    const keys = [];
+    for await (const o of store.listObjects(p)) keys.push(o.key);
+    expect(keys).toEqual([`${p}a`, `${p}c`]);
+    await expect(store.deleteObject('blobs/sha256/abc')).rejects.toThrow(/invalid large-object key/);
+  });
+
   it('refuses a blob larger than part size × 10,000 parts before sending anything', async () => {
     sent.length = 0;
     const tooBig = S3_MIN_PART_BYTES * 10_000 + 1;

@@ -5,7 +5,7 @@
  * own contract.
  */
 import { DescribeTableCommand, DynamoDBClient, ScanCommand } from '@aws-sdk/client-dynamodb';
-import { DynamoDBDocumentClient, GetCommand } from '@aws-sdk/lib-dynamodb';
+import { DeleteCommand, DynamoDBDocumentClient, GetCommand, PutCommand } from '@aws-sdk/lib-dynamodb';
 import { afterAll, beforeAll, beforeEach, afterEach, describe, expect, it } from 'vitest';
 import { sha256Digest } from '../../shared/oci/digest.js';
 import {
@@ -30,17 +30,34 @@ afterAll(async () => {
   await ddb?.stop();
 });
 
-/** An in-memory stand-in for the S3 large-object store (copies in and out, like a real store). */
-function mapLargeObjects(): LargeObjectStore & { objects: Map<string, Uint8Array> } {
+/**
+ * An in-memory stand-in for the S3 large-object store (copies in and out, like a real store); `clock.now` (ms)
+ * stamps each object's last write.
+ */
+function mapLargeObjects(clock = { now: 0 }): LargeObjectStore & { objects: Map<string, Uint8Array>; modified: Map<string, number> } {
   const objects = new Map<string, Uint8Array>();
+  const modified = new Map<string, number>();
   return {
     objects,
+    modified,
     async putObject(key, bytes) {
       objects.set(key, new Uint8Array(bytes));
+      modified.set(key, clock.now);
     },
     async getObject(key) {
       const b = objects.get(key);
       return b && new Uint8Array(b);
+    },
+    async hasObject(key) {
+      return objects.has(key);
+    },
+    async deleteObject(key) {
+      objects.delete(key);
+      modified.delete(key);
+    },
+    async *listObjects(prefix, after) {
+      const keys = [...objects.keys()].filter((k) => k.startsWith(prefix) && (after === undefined || k > after)).sort();
+      for (const key of keys) if (objects.has(key)) yield { key, size: objects.get(key)!.length, modified: modified.get(key)! };
     },
   };
 }
@@ -221,6 +238,144 @@ describe('DynamoDB index: what only this adapter has', () => {
     } finally {
       recording.destroy();
     }
+  });
+
+  it('dropping an emptied repository puts its marker back when a fill wrote a tag while the marker was being deleted', async () => {
+    const name = 'r/raced';
+    const tagItem = { pk: `repo#${name}`, sk: 'tag#v1', digest: sha256Digest('m'), mediaType: 'm', size: 3, fetchedAt: 1, checkedAt: 1 };
+    await t.index.putTag({ name, tag: 'v0', digest: sha256Digest('m'), mediaType: 'm', size: 3, fetchedAt: 1, checkedAt: 1 });
+    await t.index.deleteTag(name, 'v0');
+    // The fill's tag lands right after the lifecycle's DeleteItem of the marker (written raw: no marker of its own,
+    // as when the fill's marker write happened before the delete).
+    const racing = new DynamoDBClient({ ...DYNAMODB_LOCAL_CLIENT_CONFIG, endpoint: ddb.endpoint });
+    let raced = false;
+    racing.middlewareStack.add((next, context) => async (args) => {
+      const out = await next(args);
+      const input = args.input as { Key?: { pk?: { S?: string } | string } };
+      const pk = input.Key?.pk;
+      if (!raced && context.commandName === 'DeleteItemCommand' && (pk === 'repos' || (typeof pk === 'object' && pk.S === 'repos'))) {
+        raced = true;
+        await doc().send(new PutCommand({ TableName: t.table, Item: tagItem }));
+      }
+      return out;
+    }, { step: 'finalizeRequest', name: 'raceAFill' });
+    try {
+      const index = createDynamoDbIndex({ client: racing, table: t.table });
+      // Its second look finds the tag: the marker goes back, and the repository counts as not dropped.
+      expect(await index.dropRepositoryIfEmpty(name)).toBe(false);
+      expect(raced).toBe(true);
+      expect(await item('repos', name)).toBeDefined();
+      expect(await t.index.listRepositories()).toEqual([name]);
+      // Without the race the marker goes.
+      await t.index.deleteTag(name, 'v1');
+      expect(await t.index.dropRepositoryIfEmpty(name)).toBe(true);
+      expect(await item('repos', name)).toBeUndefined();
+      expect(await t.index.listRepositories()).toEqual([]);
+    } finally {
+      racing.destroy();
+    }
+  });
+
+  describe('large manifest bodies (manifests/<alg>/<hex>, shared by digest) and their collection', () => {
+    const body = new Uint8Array(1500).fill(9);
+    const digest = sha256Digest(body);
+    const key = `manifests/sha256/${digest.slice('sha256:'.length)}`;
+    const record = (name: string) => ({ name, digest, mediaType: 'm', size: body.length, body });
+    const T = 1_000_000;
+    const sweep = async (graceFrom: number, dryRun = false) => {
+      const out = [];
+      for await (const b of t.index.sweepManifestBodies!(undefined, { graceFrom, dryRun })) out.push(b);
+      return out;
+    };
+    let clock: { now: number };
+    beforeEach(async () => {
+      await t.close();
+      clock = { now: T };
+      large = mapLargeObjects(clock);
+      t = await openTable({ largeObjects: large, inlineLimitBytes: 1000 });
+    });
+
+    it('one object for two repositories; it goes only once neither points to it and it is older than the grace period', async () => {
+      await t.index.putManifest(record('r/a'), [sha256Digest('l')], 'r');
+      await t.index.putManifest(record('r/b'), [sha256Digest('l')], 'r');
+      expect([...large.objects.keys()]).toEqual([key]);
+      expect(await item(`body#${digest}`, 'ref#r/a')).toMatchObject({ gen: expect.any(String) });
+      expect(await t.index.deleteManifest('r/a', digest, { referencedBlobs: [sha256Digest('l')] })).toBe(true);
+      expect(await item(`body#${digest}`, 'ref#r/a')).toBeUndefined();
+      expect(await sweep(T + 1)).toEqual([{ key, size: 1500, removed: false }]); // r/b still points to it
+      expect(Buffer.from((await t.index.getManifest('r/b', digest))!.body).equals(Buffer.from(body))).toBe(true);
+      expect(await t.index.deleteManifest('r/b', digest, { referencedBlobs: [sha256Digest('l')] })).toBe(true);
+      expect(await sweep(T)).toEqual([{ key, size: 1500, removed: false }]); // written within the grace period
+      expect(await sweep(T + 1, true)).toEqual([{ key, size: 1500, removed: true }]);
+      expect(large.objects.has(key)).toBe(true); // a dry run removes nothing
+      expect(await sweep(T + 1)).toEqual([{ key, size: 1500, removed: true }]);
+      expect(large.objects.size).toBe(0);
+    });
+
+    it('a manifest stored before body references existed gets one from addBlobReferences (the GC backfill), so it is kept', async () => {
+      await t.index.putManifest(record('r/old'), [], 'r');
+      await doc().send(new DeleteCommand({ TableName: t.table, Key: { pk: `body#${digest}`, sk: 'ref#r/old' } }));
+      await t.index.addBlobReferences('r/old', digest, 'r', []);
+      expect(await sweep(T + 1)).toEqual([{ key, size: 1500, removed: false }]);
+    });
+
+    it('a delete interrupted after the item leaves a journal entry that removes the body reference too', async () => {
+      await t.index.putManifest(record('r/j'), [], 'r');
+      const gen = (await item('repo#r/j', `manifest#${digest}`))!.gen as string;
+      // What deleteManifest writes before it deletes the item (the process died right after the item's delete).
+      await doc().send(new PutCommand({ TableName: t.table, Item: { pk: 'lifecycle', sk: `pending#r/j@${digest}`, rule: 'r', gen, blobs: [], body: true } }));
+      await doc().send(new DeleteCommand({ TableName: t.table, Key: { pk: 'repo#r/j', sk: `manifest#${digest}` } }));
+      expect(await t.index.finishInterruptedDeletes()).toBe(1);
+      expect(await item(`body#${digest}`, 'ref#r/j')).toBeUndefined();
+      expect(await sweep(T + 1)).toEqual([{ key, size: 1500, removed: true }]);
+    });
+
+    it('the GC puts a body back when a writer stored that manifest between its look and its delete', async () => {
+      await t.index.putManifest(record('r/a'), [], 'r');
+      await t.index.deleteManifest('r/a', digest, { referencedBlobs: [] });
+      const getObject = large.getObject.bind(large);
+      large.getObject = async (k) => {
+        const bytes = await getObject(k);
+        // The GC found no reference and read the body; now a writer stores the manifest, whole (object, reference,
+        // item, and its HEAD, which still finds the object), before the GC's delete.
+        large.getObject = getObject;
+        await t.index.putManifest(record('r/b'), [], 'r');
+        return bytes;
+      };
+      expect(await sweep(T + 1)).toEqual([{ key, size: 1500, removed: false }]);
+      expect(Buffer.from((await t.index.getManifest('r/b', digest))!.body).equals(Buffer.from(body))).toBe(true);
+    });
+
+    it('a writer puts its body back when a GC removed it between the object write and the item', async () => {
+      const putObject = large.putObject.bind(large);
+      let puts = 0;
+      large.putObject = async (k, bytes) => {
+        puts++;
+        if (puts > 1) await putObject(k, bytes); // the first write is removed by a GC right after it (not kept)
+      };
+      await t.index.putManifest(record('r/w'), [], 'r');
+      expect(puts).toBe(2);
+      expect(Buffer.from((await t.index.getManifest('r/w', digest))!.body).equals(Buffer.from(body))).toBe(true);
+    });
+  });
+
+  it('a writer that marked the repository before keeps it listed when a GC dropped the marker in between (it reads the marker after its write)', async () => {
+    const name = 'r/rewritten';
+    const m = { name, digest: sha256Digest('m2'), mediaType: 'm', size: 2, body: new Uint8Array([1, 2]) };
+    // The writer (a registry process) marked the repository with its first tag and remembers having done so.
+    const writer = createDynamoDbIndex({ client, table: t.table });
+    await writer.putTag({ name, tag: 'v0', digest: m.digest, mediaType: 'm', size: 2, fetchedAt: 1, checkedAt: 1 });
+    // Another process (the GC) empties the repository and drops its marker.
+    await t.index.deleteTag(name, 'v0');
+    expect(await t.index.dropRepositoryIfEmpty(name)).toBe(true);
+    expect(await item('repos', name)).toBeUndefined();
+    // The writer's next tag and manifest: its own memory says "marked", the read after the write says otherwise.
+    await writer.putTag({ name, tag: 'v1', digest: m.digest, mediaType: 'm', size: 2, fetchedAt: 2, checkedAt: 2 });
+    expect(await t.index.listRepositories()).toEqual([name]);
+    await t.index.deleteTag(name, 'v1');
+    expect(await t.index.dropRepositoryIfEmpty(name)).toBe(true);
+    await writer.putManifest(m, [], 'r');
+    expect(await t.index.listRepositories()).toEqual([name]);
   });
 
   it('rejects an inline limit that cannot fit a 400 KB item', () => {

@@ -5,10 +5,13 @@
  */
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
 import { ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
-import { afterAll, beforeAll } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createDynamoDbIndex, createTable, deleteTable } from '../../shared/store/dynamodb-index.js';
 import { createS3BlobStore } from '../../shared/store/s3-blob-store.js';
 import { describeLifecycleBehaviour } from '../contract/lifecycle-behaviour.contract.js';
+import { createHarness } from '../support/harness.js';
+import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+import { pullImage, storeProblems } from '../support/lifecycle-checks.js';
 import { DYNAMODB_LOCAL_CLIENT_CONFIG, startDynamoDbLocal, type DynamoDbLocal } from '../support/dynamodb-local.js';
 import { createBucket, s3ClientFor, startS3rver, type S3rverInstance } from '../support/s3rver.js';
 
@@ -30,31 +33,32 @@ afterAll(async () => {
   await s3rver?.stop();
 });
 
-/** Keys under `blobs/` of `bucket`, as digests (every page). */
-async function blobObjects(bucket: string): Promise<string[]> {
+/** Keys under `prefix` (`blobs/`, `manifests/`) of `bucket`, as digests (every page). */
+async function blobObjects(bucket: string, prefix = 'blobs/'): Promise<string[]> {
   const out: string[] = [];
   let token: string | undefined;
   for (let page = 0; page < 1000; page++) {
-    const res = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'blobs/', ContinuationToken: token }));
-    for (const o of res.Contents ?? []) out.push(o.Key!.slice('blobs/'.length).replace('/', ':'));
+    const res = await s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix, ContinuationToken: token }));
+    for (const o of res.Contents ?? []) out.push(o.Key!.slice(prefix.length).replace('/', ':'));
     token = res.IsTruncated ? res.NextContinuationToken : undefined;
     if (!token) break;
   }
   return out;
 }
 
-describeLifecycleBehaviour('DynamoDB Local + s3rver', async () => {
+/** A new table and bucket; manifests over `inlineLimitBytes` go to the bucket's `manifests/`. */
+async function openBackend(inlineLimitBytes?: number) {
   const table = `lifecycle-${process.pid}-${++n}`;
   const bucket = `lifecycle-${process.pid}-${n}`;
   await Promise.all([createTable(dynamo, table), createBucket(s3, bucket)]);
   const records = createDynamoDbIndex({ client: dynamo, table });
   const blobs = createS3BlobStore({ client: s3, bucket, records, partSizeBytes: 5 * 1024 * 1024 });
-  const index = createDynamoDbIndex({ client: dynamo, table, largeObjects: blobs });
+  const index = createDynamoDbIndex({ client: dynamo, table, largeObjects: blobs, ...(inlineLimitBytes ? { inlineLimitBytes } : {}) });
   return {
     backend: {
       index,
       blobs,
-      async readLocation(url) {
+      async readLocation(url: string) {
         const res = await fetch(url);
         if (res.status !== 200) throw new Error(`GET ${url} answered ${res.status}`);
         return Buffer.from(await res.arrayBuffer());
@@ -62,6 +66,49 @@ describeLifecycleBehaviour('DynamoDB Local + s3rver', async () => {
       storageObjects: () => blobObjects(bucket),
     },
     storageObjects: () => blobObjects(bucket),
+    manifestBodies: () => blobObjects(bucket, 'manifests/'),
     close: () => deleteTable(dynamo, table),
   };
+}
+
+describeLifecycleBehaviour('DynamoDB Local + s3rver', () => openBackend());
+
+describe('large manifest bodies in S3 (manifests/, shared by digest)', () => {
+  let up: FakeUpstream;
+  let fixture: Awaited<ReturnType<typeof openBackend>>;
+  let h: Awaited<ReturnType<typeof createHarness>>;
+  beforeEach(async () => {
+    up = await startFakeUpstream();
+    fixture = await openBackend(300); // every manifest of this test is larger: its body goes to S3
+  });
+  afterEach(async () => {
+    h?.close();
+    await fixture.close();
+    await up.close();
+  });
+
+  it("a purged image's body stays while another repository stores the same manifest; past the grace period GC deletes the unshared ones", async () => {
+    h = await createHarness([{ prefix: 'local', upstream: up.url, ttlSeconds: 30 * 24 * 3600 }], { backend: fixture.backend });
+    const read = fixture.backend.readLocation;
+    const layers = [Buffer.alloc(5000, 'p'), Buffer.alloc(5000, 'q')];
+    const a = seedImage(up, 'a', 'v1', layers);
+    const b = seedImage(up, 'b', 'v1', layers); // the same manifest (same bytes, same digest) under another name
+    const c = seedImage(up, 'c', 'v1', [Buffer.alloc(5000, 'r')]);
+    expect(b.digest).toBe(a.digest);
+    for (const r of ['a', 'b', 'c']) await pullImage(h, `local/${r}`, 'v1', read);
+    expect((await fixture.manifestBodies()).sort()).toEqual([a.digest, c.digest].sort());
+    await h.lifecycle.purge('local/a');
+    await h.lifecycle.purge('local/c');
+    expect((await h.lifecycle.gc()).removedObjects).toBe(0); // within the grace period
+    expect((await fixture.manifestBodies()).sort()).toEqual([a.digest, c.digest].sort());
+    h.clock.now += 2 * 3600 * 1000;
+    expect(await h.lifecycle.gc()).toMatchObject({ complete: true, removedObjects: 3 }); // c's body, its config and layer
+    expect(await fixture.manifestBodies()).toEqual([a.digest]);
+    up.faults.down = true;
+    await pullImage(h, 'local/b', 'v1', read);
+    expect(await storeProblems(fixture.backend.index, fixture.backend.blobs)).toEqual([]);
+    up.faults.down = false;
+    await pullImage(h, 'local/c', 'v1', read); // an ordinary miss refills it, body included
+    expect((await fixture.manifestBodies()).sort()).toEqual([a.digest, c.digest].sort());
+  });
 });

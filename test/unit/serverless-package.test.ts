@@ -599,7 +599,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
       expect(allowed('refresh', 'secretsmanager')).toEqual(upstreamSecrets('pullthrough/'));
     });
 
-    it('gc: the table; lists blobs/, reads and deletes blob objects, reads large manifests; no upstream secret, invokes nothing', () => {
+    it('gc: the table; lists blobs/ and manifests/, reads and deletes blob objects and large manifest bodies; no upstream secret, invokes nothing', () => {
       expect(actions('gc', 'dynamodb')).toEqual([
         'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem',
       ]);
@@ -609,9 +609,11 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         { action: 's3:GetObject', resources: [BLOBS] },
         { action: 's3:DeleteObject', resources: [BLOBS] },
         { action: 's3:GetObject', resources: [MANIFESTS] },
+        { action: 's3:DeleteObject', resources: [MANIFESTS] },
+        { action: 's3:PutObject', resources: [MANIFESTS] },
       ]);
       const list = template.Resources.GcRole.Properties.Policies[0].PolicyDocument.Statement.find((st: any) => st.Sid === 'ListBlobs');
-      expect(list.Condition).toEqual({ StringLike: { 's3:prefix': 'blobs/*' } });
+      expect(list.Condition).toEqual({ StringLike: { 's3:prefix': ['blobs/*', 'manifests/*'] } });
       for (const t of TEMPLATES()) {
         for (const service of ['lambda', 'secretsmanager', 'ssm', 'kms', 'events']) expect(allowed('gc', service, t)).toEqual([]);
       }
@@ -963,8 +965,12 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         expect(gcActions).toContain(`dynamodb:${call.op}`);
         expect(call.body.TableName).toBe(NAMES.Table);
       }
-      // The blob sweep: one listing of blobs/ in the stack's bucket (path-style on a custom endpoint).
-      expect(s3Calls).toEqual([`GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=blobs%2F`]);
+      // The sweeps: one listing of blobs/ and one of manifests/ (large manifest bodies) in the stack's bucket
+      // (path-style on a custom endpoint), both prefixes the role's ListBucket condition names.
+      expect(s3Calls).toEqual([
+        `GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=blobs%2F`,
+        `GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=manifests%2F`,
+      ]);
     }, 30_000);
 
 

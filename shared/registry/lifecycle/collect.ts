@@ -7,7 +7,7 @@
  * 3. blobs no reference item names any more: under the digest's fill lease (so no fill of it runs), re-checked,
  *    taken out of the index (unpublished), and re-checked once more — a reference that appeared in between puts the
  *    blob back. Their bytes stay until a later pass, past the grace period.
- * A repository left with no tag and no manifest loses its blob links and kept listings.
+ * A repository left with no tag and no manifest loses its blob links, kept listings and catalog entry.
  */
 import { randomUUID } from 'node:crypto';
 import type { Digest } from '../../oci/digest.js';
@@ -25,7 +25,10 @@ export interface Counts {
   deletedBlobs: number;
   /** Bytes of the manifests and blobs taken out of the index (blob bytes leave storage after the grace period). */
   freedBytes: number;
-  /** Storage objects deleted (blobs unpublished at least the grace period ago, orphans). */
+  /**
+   * Storage objects deleted: blobs unpublished at least the grace period ago, orphans, and large manifest bodies
+   * no stored manifest points to any more (DynamoDB + S3).
+   */
   removedObjects: number;
   /** Temp files of writes whose process died (kill -9 mid-fill), removed, and their bytes (BlobReaper.removeAbandonedWrites). */
   removedTempFiles: number;
@@ -87,10 +90,15 @@ export async function collectRepository(c: Collector, name: string, rules: Reten
     return { deletedManifests: plan.deleteManifests, keptManifests: plan.keptManifests, released: plan.deleteManifests.flatMap((m) => m.blobs) };
   }
   const kept: string[] = [];
+  let tagsLeft = state.tags.length;
   for (const t of plan.deleteTags) {
     const ok = await c.index.deleteTagIf(name, t.tag, { digest: t.digest, ...(opts.conditional ? { pulledAt: t.pulledAt ?? t.fetchedAt } : {}) });
-    if (ok) c.counts.evictedTags++;
-    else kept.push(t.tag);
+    if (ok) {
+      c.counts.evictedTags++;
+      tagsLeft--;
+    } else {
+      kept.push(t.tag);
+    }
   }
   if (kept.length > 0) {
     // A tag was pulled or moved meanwhile: decide the manifests again on what the repository holds now, keeping
@@ -112,7 +120,10 @@ export async function collectRepository(c: Collector, name: string, rules: Reten
       c.counts.freedBytes += m.size;
     }
   }
-  if (plan.keptManifests.length === 0 && deletedManifests.length > 0) await c.index.dropRepositoryIfEmpty(name);
+  // Left with nothing (emptied now, or found so: a tag the refresh deleted, a writer that died after marking it):
+  // its links, listings and catalog entry go (so `_catalog` and `ls` stop listing it); the index checks again that
+  // it holds no tag or manifest, and a writer storing one meanwhile keeps it listed (dynamodb-context.ts).
+  if (tagsLeft === 0 && plan.keptManifests.length === 0 && deletedManifests.length === plan.deleteManifests.length) await c.index.dropRepositoryIfEmpty(name);
   return { deletedManifests, keptManifests: plan.keptManifests, released: deletedManifests.flatMap((m) => m.blobs) };
 }
 

@@ -34,21 +34,24 @@
  * 2. repositories (paged): expiry (`expireAfterUnpulledDays`, `keepTags`), counting the kept manifests' bytes;
  * 3. blobs (every stored object, paged): unpublish unreferenced ones, delete the bytes of those unpublished `G`
  *    ago and of orphans, count the referenced ones per rule (a blob counts once in every rule that references it,
- *    once in the cache-wide total);
- * 4. budgets (budget.ts): evict least recently pulled first until every `maxBytes` fits.
+ *    once in the cache-wide total) (sweep.ts);
+ * 3b. large manifest bodies, on stores that keep them apart (DynamoDB + S3 `manifests/`, shared by digest): remove
+ *    those no stored manifest points to any more, written at least `G` ago; a writer storing one meanwhile keeps
+ *    it (protocol: shared/store/dynamodb-manifest-bodies.ts);
+ * 4. budgets (budget.ts): evict least recently pulled first until every `maxBytes` fits (the bodies of manifests
+ *    evicted here, and by a purge, go with the next pass).
  * Every run also removes what writes killed mid-way left in storage (the filesystem store's temp files of dead
  * writers; never a write in progress): `removedTempFiles`, `removedTempBytes`.
  * No set grows with the store: a repository is held one at a time, blobs are streamed, budgets keep a bounded
  * candidate list. Memory is bounded by the largest repository.
  */
-import pLimit from 'p-limit';
-import type { Digest } from '../../oci/digest.js';
-import type { LifecycleIndex, StoredBlob } from '../../store/ports.js';
+import type { LifecycleIndex } from '../../store/ports.js';
 import type { RegistryDeps } from '../deps.js';
 import { enforceBudgets, type OverBudget, type Usage } from './budget.js';
-import { collectRepository, emptyCounts, releaseBlobs, unpublishIfUnreferenced, withBlobLease, type Collector, type Counts } from './collect.js';
+import { collectRepository, emptyCounts, releaseBlobs, type Collector, type Counts } from './collect.js';
 import { ruleOfName, type LifecycleSettings, type Policy } from './policy.js';
 import { readRepository } from './repository.js';
+import { SAVE_EVERY, sweepBlobs, sweepManifestBodies, type PassState } from './sweep.js';
 
 /** What a pass did. Counts; bytes; `ms` wall-clock milliseconds. */
 export interface GcReport extends Counts {
@@ -66,26 +69,13 @@ export interface GcReport extends Counts {
   ms: number;
 }
 
-/** State saved between runs of one pass (lifecycle state `gc`). */
-interface PassState {
-  startedAt: number;
-  phase: 'repositories' | 'blobs' | 'budgets';
-  cursor?: string;
-  manifestBytes: Record<string, number>;
-  blobBytes: Record<string, number>;
-  totalBlobBytes: number;
-  pendingBytes: number;
-  counts: Counts;
-}
-
 const STATE_KEY = 'gc';
 /** Lifecycle state key of the last usage a pass measured (for `ls`/`stats`). */
 export const USAGE_KEY = 'usage';
 const REFS_KEY = 'references';
+const REFS_VERSION = 'v2';
 /** A saved pass older than this is started afresh rather than resumed (ms). */
 const STALE_PASS_MS = 7 * 24 * 60 * 60 * 1000;
-/** Items between two saves of the pass state. */
-const SAVE_EVERY = 500;
 
 /** The garbage collector. */
 export interface GarbageCollector {
@@ -102,7 +92,8 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
   const add = (m: Record<string, number>, k: string, v: number) => void (m[k] = (m[k] ?? 0) + v);
 
   async function backfillReferences(c: Collector): Promise<void> {
-    if ((await index.getLifecycleState(REFS_KEY)) === 'v1') return;
+    // v1: blob reference items; v2: also the body references of large manifest bodies (DynamoDB + S3).
+    if ((await index.getLifecycleState(REFS_KEY)) === REFS_VERSION) return;
     for (let last: string | undefined, page = 0; page < 100_000; page++) {
       const names = await stores.tags.listRepositories({ last, n: 1000 });
       for (const name of names) {
@@ -113,7 +104,7 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
       if (names.length < 1000) break;
       last = names[names.length - 1];
     }
-    if (!c.dryRun) await index.putLifecycleState(REFS_KEY, 'v1');
+    if (!c.dryRun) await index.putLifecycleState(REFS_KEY, REFS_VERSION);
   }
 
   return {
@@ -170,55 +161,14 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
       }
 
       if (state.phase === 'blobs' && !stopped()) {
-        const limit = pLimit(settings.concurrency);
-        let batch: Array<Promise<void>> = [];
-        let handled = 0;
-        const graceFrom = now - settings.graceMs;
-        const sweep = async (b: StoredBlob) => {
-          if (b.state === 'committed') {
-            const referrers = await index.blobReferrers(b.digest);
-            if (referrers.length > 0) {
-              for (const r of referrers) add(state.blobBytes, r, b.size);
-              state.totalBlobBytes += b.size;
-            } else if ((await unpublishIfUnreferenced(c, b.digest, { committedBefore: graceFrom, knownUnreferenced: true })) === undefined) {
-              state.totalBlobBytes += b.size; // fresh, or referenced meanwhile: still stored
-            } else {
-              state.pendingBytes += b.size;
-            }
-          } else if (b.since < graceFrom) {
-            await removeObject(b.digest, b.state);
-          } else {
-            state.pendingBytes += b.size;
-          }
-        };
-        const removeObject = async (digest: Digest, expected: StoredBlob['state']) => {
-          await withBlobLease(c, digest, async (held) => {
-            const now2 = await reaper.storedBlob(digest);
-            if (now2?.state !== expected || now2.since >= graceFrom) return;
-            if (!dryRun && !(await held())) return;
-            if (!dryRun) await reaper.removeBlobObject(digest);
-            c.counts.removedObjects++;
-          });
-        };
-        let listed = true;
-        for await (const b of reaper.listStoredBlobs(state.cursor as Digest | undefined)) {
-          if (stopped()) {
-            listed = false;
-            break;
-          }
-          batch.push(limit(() => sweep(b)));
-          if (batch.length >= 64) {
-            await Promise.all(batch);
-            batch = [];
-            state.cursor = b.digest;
-            if ((handled += 64) >= SAVE_EVERY) {
-              handled = 0;
-              await save();
-            }
-          }
+        if (await sweepBlobs(c, state, { graceFrom: now - settings.graceMs, concurrency: settings.concurrency, stopped, save })) {
+          state.phase = index.sweepManifestBodies ? 'bodies' : 'budgets';
+          state.cursor = undefined;
         }
-        await Promise.all(batch);
-        if (listed) {
+        await save();
+      }
+      if (state.phase === 'bodies' && !stopped()) {
+        if (await sweepManifestBodies(c, state, { graceFrom: now - settings.graceMs, stopped, save })) {
           state.phase = 'budgets';
           state.cursor = undefined;
         }
