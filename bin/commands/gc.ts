@@ -1,8 +1,8 @@
 /**
  * `pullthrough gc [--dry-run] [--json] [--max-seconds N]`: one garbage-collection pass over the store the
  * `PULLTHROUGH_*` settings name (the same pass the scheduled `gc` function runs on AWS; design in
- * shared/registry/lifecycle/gc.ts). Prints what it evicted and deleted, stored bytes per rule and any budget that
- * kept content alone exceeds; with `--json` the report is the last line of stdout. A pass stopped by
+ * shared/registry/lifecycle/gc.ts). Prints what it evicted and deleted, stored bytes per rule and any budget still
+ * exceeded (by kept content alone, or with more to evict than the pass had time for); with `--json` the report is the last line of stdout. A pass stopped by
  * `--max-seconds` (or lifecycle.maxRunSeconds) saves where it was; the next one resumes.
  */
 import { InvalidArgumentError, type Command } from 'commander';
@@ -22,7 +22,10 @@ function summary(r: GcReport): string {
   const rules = Object.entries(r.rules).map(([rule, u]) => [rule || '(no rule)', formatBytes(u.storedBytes), u.maxBytes === undefined ? '-' : formatBytes(u.maxBytes)]);
   const out = [lines.join('\n'), '\n', rules.length ? table(['RULE', 'STORED', 'BUDGET'], rules) : ''];
   for (const o of r.overBudget) {
-    out.push(`over budget: ${o.scope} stores ${formatBytes(o.storedBytes)} of ${formatBytes(o.maxBytes)}: kept content alone (keepTags, or pulled recently) exceeds it\n`);
+    const why = o.reason === 'next-pass'
+      ? 'more to evict than this pass had time for: the next gc goes on'
+      : 'kept content alone (keepTags, or pulled recently) exceeds it';
+    out.push(`over budget: ${o.scope} stores ${formatBytes(o.storedBytes)} of ${formatBytes(o.maxBytes)}: ${why}\n`);
   }
   return out.join('');
 }

@@ -9,6 +9,10 @@ import { promises as fs } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { describeLifecycleBehaviour } from '../contract/lifecycle-behaviour.contract.js';
+import { graceSecondsFor } from '../../shared/config-lifecycle.js';
+import { parseConfig } from '../../shared/config.js';
+import { createGarbageCollector } from '../../shared/registry/lifecycle/gc.js';
+import { createPolicies } from '../../shared/registry/lifecycle/policy.js';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
 import { blobStates, pullImage, storeProblems } from '../support/lifecycle-checks.js';
@@ -103,10 +107,53 @@ describe('budgets and expiry', () => {
       tight.clock.now += DAY;
       const over = await tight.lifecycle.gc();
       expect(over.evictedTags).toBe(0);
-      expect(over.overBudget).toEqual([{ scope: 'local', storedBytes: bytesOf(imgs.a), maxBytes: 1000 }]);
+      expect(over.overBudget).toEqual([{ scope: 'local', storedBytes: bytesOf(imgs.a), maxBytes: 1000, reason: 'kept-content' }]);
     } finally {
       tight.close();
     }
+  });
+
+  it('a budget needing more evictions than one candidate list holds takes more rounds in the pass; one cut short says the next pass goes on', async () => {
+    // Five images, a budget that fits one; two candidates per round (MAX_CANDIDATES is 2000 in production).
+    const rule = { prefix: 'local', upstream: up.url, ttlSeconds: 30 * 24 * 3600, lifecycle: { maxBytes: 1 } };
+    const config = parseConfig({ rules: [rule] });
+    h = await createHarness([rule]);
+    const { settings, policyOf } = createPolicies(config, graceSecondsFor(config.lifecycle, 900));
+    const imgs = ['a', 'b', 'c', 'd', 'e'].map((r) => seedImage(up, r, 'v1', [layer(r)]));
+    for (const r of ['a', 'b', 'c', 'd', 'e']) {
+      await pullImage(h, `local/${r}`, 'v1');
+      h.clock.now += 2 * HOUR + 1000;
+    }
+    h.clock.now += DAY;
+    const report = await createGarbageCollector(h.deps, { ...settings, maxCandidates: 2 }, policyOf).run();
+    // Three rounds (2 + 2 + 1 candidates): every image goes, least recently pulled first; nothing evictable is left.
+    expect(report).toMatchObject({ complete: true, evictedTags: 5, deletedManifests: 5, deletedBlobs: 10, storedBytes: 0, overBudget: [] });
+    expect(await h.index.listRepositories()).toEqual([]);
+
+    // Pulled again, then a pass whose deadline passes right after its first eviction (Date.now moved past it:
+    // the deadline is wall-clock time): the report says the budget is over with evictable content left, not
+    // kept content, and the next pass evicts the rest.
+    for (const r of ['a', 'b']) await pullImage(h, `local/${r}`, 'v1');
+    h.clock.now += DAY;
+    const deadline = Date.now() + 3_600_000;
+    const lifecycle = h.deps.stores.lifecycle!;
+    const deleteTagIf = lifecycle.deleteTagIf.bind(lifecycle);
+    const clock = vi.spyOn(Date, 'now');
+    lifecycle.deleteTagIf = async (...args) => {
+      const deleted = await deleteTagIf(...args);
+      clock.mockReturnValue(deadline + 1);
+      return deleted;
+    };
+    try {
+      const cut = await createGarbageCollector(h.deps, { ...settings, maxCandidates: 2 }, policyOf).run({ deadline });
+      expect(cut).toMatchObject({ complete: true, evictedTags: 1, overBudget: [{ scope: 'local', maxBytes: 1, reason: 'next-pass' }] });
+    } finally {
+      clock.mockRestore();
+      lifecycle.deleteTagIf = deleteTagIf;
+    }
+    const next = await createGarbageCollector(h.deps, { ...settings, maxCandidates: 2 }, policyOf).run();
+    expect(next).toMatchObject({ complete: true, evictedTags: 1, storedBytes: 0, overBudget: [] });
+    expect(imgs).toHaveLength(5);
   });
 
   it('the cache-wide maxBytes evicts across rules', async () => {

@@ -64,7 +64,10 @@ export interface GcReport extends Counts {
   pendingBytes: number;
   /** Stored bytes per rule (a shared blob counts in each rule referencing it), with the rule's budget. */
   rules: Record<string, { storedBytes: number; maxBytes?: number }>;
-  /** Budgets still exceeded by kept content alone (keepTags, or pulled within the protection window). */
+  /**
+   * Budgets still exceeded after the pass: by kept content alone (`reason: 'kept-content'`: keepTags, or pulled
+   * within the protection window), or with evictable content the pass had no time left for (`'next-pass'`).
+   */
   overBudget: OverBudget[];
   ms: number;
 }

@@ -27,6 +27,8 @@ export interface LifecycleSettings {
   protectMs: number;
   maxRunMs: number;
   concurrency: number;
+  /** Eviction candidates remembered per budget and round (budget.ts; default MAX_CANDIDATES, lower in tests). */
+  maxCandidates?: number;
 }
 
 /** Builds the per-rule policies and the pass settings from the config; `graceSeconds` as runtime.ts computed it. */
