@@ -3,7 +3,10 @@
  * DynamoDB Local (AWS's own jar) and s3rver, Debian's docker-registry as the upstream behind a counting proxy,
  * and skopeo as the client. Blobs must arrive through 307s to presigned s3rver URLs.
  */
+import { spawnSync } from 'node:child_process';
+import { resolve } from 'node:path';
 import { DynamoDBClient } from '@aws-sdk/client-dynamodb';
+import { HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTable } from '../../shared/store/dynamodb-index.js';
 import { startCountingProxy, type CountingProxy } from '../support/counting-proxy.js';
@@ -15,6 +18,7 @@ import { pullImage, sha256 } from '../support/pull.js';
 import { imageRef } from '../support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../support/upstream-registry.js';
 
+const ROOT = resolve(import.meta.dirname, '../..');
 const TABLE = 'pullthrough-e2e';
 const BUCKET = 'pullthrough-e2e';
 
@@ -39,11 +43,13 @@ beforeAll(async () => {
     layerSources: ['/usr/share/common-licenses', '/usr/share/zoneinfo', '/usr/share/doc/libc6'],
   });
   proxy = await startCountingProxy(upstream.url);
-  cache = await startLocalServer(
-    { rules: [{ prefix: 'local', upstream: proxy.url }] },
-    { env: awsBackendEnv({ dynamodb: dynamo.endpoint, s3: s3.endpoint, table: TABLE, bucket: BUCKET }) },
-  );
+  cache = await startLocalServer({ rules: [{ prefix: 'local', upstream: proxy.url }] }, { env: awsEnv() });
 }, 120_000);
+
+/** The settings that put the server (and the CLI) on the AWS backend: DynamoDB Local and s3rver. */
+function awsEnv(): Record<string, string> {
+  return awsBackendEnv({ dynamodb: dynamo.endpoint, s3: s3.endpoint, table: TABLE, bucket: BUCKET });
+}
 
 afterAll(async () => {
   await cache?.stop();
@@ -108,5 +114,32 @@ describe('pulling through the AWS backend (DynamoDB Local + s3rver)', () => {
     }
     const manifestGets = proxy.requests.filter((r) => r.method === 'GET' && r.path.includes('/manifests/'));
     expect(manifestGets.length).toBe(1);
+  });
+
+  it('npx pullthrough verify runs against the AWS backend: finds an S3 object overwritten with other bytes; --repair drops it', async () => {
+    const client = s3ClientFor(s3.endpoint);
+    const verify = (...args: string[]) => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', 'bin/pullthrough.ts', 'verify', '--json', ...args], {
+        cwd: ROOT, encoding: 'utf8', timeout: 120_000, env: { ...process.env, PULLTHROUGH_LOG_LEVEL: 'ERROR', ...awsEnv() },
+      });
+      return { status: r.status, report: JSON.parse(r.stdout.trim().split('\n').at(-1) ?? 'null'), stderr: r.stderr };
+    };
+    const damaged = multi.blobs[multi.blobs.length - 1].digest;
+    const key = `blobs/sha256/${damaged.slice('sha256:'.length)}`;
+    await client.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: Buffer.from('not the blob') }));
+    const found = verify();
+    expect(found.status, found.stderr).toBe(1);
+    expect(found.report).toMatchObject({ damagedBlobs: [damaged], damagedManifests: [], repaired: false, complete: true });
+    const stored = new Set([...multi.blobs, ...crowd.blobs].map((b) => b.digest));
+    expect(found.report.checkedBlobs).toBe(stored.size);
+    expect(found.report.checkedManifests).toBeGreaterThanOrEqual(4); // multi's index and two platform manifests, crowd's
+    const repaired = verify('--repair');
+    expect(repaired.status, repaired.stderr).toBe(1); // damage was found (and dropped)
+    expect(repaired.report).toMatchObject({ damagedBlobs: [damaged], repaired: true });
+    await expect(client.send(new HeadObjectCommand({ Bucket: BUCKET, Key: key }))).rejects.toMatchObject({ name: 'NotFound' });
+    const clean = verify();
+    expect(clean.status, clean.stderr).toBe(0);
+    expect(clean.report).toMatchObject({ checkedBlobs: stored.size - 1, damagedBlobs: [] });
+    client.destroy();
   });
 });

@@ -206,6 +206,34 @@ describe('verify', () => {
     expect(createHash('sha256').update(h.readLocation((await h.request('GET', `/v2/local/app/blobs/${damaged}`)).headers.Location)).digest('hex')).toBe(damaged.slice(7));
     expect((await h.lifecycle.verify({ repair: false })).damagedBlobs).toEqual([]);
   });
+
+  it('a verify stopped by its deadline (as the gc function runs it) saves its place; the next resumes and finds the rest', async () => {
+    await open();
+    const imgs = ['a', 'b'].map((r) => seedImage(up, r, 'v1', [layer(r)]));
+    for (const r of ['a', 'b']) await pullImage(h, `local/${r}`, 'v1');
+    const blobs = [...imgs.flatMap((i) => [i.configDigest, ...i.layerDigests])].sort();
+    const damaged = blobs[blobs.length - 1]; // the last in digest order: only the second run reaches it
+    writeFileSync(h.blobs.pathOf(damaged as never), Buffer.from('not the blob'));
+    const deadline = Date.now() + 3_600_000;
+    const reaper = h.deps.stores.reaper!;
+    const readBlob = reaper.readBlob.bind(reaper);
+    const clock = vi.spyOn(Date, 'now');
+    reaper.readBlob = async (digest) => {
+      clock.mockReturnValue(deadline + 1); // the deadline passes while the first blob is read
+      return readBlob(digest);
+    };
+    try {
+      const first = await h.lifecycle.verify({ repair: true, deadline, resume: true });
+      expect(first).toMatchObject({ complete: false, checkedBlobs: 1, checkedManifests: 0, damagedBlobs: [] });
+    } finally {
+      clock.mockRestore();
+      reaper.readBlob = readBlob;
+    }
+    const second = await h.lifecycle.verify({ repair: true, deadline: Date.now() + 3_600_000, resume: true });
+    expect(second).toMatchObject({ complete: true, checkedBlobs: 3, checkedManifests: 2, damagedBlobs: [damaged], repaired: true });
+    // Finished: the next resumed run starts from the beginning again.
+    expect(await h.lifecycle.verify({ repair: false, resume: true })).toMatchObject({ complete: true, checkedBlobs: 3, checkedManifests: 2, damagedBlobs: [] });
+  });
 });
 
 // Shared layer + purge + GC, a budget's least recently pulled image, GC racing pulls and fills: the behaviour suite

@@ -971,6 +971,13 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
         `GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=blobs%2F`,
         `GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=manifests%2F`,
       ]);
+      // `verify` by invocation: the same role suffices (it lists blobs/, then the repositories).
+      const fromVerify = dynamoCalls.length;
+      s3Calls.length = 0;
+      const verified = await invoke('gc', unzip('gc'), { action: 'verify', repair: true }, { endpoints: { AWS_ENDPOINT_URL_DYNAMODB: dynamoUrl, AWS_ENDPOINT_URL_S3: s3Url } });
+      expect(verified).toEqual({ checkedBlobs: 0, checkedBytes: 0, checkedManifests: 0, damagedBlobs: [], damagedManifests: [], repaired: true, complete: true });
+      expect(s3Calls).toEqual([`GET /${NAMES.Bucket}/?list-type=2&max-keys=1000&prefix=blobs%2F`]);
+      for (const call of dynamoCalls.slice(fromVerify)) expect(gcActions).toContain(`dynamodb:${call.op}`);
     }, 30_000);
 
 

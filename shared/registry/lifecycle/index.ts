@@ -29,8 +29,11 @@ export interface Lifecycle {
   purge(target: string): Promise<PurgeReport>;
   /** Repositories named `filter`, or under it; all without one. */
   ls(filter?: string): AsyncGenerator<RepositoryListing>;
-  /** Re-hashes stored blobs and manifests; `repair` drops the damaged ones. */
-  verify(opts: { repair: boolean }): Promise<VerifyReport>;
+  /**
+   * Re-hashes stored blobs and manifests; `repair` drops the damaged ones. `deadline` (ms epoch) stops the run;
+   * `resume` goes on from where the last stopped run was, and saves where this one stops (verify.ts).
+   */
+  verify(opts: { repair: boolean; deadline?: number; resume?: boolean }): Promise<VerifyReport>;
   /** The usage the last complete GC pass measured (JSON), if any. */
   lastUsage(): Promise<{ at: number; storedBytes: number; rules: GcReport['rules'] } | undefined>;
 }
