@@ -10,15 +10,20 @@ import type { Runtime } from '../../shared/runtime.js';
 export const CANNOT_START = 2;
 
 /**
- * Runs `fn` with the process runtime and closes the runtime afterwards. A runtime that cannot be built (bad
- * config, missing settings) prints why, without a stack, and exits {@link CANNOT_START}.
+ * Runs `fn` with a runtime built for this command from the current `PULLTHROUGH_*` settings and closes it
+ * afterwards (not the process-wide one of shared/runtime.ts: a command owns its runtime, so running commands one
+ * after another in one process works, as the CLI tests do). A runtime that cannot be built (bad config, missing
+ * settings) prints why, without a stack, and exits {@link CANNOT_START}.
  */
 export async function withRuntime(command: string, fn: (runtime: Runtime) => Promise<void>): Promise<void> {
   let runtime: Runtime;
   try {
     // Loaded here, not at the top: `--help` and the key/password commands start without the AWS SDK and SQLite.
-    const { getRuntime } = await import('../../shared/runtime.js');
-    runtime = await getRuntime();
+    const { buildRuntime } = await import('../../shared/runtime.js');
+    const { loadSettings } = await import('../../shared/config.js');
+    // Every problem of the environment and the config at once (StartupError), as getRuntime reports them.
+    const { env, config } = loadSettings();
+    runtime = await buildRuntime(env, config);
   } catch (err) {
     process.stderr.write(`${command}: cannot start: ${(err as Error).message}\n`);
     process.exitCode = CANNOT_START;

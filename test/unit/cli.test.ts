@@ -2,24 +2,24 @@
  * The CLI as a whole (`bin/pullthrough.ts`, commander): `--help` lists every subcommand file of bin/commands/ on
  * one line each; `refresh` and `serve` are the same code as `npm run refresh` and `npm start`, on the same
  * `PULLTHROUGH_*` settings. (hash-password, generate-token-key: auth-cli.test.ts; login-password: auth-iam.test.ts.)
+ * Commands run in this process (test/support/cli.ts: a Node + tsx start costs seconds on a loaded machine);
+ * `serve` runs as its own process, since what it proves (a signal stops it cleanly) needs one.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { trackChild } from '../support/child-processes.js';
+import { runCliInProcess } from '../support/cli.js';
 import { scratchDir } from '../support/scratch.js';
 import { pickFreePort } from '../support/upstream-registry.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const cli = (args: string[], env: Record<string, string> = {}) =>
-  spawnSync(process.execPath, ['--import', 'tsx', 'bin/pullthrough.ts', ...args], {
-    cwd: ROOT, encoding: 'utf8', timeout: 30_000, env: { ...process.env, PULLTHROUGH_LOG_LEVEL: 'WARN', ...env },
-  });
+const cli = (args: string[], env: Record<string, string> = {}) => runCliInProcess(args, { env });
 
 describe('pullthrough CLI', () => {
-  it('--help lists every command file of bin/commands/, each on one line with its description', () => {
-    const r = cli(['--help']);
+  it('--help lists every command file of bin/commands/, each on one line with its description', async () => {
+    const r = await cli(['--help']);
     expect(r.status, r.stderr).toBe(0);
     const names = readdirSync(join(ROOT, 'bin/commands')).filter((f) => f.endsWith('.ts')).map((f) => f.slice(0, -3));
     expect(names).toEqual(expect.arrayContaining(['serve', 'refresh', 'hash-password', 'generate-token-key', 'login-password']));
@@ -33,15 +33,15 @@ describe('pullthrough CLI', () => {
     expect(lines.every((l) => /^ {2}\S/.test(l)), 'no wrapped continuation lines').toBe(true);
   });
 
-  it('refresh: one pass over an empty store reports 0 checks; a named target with no cached tag exits 1', () => {
+  it('refresh: one pass over an empty store reports 0 checks; a named target with no cached tag exits 1', async () => {
     const env = { PULLTHROUGH_DATA_DIR: scratchDir('cli-refresh-') };
-    const all = cli(['refresh'], env);
+    const all = await cli(['refresh'], env);
     expect(all.status, all.stderr).toBe(0);
     expect(JSON.parse(all.stdout.trim().split('\n').at(-1)!)).toMatchObject({ checked: 0, moved: 0, errors: 0, stoppedEarly: false });
-    const named = cli(['refresh', 'docker-hub/library/alpine:3.20'], env);
+    const named = await cli(['refresh', 'docker-hub/library/alpine:3.20'], env);
     expect(named.status).toBe(1);
     expect(named.stderr).toContain('no cached tag matches docker-hub/library/alpine:3.20');
-    const bad = cli(['refresh', '--max-seconds', 'soon'], env);
+    const bad = await cli(['refresh', '--max-seconds', 'soon'], env);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toContain('usage: pullthrough refresh');
   });
