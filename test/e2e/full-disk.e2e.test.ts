@@ -12,6 +12,7 @@ import { mkdirSync, openSync, readdirSync, readFileSync, writeSync, closeSync } 
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startCountingProxy, type CountingProxy } from '../support/counting-proxy.js';
+import { eventually } from '../support/eventually.js';
 import { MediaTypes, pushBlob, pushManifest, sha256 } from '../support/images.js';
 import { startLocalServer, type LocalServer } from '../support/local-server.js';
 import { scratchDir } from '../support/scratch.js';
@@ -52,6 +53,9 @@ afterAll(async () => {
   if (mounted) execFileSync('umount', [mountPoint], { stdio: 'pipe' });
 });
 
+// The server's log reaches its file through a pipe and a write stream, so a line may land just after the response:
+// the tests wait (bounded) for it, then count.
+const storageFull = () => readFileSync(cache!.logPath, 'utf8').split('\n').filter((l) => l.includes('"event":"storage-full"'));
 const blobGets = () => counting.requests.filter((r) => r.method === 'GET' && /\/blobs\/sha256:/.test(r.path)).length;
 
 describe.skipIf(!mounted)('the data dir runs out of space (8 MiB tmpfs)', () => {
@@ -68,7 +72,8 @@ describe.skipIf(!mounted)('the data dir runs out of space (8 MiB tmpfs)', () => 
     }
     expect(blobGets()).toBe(1); // the retries did not go to the upstream
     expect(readdirSync(join(mountPoint, 'tmp'))).toEqual([]);
-    const lines = readFileSync(cache!.logPath, 'utf8').split('\n').filter((l) => l.includes('"event":"storage-full"'));
+    await eventually(() => storageFull().length >= 1);
+    const lines = storageFull();
     expect(lines).toHaveLength(1);
     expect(lines[0]).toContain(digest);
   });
@@ -95,8 +100,9 @@ describe.skipIf(!mounted)('the data dir runs out of space (8 MiB tmpfs)', () => 
     expect(res.status).toBe(503);
     expect(((await res.json()) as { errors: Array<{ code: string }> }).errors[0].code).toBe('UNAVAILABLE');
     expect(res.headers.get('retry-after')).toBe('30');
+    await eventually(() => storageFull().length >= 2);
     const log = readFileSync(cache!.logPath, 'utf8');
-    expect(log.split('\n').filter((l) => l.includes('"event":"storage-full"'))).toHaveLength(2);
+    expect(storageFull()).toHaveLength(2);
     expect(log).not.toMatch(/unexpected error/);
   });
 });
