@@ -1,6 +1,8 @@
 /**
  * Tag listing (OCI distribution spec, "Listing Tags") and the catalog. Tags come from the upstream when it
- * answers (so the list is the upstream's, not just what is cached), else from the tag index.
+ * answers (so the list is the upstream's, not just what is cached), else from the tag index: during an outage the
+ * list is the tags the cache holds now, each of them pullable, and a tag purged or evicted is gone from it at once.
+ * (An upstream list kept from before the outage would name tags the cache cannot serve, and tags purged since.)
  */
 import { RegistryError } from '../oci/errors.js';
 import { noteCache } from '../observe/request-scope.js';
@@ -27,9 +29,6 @@ export function parsePageSize(n: string | null): number | undefined {
   return Number(n);
 }
 
-/** Listing key of the one tag list kept per repository: the unpaginated list (`GET .../tags/list`). */
-const FULL_LIST_KEY = 'tags';
-
 /**
  * One page of a tag list as the spec's "Listing Tags" requires it, whatever the list came from (an upstream that
  * honours `n`/`last`, one that ignores them as Debian's distribution 2.8 does, one that answers unsorted, or the
@@ -50,35 +49,24 @@ function paginate(tags: string[], opts: { n?: number; last?: string }, upstreamN
 }
 
 /**
- * Lists tags of `name`: the upstream's page when reachable. When it is not, the last full list seen (kept only
- * from unpaginated requests, one per repository, so clients cannot grow the store with query variants),
- * paginated here; else the tags cached in the index. An upstream "no such repository" is `NAME_UNKNOWN`.
- * Every answer goes through {@link paginate}, so ordering, `n`, `last` and `next` hold whatever the source did.
+ * Lists tags of `name`: the upstream's page when reachable; when it is not (down, rate-limited, timing out), the
+ * tags cached in the index (see the file header), or the upstream's error (503, 429) when none is. An upstream "no such repository"
+ * is `NAME_UNKNOWN`. Every answer goes through {@link paginate}, so ordering, `n`, `last` and `next` hold whatever
+ * the source did.
  */
 export async function listTags(deps: RegistryDeps, name: string, opts: { n?: number; last?: string }): Promise<Page> {
   const resolved = deps.resolve(name);
   if (opts.n === 0) return { items: [] };
   if (opts.last !== undefined && opts.last.length > 256) throw new RegistryError('UNSUPPORTED', 'last is too long', { status: 400 });
-  // Tag lists come from the upstream (`miss`: the cache cannot answer them alone), or what was kept (`stale`).
+  // Tag lists come from the upstream (`miss`: the cache cannot answer them alone), or the cached tags (`stale`).
   noteCache('miss');
   try {
     const asked = { ...opts, ...(opts.n === undefined ? {} : { n: Math.min(opts.n, MAX_PAGE) }) };
     const page = await deps.upstreamFor(resolved.rule).listTags(resolved.upstreamRepository, asked);
-    if (opts.n === undefined && opts.last === undefined && page.next === undefined) {
-      const body = JSON.stringify(paginate(page.tags, {}).items);
-      const kept = await deps.stores.listings.getListing(resolved.name, FULL_LIST_KEY);
-      if (kept?.body !== body) await deps.stores.listings.putListing(resolved.name, FULL_LIST_KEY, body);
-    }
     return paginate(page.tags, opts, page.next?.last);
   } catch (err) {
     if (!(err instanceof UpstreamError)) throw err;
     if (err.failure === 'not-found' || err.failure === 'denied') throw toRegistryError(err, 'NAME_UNKNOWN');
-    const seen = await deps.stores.listings.getListing(resolved.name, FULL_LIST_KEY);
-    if (seen) {
-      deps.log.warn('serving the last tag list seen', { name: resolved.name, reason: err.message });
-      noteCache('stale');
-      return paginate(JSON.parse(seen.body) as string[], opts);
-    }
     const cached = await deps.stores.tags.listTags(resolved.name, { n: 100_000 });
     if (cached.length === 0) throw toRegistryError(err, 'NAME_UNKNOWN');
     deps.log.warn('serving cached tag list', { name: resolved.name, reason: err.message });

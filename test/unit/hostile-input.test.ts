@@ -284,10 +284,9 @@ describe(`${COUNT} generated hostile requests (seed ${SEED})`, () => {
     const after = snapshotStore(h.dbPath, h.dir);
     expect(after.schema).toEqual(before.schema);
     expect(after.files).toEqual(before.files);
-    // Every table, listings included: the one kept tag list per repository was written during set-up, and
-    // paginated or repeated list requests never add or rewrite rows.
+    // Every table, listings included: tag list requests (paginated, repeated, hostile) keep nothing, and nothing
+    // else a request did adds or rewrites rows.
     expect(after.tables).toEqual(before.tables);
-    expect(before.tables.listings?.length).toBeGreaterThan(0);
   });
 
   it('still serve the cached images with the same digests and bytes, without asking an upstream', async () => {

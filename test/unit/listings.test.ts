@@ -1,5 +1,6 @@
 /**
- * Tag lists and referrers through the cache: the upstream's answer when it is reachable, kept for offline use.
+ * Tag lists and referrers through the cache: the upstream's answer when it is reachable; offline, the tags cached
+ * now (tags/list) and the referrers kept for a cached subject.
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHarness } from '../support/harness.js';
@@ -31,20 +32,23 @@ function pushArtifact(repo: string, subject: { digest: string; size: number }, a
 }
 
 describe('tags/list', () => {
-  it('serves the last full list seen, paginated, when the upstream goes down', async () => {
+  it('serves the tags cached now, paginated, when the upstream goes down: not a purged one, nor one never pulled', async () => {
     up = await startFakeUpstream();
     h = await createHarness([{ prefix: 'p', upstream: up.url }]);
-    for (const t of ['a', 'b', 'c']) seedImage(up, 'app', t, [Buffer.from(t)]);
+    for (const t of ['a', 'b', 'c', 'd']) seedImage(up, 'app', t, [Buffer.from(t)]);
     const online = await h.request('GET', '/v2/p/app/tags/list');
-    expect(h.jsonOf(online).tags).toEqual(['a', 'b', 'c']);
-    // Paginated requests are answered but not kept (one kept list per repository).
-    expect(h.jsonOf(await h.request('GET', '/v2/p/app/tags/list?n=1&last=a')).tags).toEqual(['b']);
+    expect(h.jsonOf(online).tags).toEqual(['a', 'b', 'c', 'd']);
+    for (const t of ['a', 'c', 'd']) expect((await h.request('GET', `/v2/p/app/manifests/${t}`)).status).toBe(200);
+    await h.lifecycle.purge('p/app:c');
     up.faults.down = true;
-    const offline = await h.request('GET', '/v2/p/app/tags/list?n=2');
+    // b was never pulled (the cache could not serve it now), c was purged: neither is listed.
+    const offline = await h.request('GET', '/v2/p/app/tags/list');
     expect(offline.status).toBe(200);
-    expect(h.jsonOf(offline).tags).toEqual(['a', 'b']);
-    expect(offline.headers.Link).toBe('</v2/p/app/tags/list?n=2&last=b>; rel="next"');
-    // Nothing seen and nothing cached for this repository → 503, not an empty list.
+    expect(h.jsonOf(offline).tags).toEqual(['a', 'd']);
+    const page = await h.request('GET', '/v2/p/app/tags/list?n=1');
+    expect(h.jsonOf(page).tags).toEqual(['a']);
+    expect(page.headers.Link).toBe('</v2/p/app/tags/list?n=1&last=a>; rel="next"');
+    // Nothing cached for this repository → 503, not an empty list.
     const unknown = await h.request('GET', '/v2/p/other/tags/list');
     expect(unknown.status).toBe(503);
   });

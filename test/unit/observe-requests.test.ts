@@ -92,12 +92,14 @@ describe('the cache field and the request metrics', () => {
     expect(rec.events.tagCheck.map(([e]) => e.result)).toEqual(['unchanged', 'moved', 'error']);
   });
 
-  it('tag lists come from the upstream (miss), or what was kept (stale); the catalog is a hit; /v2/ is none and not counted', async () => {
+  it('tag lists come from the upstream (miss), or the cached tags (stale); the catalog is a hit; /v2/ is none and not counted', async () => {
     seedImage(up, 'team/list', 'a', [Buffer.from('x')]);
+    expect((await h.request('GET', '/v2/up/team/list/manifests/a')).status).toBe(200);
+    rec.reset();
     expect((await observed('GET', '/v2/up/team/list/tags/list')).scope.cache).toBe('miss');
     up.faults.down = true;
-    const kept = await observed('GET', '/v2/up/team/list/tags/list');
-    expect([kept.status, kept.scope.cache]).toEqual([200, 'stale']);
+    const cached = await observed('GET', '/v2/up/team/list/tags/list');
+    expect([cached.status, cached.scope.cache]).toEqual([200, 'stale']);
     const catalog = await observed('GET', '/v2/_catalog');
     expect([catalog.scope.cache, catalog.scope.rule]).toEqual(['hit', undefined]);
     const ping = await observed('GET', '/v2/');
