@@ -162,3 +162,26 @@ function stop(signal: string): void {
 }
 process.on('SIGTERM', () => stop('SIGTERM'));
 process.on('SIGINT', () => stop('SIGINT'));
+stopWithLauncher();
+
+/**
+ * `npx pullthrough serve` runs this process under `sh -c` (npm exec, `npm_command=exec`), and npm passes SIGTERM to
+ * that shell only: the shell dies and this server would be left running with nobody to stop it. So under npm exec
+ * the server watches the process that started it (once a second) and stops as on SIGTERM (exit 0) when it is
+ * gone. Elsewhere (`npm start` execs node; `node bin/pullthrough.ts serve`, a service manager) signals reach this
+ * process itself, and a server whose parent exits on purpose (`nohup … &`) keeps running.
+ */
+function stopWithLauncher(): void {
+  if (process.env.npm_command !== 'exec') return;
+  const launcher = process.ppid;
+  const watch = setInterval(() => {
+    try {
+      process.kill(launcher, 0);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ESRCH') return;
+      clearInterval(watch);
+      stop('launcher exited');
+    }
+  }, 1000);
+  watch.unref();
+}

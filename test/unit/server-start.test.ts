@@ -5,6 +5,7 @@
  * exit code 2 (README: a config that cannot start; `pullthrough serve` the same) and no stack trace; listening
  * beyond loopback without client auth logs a warning first.
  */
+import { spawn } from 'node:child_process';
 import { createServer, type Server } from 'node:net';
 import { writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -138,6 +139,69 @@ describe('npm start refuses a bad start with one line', () => {
     expect(r.lines).toHaveLength(1);
     expect(r.stderr).not.toContain('Tried:');
   });
+});
+
+/**
+ * Starts `cmd args` serving on a free port in a process group of its own, waits for its "listening" line, sends
+ * SIGTERM to the process it started (the one a user knows: `npx`, or node itself) and waits until every writer of
+ * its stdout is gone. Resolves with what it printed, how the started process ended, and whether anything of the
+ * group still runs (killed then, so a failing test leaves nothing behind).
+ */
+async function stopWithSigterm(cmd: string, args: string[]) {
+  const child = spawn(cmd, args, {
+    cwd: ROOT,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, npm_config_offline: 'true', PULLTHROUGH_DATA_DIR: join(scratchDir('sigterm-'), 'data'), PULLTHROUGH_PORT: '0' },
+  });
+  let out = '';
+  const closed = new Promise<void>((r) => child.stdout.on('close', () => r()));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  child.stderr.resume();
+  const alive = () => {
+    try {
+      process.kill(-child.pid!, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  try {
+    await new Promise<void>((ready, fail) => {
+      const timer = setTimeout(() => fail(new Error(`not listening after 60 s:\n${out}`)), 60_000);
+      child.stdout.on('data', (c: Buffer) => {
+        out += c.toString('utf8');
+        if (out.includes('"pullthrough listening"')) {
+          clearTimeout(timer);
+          ready();
+        }
+      });
+    });
+    child.kill('SIGTERM');
+    const code = await exited;
+    // The server's stdout closes when its last process ends (bounded: the server forces its exit after 10 s).
+    await Promise.race([closed, new Promise((r) => setTimeout(r, 15_000))]);
+    // tsx's esbuild helper (same group) ends when the server closed its pipe: give it a moment, bounded.
+    for (let i = 0; i < 50 && alive(); i++) await new Promise((r) => setTimeout(r, 100));
+    return { code, out, left: alive() };
+  } finally {
+    if (alive()) process.kill(-child.pid!, 'SIGKILL');
+  }
+}
+
+describe('stopping with SIGTERM', () => {
+  it('node bin/pullthrough.ts serve stops cleanly and exits 0', async () => {
+    const r = await stopWithSigterm(process.execPath, ['--import', 'tsx', 'bin/pullthrough.ts', 'serve']);
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/"message":"stopping".*"signal":"SIGTERM"[^\n]*\n.*"message":"stopped"/s);
+    expect(r.left).toBe(false);
+  }, 90_000);
+
+  it('npx pullthrough serve: SIGTERM to npx stops the server too (npm passes it to its shell only)', async () => {
+    const r = await stopWithSigterm('npx', ['pullthrough', 'serve']);
+    expect(r.out).toContain('"message":"stopped"');
+    expect(r.left).toBe(false);
+  }, 90_000);
 });
 
 describe('exposureWarning', () => {
