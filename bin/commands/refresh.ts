@@ -3,7 +3,8 @@
  * re-checks cached tags against their upstreams now, with the code the scheduled refresh Lambda runs. No
  * argument: one scheduled pass (every tag due, then the config's `prefetch:` list). Prints the report as JSON
  * (the last line of stdout; log lines come before it); exits 1 when any check or prefetch failed or a named target
- * matched no cached tag.
+ * matched no cached tag. Moves are logged (`tag-moved`) and recorded on each tag; the `TagMoved` CloudWatch
+ * metric is the refresh Lambda's (EMF in its log), never written to stdout here.
  */
 import { InvalidArgumentError, type Command } from 'commander';
 import type { RefreshReport } from '../../shared/registry/refresh.js';
@@ -33,7 +34,6 @@ export function register(program: Command): void {
           const target = colon === -1 ? { name: arg } : { name: arg.slice(0, colon), tag: arg.slice(colon + 1) };
           report = await runtime.refresher.refreshTarget(target, { deadline });
         }
-        if (report.moved > 0) runtime.metrics.publishStoredMetrics();
         process.stdout.write(`${JSON.stringify(report)}\n`);
         if (arg && report.checked === 0) {
           process.stderr.write(`refresh: no cached tag matches ${arg}\n`);

@@ -175,6 +175,10 @@ describe('npm run refresh against a real upstream', () => {
     const run = await runRefresh('local/team/app');
     expect(run.code).toBe(0);
     expect(run.report).toMatchObject({ checked: 3, moved: 2, unchanged: 1, gone: 0, errors: 0, stoppedEarly: false });
+    // Locally a move is counted for Prometheus (tag checks, result moved), never printed as a CloudWatch EMF line:
+    // stdout is the report alone (log lines at WARN: none here).
+    expect(run.stdout).not.toContain('"_aws"');
+    expect(run.stdout).toBe(`${JSON.stringify(run.report)}\n`);
     // One HEAD per tag. Only the tag that moved to a digest the cache lacks costs a GET (by digest, not by tag);
     // edge moved to a digest already cached (stable's), so it costs its HEAD alone. No blob is fetched.
     expect(seen(proxy.requests)).toEqual(
