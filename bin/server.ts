@@ -134,15 +134,6 @@ const metricsServer = runtime.prometheus && runtime.env.metricsPort !== undefine
     return cannotStart(`the metrics listener on ${where} failed: ${err.message}`);
   })
   : undefined;
-const metricsAddress = metricsServer?.address();
-const address = server.address();
-logger.info('pullthrough listening', {
-  port: typeof address === 'object' && address ? address.port : runtime.env.port,
-  dataDir: runtime.env.dataDir,
-  rules: runtime.config.rules.map((r) => `${r.prefix} -> ${r.upstream}`),
-  ...(metricsAddress && typeof metricsAddress === 'object' ? { metrics: `http://${metricsAddress.address}:${metricsAddress.port}/metrics` } : {}),
-});
-
 let stopping = false;
 function stop(signal: string): void {
   if (stopping) return;
@@ -163,6 +154,16 @@ function stop(signal: string): void {
 process.on('SIGTERM', () => stop('SIGTERM'));
 process.on('SIGINT', () => stop('SIGINT'));
 stopWithLauncher();
+
+// Logged once the signal handlers are in place: whoever waits for this line may stop the server at once.
+const metricsAddress = metricsServer?.address();
+const address = server.address();
+logger.info('pullthrough listening', {
+  port: typeof address === 'object' && address ? address.port : runtime.env.port,
+  dataDir: runtime.env.dataDir,
+  rules: runtime.config.rules.map((r) => `${r.prefix} -> ${r.upstream}`),
+  ...(metricsAddress && typeof metricsAddress === 'object' ? { metrics: `http://${metricsAddress.address}:${metricsAddress.port}/metrics` } : {}),
+});
 
 /**
  * `npx pullthrough serve` runs this process under `sh -c` (npm exec, `npm_command=exec`), and npm passes SIGTERM to
