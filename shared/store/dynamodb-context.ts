@@ -102,6 +102,8 @@ export interface DynamoDbContext {
   dropRepositoryMark(name: string): Promise<void>;
   /** The lifecycle's side: puts `name`'s marker back (content appeared while it was being dropped). */
   putRepositoryMark(name: string): Promise<void>;
+  /** True when `name`'s catalog marker exists (one strongly consistent read): the listing writers' check. */
+  isRepositoryMarked(name: string): Promise<boolean>;
   batchPut(items: Item[]): Promise<void>;
 }
 
@@ -180,6 +182,10 @@ export function createDynamoDbContext(opts: DynamoDbIndexOptions): DynamoDbConte
     markedRepos.add(name);
   }
 
+  async function isRepositoryMarked(name: string): Promise<boolean> {
+    return (await doc.send(new GetCommand({ TableName, Key: { pk: 'repos', sk: name }, ConsistentRead: true }))).Item !== undefined;
+  }
+
   async function putRepositoryMark(name: string): Promise<void> {
     await doc.send(new PutCommand({ TableName, Item: { pk: 'repos', sk: name } }));
   }
@@ -204,6 +210,6 @@ export function createDynamoDbContext(opts: DynamoDbIndexOptions): DynamoDbConte
 
   return {
     doc, TableName, ConsistentRead, inlineLimit, now, opts, get, querySortKeys, markRepository, confirmRepositoryMark, dropRepositoryMark, putRepositoryMark,
-    batchPut,
+    isRepositoryMarked, batchPut,
   };
 }

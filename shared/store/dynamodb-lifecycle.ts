@@ -19,10 +19,10 @@
  * with the blob references, same gen rule, same journal), and a GC pass removes bodies no reference names any more
  * once past the grace period ({@link LifecycleIndex.sweepManifestBodies}; protocol in dynamodb-manifest-bodies.ts).
  * A repository left with no tag and no manifest loses its links, kept listings and catalog marker (`repos`), so
- * `_catalog` and `ls` stop listing it; a fill adding content back meanwhile keeps (or puts back) its marker (the
+ * `_catalog` and `ls` stop listing it (listings are kept only for marked repositories: dynamodb-records.ts); a fill adding content back meanwhile keeps (or puts back) its marker (the
  * protocol: dynamodb-context.ts).
  */
-import { BatchWriteCommand, DeleteCommand, PutCommand, QueryCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
+import { BatchWriteCommand, DeleteCommand, PutCommand, QueryCommand, ScanCommand, UpdateCommand, type QueryCommandInput } from '@aws-sdk/lib-dynamodb';
 import type { Digest } from '../oci/digest.js';
 import { blobRefItem, conditionalWrite, manifestOfItem, repoPk, type DynamoDbContext, type Item } from './dynamodb-context.js';
 import { bodyRefItem, createManifestBodySweep } from './dynamodb-manifest-bodies.js';
@@ -178,21 +178,52 @@ export function createDynamoDbLifecycle(ctx: DynamoDbContext): LifecycleIndex {
 
     async dropRepositoryIfEmpty(name) {
       if (await hasContent(name)) return false;
-      for (const prefix of ['blob#', 'listing#']) {
+      const deleteAll = async (prefix: string) => {
         for (let page = 0; page < 100_000; page++) {
           const items = await queryItems(repoPk(name), prefix, '', 500);
           await batchDelete(items.map((i) => ({ pk: i.pk as string, sk: i.sk as string })));
           if (items.length < 500) break;
         }
-      }
-      // The catalog marker last, then a second look: content a writer stored meanwhile gets its marker back (the
-      // writers' side of this protocol: dynamodb-context.ts).
+      };
+      await deleteAll('blob#');
+      // Then the catalog marker, then the listings (a listing writer reads the marker after its put, so a listing put
+      // before the marker went is found by this delete, and one put after takes itself back: dynamodb-records.ts),
+      // then a second look: content a writer stored meanwhile gets its marker back (dynamodb-context.ts).
       await ctx.dropRepositoryMark(name);
+      await deleteAll('listing#');
       if (await hasContent(name)) {
         await ctx.putRepositoryMark(name);
         return false;
       }
       return true;
+    },
+
+    async sweepListings({ after, dryRun, stopped }) {
+      // A Scan (the only way to find listing items of repositories the catalog does not know), a page at a time,
+      // resumable from the last key. Run once per table (gc.ts): listings written since need a marked repository.
+      let removed = 0;
+      let startKey = after === undefined ? undefined : (JSON.parse(after) as Record<string, string>);
+      for (let page = 0; page < 1_000_000; page++) {
+        if (stopped()) return { removed, next: JSON.stringify(startKey) };
+        const res = await doc.send(new ScanCommand({
+          TableName, FilterExpression: 'begins_with(#sk, :listing)', ProjectionExpression: '#pk, #sk',
+          ExpressionAttributeNames: { '#pk': 'pk', '#sk': 'sk' }, ExpressionAttributeValues: { ':listing': 'listing#' },
+          ExclusiveStartKey: startKey, Limit: 1000,
+        }));
+        const byName = new Map<string, Array<{ pk: string; sk: string }>>();
+        for (const i of res.Items ?? []) {
+          const pk = i.pk as string;
+          if (pk.startsWith('repo#')) byName.set(pk, [...(byName.get(pk) ?? []), { pk, sk: i.sk as string }]);
+        }
+        for (const [pk, keys] of byName) {
+          if (await hasContent(pk.slice('repo#'.length))) continue;
+          removed += keys.length;
+          if (!dryRun) await batchDelete(keys);
+        }
+        startKey = res.LastEvaluatedKey as Record<string, string> | undefined;
+        if (!startKey) return { removed };
+      }
+      return { removed, next: JSON.stringify(startKey) };
     },
 
     async addBlobReferences(name, digest, rule, blobs) {

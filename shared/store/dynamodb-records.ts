@@ -102,8 +102,17 @@ export function createDynamoDbContentIndex(ctx: DynamoDbContext): ManifestStore 
     },
 
     async putListing(name, key, body) {
-      if (Buffer.byteLength(body) > inlineLimit) return; // too large for an item: not kept (a cache, not a record)
-      await doc.send(new PutCommand({ TableName, Item: { pk: repoPk(name), sk: `listing#${key}`, body, fetchedAt: now() } }));
+      if (Buffer.byteLength(body) > inlineLimit) return false; // too large for an item: not kept (a cache, not a record)
+      // Kept only for a repository holding content, i.e. with its catalog marker (ports.ts). The marker is read
+      // before and after the put; the lifecycle drops the marker before the listings (dynamodb-lifecycle.ts). A
+      // second read that finds the marker means the put came before the drop, so the lifecycle's listing delete
+      // sees it; one that finds it gone takes the listing back itself. Either way no listing outlives the content.
+      if (!(await ctx.isRepositoryMarked(name))) return false;
+      const Key = { pk: repoPk(name), sk: `listing#${key}` };
+      await doc.send(new PutCommand({ TableName, Item: { ...Key, body, fetchedAt: now() } }));
+      if (await ctx.isRepositoryMarked(name)) return true;
+      await doc.send(new DeleteCommand({ TableName, Key }));
+      return false;
     },
 
     async acquireLease(key, owner, ttlSeconds, staleSeconds) {

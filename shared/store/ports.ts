@@ -254,13 +254,19 @@ export interface LargeObjectStore {
 }
 
 /**
- * Upstream listings kept for offline use (tag list pages, referrers indexes): the JSON body as the cache
- * served it, by repository and a key built from validated parts (e.g. `tags?n=10&last=v1`,
+ * Upstream listings kept for offline use (referrers indexes, signature coverage markers; tag lists in earlier
+ * releases): the JSON body as the cache served it, by repository and a key built from validated parts (e.g.
  * `referrers/sha256:<hex>`). Bodies are small (≤ ~350 KB; larger ones are not kept). Times in ms.
+ *
+ * A listing is kept only for a repository that holds a tag or a manifest, so requests naming repositories the
+ * cache never pulled (any public name upstream) cannot grow the index; when the lifecycle empties a repository its
+ * listings go with it ({@link LifecycleIndex.dropRepositoryIfEmpty}). Writers and that drop are ordered so that no
+ * listing outlives its repository's content (SQLite: one statement; DynamoDB: the catalog marker protocol).
  */
 export interface ListingCache {
   getListing(name: string, key: string): Promise<{ body: string; fetchedAt: number } | undefined>;
-  putListing(name: string, key: string, body: string): Promise<void>;
+  /** Keeps `body` under `name`/`key` when `name` holds a tag or a manifest; true when kept. */
+  putListing(name: string, key: string, body: string): Promise<boolean>;
 }
 
 /**
@@ -295,6 +301,13 @@ export interface LifecycleIndex {
    * entry). Returns false, touching nothing, when it still has a tag or a manifest.
    */
   dropRepositoryIfEmpty(name: string): Promise<boolean>;
+  /**
+   * Removes the listings kept for repositories that hold no tag and no manifest (kept by releases before listings
+   * required content: any name a client asked for), a page at a time from cursor `after` until `stopped()`; with
+   * `dryRun` only counts. `next` is the cursor to resume from, undefined when the whole index was gone through.
+   * SQLite: one statement; DynamoDB: a paged Scan of listing items (run once per store, see lifecycle/gc.ts).
+   */
+  sweepListings(opts: { after?: string; dryRun: boolean; stopped(): boolean }): Promise<{ removed: number; next?: string }>;
   /**
    * Records that manifest `<name>@<digest>` of rule `rule` references `blobs` (what `putManifest` does for new
    * manifests; used to record the references of manifests stored before the lifecycle existed). Idempotent.

@@ -87,8 +87,11 @@ export function openSqliteIndex(
   const getLease = db.prepare('SELECT owner, expires_at, heartbeat_at FROM leases WHERE key = ?');
   const release = db.prepare('DELETE FROM leases WHERE key = ? AND owner = ?');
   const getListing = db.prepare('SELECT body, fetched_at FROM listings WHERE name = ? AND key = ?');
+  // Kept only while the repository holds a tag or a manifest (ports.ts): the check and the write are one statement,
+  // so a GC emptying the repository (one transaction, sqlite-lifecycle.ts) is entirely before or after it.
   const putListing = db.prepare(
-    `INSERT INTO listings (name, key, body, fetched_at) VALUES (?, ?, ?, ?)
+    `INSERT INTO listings (name, key, body, fetched_at) SELECT @name, @key, @body, @at
+       WHERE EXISTS (SELECT 1 FROM tags WHERE name = @name) OR EXISTS (SELECT 1 FROM manifests WHERE name = @name)
      ON CONFLICT (name, key) DO UPDATE SET body = excluded.body, fetched_at = excluded.fetched_at`,
   );
   type TagRow = {
@@ -186,7 +189,7 @@ export function openSqliteIndex(
       return row && { body: row.body, fetchedAt: row.fetched_at };
     },
     async putListing(name, key, body) {
-      putListing.run(name, key, body, Date.now());
+      return putListing.run({ name, key, body, at: Date.now() }).changes === 1;
     },
     ...lifecycle,
     close() {

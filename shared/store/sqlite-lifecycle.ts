@@ -39,6 +39,10 @@ export function createSqliteLifecycle(
   const hasContent = db.prepare('SELECT 1 FROM tags WHERE name = ? UNION ALL SELECT 1 FROM manifests WHERE name = ? LIMIT 1');
   const dropLinks = db.prepare('DELETE FROM blob_links WHERE name = ?');
   const dropListings = db.prepare('DELETE FROM listings WHERE name = ?');
+  const listingsWithoutContent = `FROM listings WHERE NOT EXISTS (SELECT 1 FROM tags WHERE tags.name = listings.name)
+    AND NOT EXISTS (SELECT 1 FROM manifests WHERE manifests.name = listings.name)`;
+  const countOrphanListings = db.prepare(`SELECT COUNT(*) AS n ${listingsWithoutContent}`);
+  const dropOrphanListings = db.prepare(`DELETE ${listingsWithoutContent}`);
   const getState = db.prepare('SELECT value FROM lifecycle WHERE key = ?');
   const putState = db.prepare('INSERT INTO lifecycle (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value');
   const deleteState = db.prepare('DELETE FROM lifecycle WHERE key = ?');
@@ -76,6 +80,11 @@ export function createSqliteLifecycle(
     },
     async dropRepositoryIfEmpty(name) {
       return dropTx(name);
+    },
+    async sweepListings({ dryRun }) {
+      // One statement: the whole table at once (indexed lookups per listing row), nothing to resume.
+      if (dryRun) return { removed: (countOrphanListings.get() as { n: number }).n };
+      return { removed: dropOrphanListings.run().changes };
     },
     async addBlobReferences(name, digest, rule, blobs) {
       addRefsTx(name, digest, rule, blobs);

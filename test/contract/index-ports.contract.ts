@@ -473,6 +473,7 @@ export function describeIndexContract(label: string, open: () => Promise<OpenedI
 
     describe('listing cache', () => {
       it('round-trips a listing per repository and key, overwriting it', async () => {
+        for (const name of ['r/a', 'r/b']) await index.putTag(tagRecord(name, 'v1')); // listings need content
         expect(await index.getListing('r/a', 'tags?n=2&last=')).toBeUndefined();
         await index.putListing('r/a', 'tags?n=2&last=', '{"items":["a","b"],"next":"b"}');
         await index.putListing('r/b', 'tags?n=2&last=', '{"items":["z"]}');
@@ -483,6 +484,21 @@ export function describeIndexContract(label: string, open: () => Promise<OpenedI
         expect(typeof got?.fetchedAt).toBe('number');
         expect((await index.getListing('r/b', 'tags?n=2&last='))?.body).toBe('{"items":["z"]}');
         expect(await index.getListing('r/a', 'referrers/sha256:00')).toBeUndefined();
+      });
+
+      it('keeps a listing only for a repository that holds a tag or a manifest', async () => {
+        // Any name a client asks about (a public repository upstream the cache never pulled) must not grow the index.
+        expect(await index.putListing('r/never-pulled', 'tags', '["a"]')).toBe(false);
+        expect(await index.getListing('r/never-pulled', 'tags')).toBeUndefined();
+        await index.putTag(tagRecord('r/tagged', 'v1'));
+        expect(await index.putListing('r/tagged', 'tags', '["v1"]')).toBe(true);
+        expect((await index.getListing('r/tagged', 'tags'))?.body).toBe('["v1"]');
+        const m = manifestOf('r/by-digest', 64);
+        await index.putManifest(m, []);
+        expect(await index.putListing('r/by-digest', `referrers/${m.digest}`, '[]')).toBe(true);
+        expect((await index.getListing('r/by-digest', `referrers/${m.digest}`))?.body).toBe('[]');
+        // A neighbour's content does not count.
+        expect(await index.putListing('r/tagged-not', 'tags', '["x"]')).toBe(false);
       });
     });
 

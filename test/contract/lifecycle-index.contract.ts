@@ -185,6 +185,34 @@ export function describeLifecycleIndexContract(label: string, open: () => Promis
       expect(await index.getListing(name, 'tags')).toBeUndefined();
     });
 
+    it('sweepListings removes listings of repositories without a tag or manifest (dry run counts), keeps the others', async () => {
+      const m = manifest('quay/org/left', 'l');
+      for (const name of ['quay/org/left', 'quay/org/kept']) {
+        await index.putTag(tag(name, 'v1', m.digest));
+        expect(await index.putListing(name, 'tags', '["v1"]')).toBe(true);
+        expect(await index.putListing(name, `referrers/${m.digest}`, '[]')).toBe(true);
+      }
+      // Emptied without the lifecycle's drop (what older releases left behind for any name asked about).
+      expect(await index.deleteTagIf('quay/org/left', 'v1', { digest: m.digest })).toBe(true);
+      expect(await index.sweepListings({ dryRun: true, stopped: () => false })).toEqual({ removed: 2 });
+      expect((await index.getListing('quay/org/left', 'tags'))?.body).toBe('["v1"]');
+      expect(await index.sweepListings({ dryRun: false, stopped: () => false })).toEqual({ removed: 2 });
+      expect(await index.getListing('quay/org/left', 'tags')).toBeUndefined();
+      expect(await index.getListing('quay/org/left', `referrers/${m.digest}`)).toBeUndefined();
+      expect((await index.getListing('quay/org/kept', 'tags'))?.body).toBe('["v1"]');
+      expect(await index.sweepListings({ dryRun: false, stopped: () => false })).toEqual({ removed: 0 });
+    });
+
+    it('a listing put while the lifecycle drops its repository does not outlive it', async () => {
+      const name = 'quay/org/racing';
+      const m = manifest(name, 'r');
+      await index.putTag(tag(name, 'v1', m.digest));
+      await index.deleteTagIf(name, 'v1', { digest: m.digest });
+      expect(await index.dropRepositoryIfEmpty(name)).toBe(true);
+      expect(await index.putListing(name, 'tags', '["v1"]')).toBe(false);
+      expect(await index.getListing(name, 'tags')).toBeUndefined();
+    });
+
     it('a dropped repository leaves the catalog; a tag or manifest stored again (by the same process) lists it again', async () => {
       const name = 'ghcr/org/emptied';
       const m = manifest(name, 'e', T0);

@@ -2,6 +2,7 @@
  * Tag lists and referrers through the cache: the upstream's answer when it is reachable; offline, the tags cached
  * now (tags/list) and the referrers kept for a cached subject.
  */
+import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHarness } from '../support/harness.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
@@ -51,6 +52,59 @@ describe('tags/list', () => {
     // Nothing cached for this repository → 503, not an empty list.
     const unknown = await h.request('GET', '/v2/p/other/tags/list');
     expect(unknown.status).toBe(503);
+  });
+});
+
+describe('tags/list cannot grow the index', () => {
+  /** Rows and body bytes of the SQLite index's listings table. */
+  function listingRows(): { rows: number; bytes: number } {
+    const db = new Database(h.dbPath, { readonly: true });
+    try {
+      const r = db.prepare('SELECT COUNT(*) AS rows, COALESCE(SUM(length(body)), 0) AS bytes FROM listings').get() as { rows: number; bytes: number };
+      return r;
+    } finally {
+      db.close();
+    }
+  }
+
+  it('keeps no list for repositories never pulled, however many a client names', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    const many = Array.from({ length: 2000 }, (_, i) => `tag-${String(i).padStart(5, '0')}`);
+    for (let r = 0; r < 60; r++) {
+      seedImage(up, `public/repo-${r}`, 'v0', [Buffer.from(`layer ${r}`)]); // exists upstream (a public repository)
+      for (const t of many) up.tags.get(`public/repo-${r}`)!.add(t);
+    }
+    for (let r = 0; r < 60; r++) {
+      const res = await h.request('GET', `/v2/p/public/repo-${r}/tags/list`);
+      expect(res.status).toBe(200);
+      expect((h.jsonOf(res) as { tags: string[] }).tags).toHaveLength(2001);
+    }
+    expect(listingRows()).toEqual({ rows: 0, bytes: 0 });
+    // Nothing kept, nothing cached: an outage answers 503 for them, as for any unknown repository.
+    up.faults.down = true;
+    expect((await h.request('GET', '/v2/p/public/repo-0/tags/list')).status).toBe(503);
+  });
+
+  it('a GC pass removes listings an older release kept for repositories without content, once', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    seedImage(up, 'kept', 'v1', [Buffer.from('v1')]);
+    expect((await h.request('GET', '/v2/p/kept/manifests/v1')).status).toBe(200);
+    // What a release before this one left: tag lists for names the cache never pulled, and one for a cached one.
+    const db = new Database(h.dbPath);
+    const insert = db.prepare('INSERT INTO listings (name, key, body, fetched_at) VALUES (?, ?, ?, 0)');
+    for (let r = 0; r < 5; r++) insert.run(`p/public/repo-${r}`, 'tags', JSON.stringify(['x', 'y']));
+    insert.run('p/kept', 'tags', '["v1"]');
+    db.close();
+    expect(listingRows().rows).toBe(6);
+    const dry = await h.lifecycle.gc({ dryRun: true });
+    expect(dry.dryRun).toBe(true);
+    expect(listingRows().rows).toBe(6);
+    await h.lifecycle.gc();
+    expect(listingRows().rows).toBe(1);
+    expect((await h.index.getListing('p/kept', 'tags'))?.body).toBe('["v1"]');
+    expect(await h.index.getLifecycleState('listings')).toBe('v1');
   });
 });
 

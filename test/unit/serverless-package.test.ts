@@ -601,7 +601,7 @@ describe('serverless.yml packaged with osls + serverless-esbuild', () => {
 
     it('gc: the table; lists blobs/ and manifests/, reads and deletes blob objects and large manifest bodies; no upstream secret, invokes nothing', () => {
       expect(actions('gc', 'dynamodb')).toEqual([
-        'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:UpdateItem',
+        'dynamodb:BatchWriteItem', 'dynamodb:DeleteItem', 'dynamodb:GetItem', 'dynamodb:PutItem', 'dynamodb:Query', 'dynamodb:Scan', 'dynamodb:UpdateItem',
       ]);
       for (const a of allowed('gc', 'dynamodb')) expect(a.resources).toEqual(TABLE);
       expect(allowed('gc', 's3')).toEqual([

@@ -31,6 +31,7 @@
  *
  * ## A pass
  * 1. finish interrupted manifest deletes; record references of manifests stored before the lifecycle existed;
+ *    remove (once per store) listings kept for repositories without content by releases that allowed that;
  * 2. repositories (paged): expiry (`expireAfterUnpulledDays`, `keepTags`), counting the kept manifests' bytes;
  * 3. blobs (every stored object, paged): unpublish unreferenced ones, delete the bytes of those unpublished `G`
  *    ago and of orphans, count the referenced ones per rule (a blob counts once in every rule that references it,
@@ -77,6 +78,9 @@ const STATE_KEY = 'gc';
 export const USAGE_KEY = 'usage';
 const REFS_KEY = 'references';
 const REFS_VERSION = 'v2';
+/** Lifecycle state of the one-time sweep of listings kept for repositories without content: `v1` when done. */
+const LISTINGS_KEY = 'listings';
+const LISTINGS_VERSION = 'v1';
 /** A saved pass older than this is started afresh rather than resumed (ms). */
 const STALE_PASS_MS = 7 * 24 * 60 * 60 * 1000;
 
@@ -110,6 +114,19 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
     if (!c.dryRun) await index.putLifecycleState(REFS_KEY, REFS_VERSION);
   }
 
+  /**
+   * Listings kept by releases that kept them for any repository a client named (tags/list of never-pulled names):
+   * removed once per store, resumably (listings written since need content, and go with it: collect.ts).
+   */
+  async function sweepOrphanListings(c: Collector, stopped: () => boolean): Promise<void> {
+    const saved = await index.getLifecycleState(LISTINGS_KEY);
+    if (saved === LISTINGS_VERSION) return;
+    const after = saved === undefined ? undefined : (JSON.parse(saved) as { after?: string }).after;
+    const { removed, next } = await index.sweepListings({ after, dryRun: c.dryRun, stopped });
+    if (removed > 0) deps.log.info('listings of repositories without content removed', { removed, dryRun: c.dryRun, complete: next === undefined });
+    if (!c.dryRun) await index.putLifecycleState(LISTINGS_KEY, next === undefined ? LISTINGS_VERSION : JSON.stringify({ after: next }));
+  }
+
   return {
     async run(opts = {}) {
       const started = Date.now();
@@ -129,6 +146,7 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
 
       await index.finishInterruptedDeletes();
       await backfillReferences(c);
+      await sweepOrphanListings(c, stopped);
       const abandoned = await reaper.removeAbandonedWrites?.({ dryRun });
       if (abandoned) {
         // A pass saved by an older version has no such counts yet.

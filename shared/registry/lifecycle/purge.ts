@@ -63,7 +63,11 @@ export async function purge(deps: RegistryDeps, c: Collector, target: PurgeTarge
   const before = { ...c.counts };
   for (const name of names) {
     const state = await readRepository(index, name);
-    if (state.tags.length === 0 && state.manifests.size === 0) continue;
+    if (state.tags.length === 0 && state.manifests.size === 0) {
+      // Nothing to purge, but what a repository without content may still hold (links, listings) goes.
+      if (!c.dryRun) await index.dropRepositoryIfEmpty(name);
+      continue;
+    }
     let rules: RetentionRules;
     if (target.kind === 'tag') {
       const tag = state.tags.find((t) => t.tag === target.tag);
