@@ -4,17 +4,21 @@
  * abandoned — upstream connection destroyed, temp file removed, lease released — when it passes its deadline or
  * its lease was taken over.
  *
- * Storage exhaustion (disk full, quota; shared/store/storage-full.ts) ends a fill with a retryable 503 and a log
- * line `event: "storage-full"`, and the digest backs off: for 10 s, doubling with each further failure up to 5 min,
- * fills of it answer 503 at once instead of downloading it from the upstream again. A store that can tell its free
- * space (`BlobStore.hasRoomFor`) is asked before the first byte when the upstream announced the size, so such a
- * fill fails before any client was handed the blob's location.
+ * Storage exhaustion while writing (disk full, quota; shared/store/storage-full.ts) ends a fill with a retryable
+ * 503 and an ERROR line `event: "storage-full"`, and the digest backs off: for 10 s, doubling with each further
+ * failure up to 5 min, fills of it answer 503 at once instead of downloading it from the upstream again.
+ *
+ * A store that can tell its free space (`BlobStore.hasRoomFor`) is asked before the first byte when the upstream
+ * announced the size, so such a fill fails before any client was handed the blob's location. That size is only
+ * the upstream's claim, not verified bytes: any rule's upstream may announce 900 TB for any digest. So a refusal
+ * there is that name's problem, not the store's: 503 with a WARN line `event: "fill-no-room"`, and the same
+ * backoff keyed by name and digest, so other names (another rule's honest upstream) still fill the digest.
  */
 import type { Readable } from 'node:stream';
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../oci/digest.js';
 import { RegistryError } from '../oci/errors.js';
-import { isStorageFull, noSpaceError, storageFullError } from '../store/storage-full.js';
+import { isStorageFull, storageFullError } from '../store/storage-full.js';
 import { isUpstreamUnknown, UpstreamError } from '../upstream/errors.js';
 import type { RegistryDeps } from './deps.js';
 import { fillLeaseKey, startFillWatchdog, type FillProgress } from './fill-lease.js';
@@ -22,6 +26,27 @@ import type { ResolvedName } from './rules.js';
 
 /** Backoff of a digest whose fill ran out of storage: first window, longest window (ms). */
 const STORAGE_BACKOFF = { firstMs: 10_000, maxMs: 300_000 } as const;
+
+/** A backoff: failures so far and until when (ms) fills answer 503 at once. */
+interface Backoff {
+  failures: number;
+  until: number;
+}
+
+/** The upstream announced a size the store has no room for (before the first byte; see the file header). */
+class NoRoomForAnnounced extends Error {
+  constructor(readonly size: number) {
+    super(`no room for a blob of ${size} bytes (the size the upstream announced)`);
+  }
+}
+
+/** The answer while a name's upstream announces a size the store has no room for: 503, `Retry-After` seconds. */
+function noRoomError(retryAfterSeconds: number, cause?: unknown): RegistryError {
+  return new RegistryError('UNAVAILABLE', 'the cache has no room for a blob of the size the upstream announced; retry later', {
+    headers: { 'Retry-After': String(Math.max(1, Math.ceil(retryAfterSeconds))) },
+    cause,
+  });
+}
 
 /** A fill running in this process. Sizes in bytes. */
 export interface RunningFill {
@@ -56,26 +81,45 @@ export interface Filler {
 export function createFiller(deps: RegistryDeps): Filler {
   const { stores, log } = deps;
   const inflight = new Map<Digest, RunningFill>();
-  // Digests whose fill ran out of storage: failures so far and until when (ms) fills of them answer 503 at once.
-  const backoff = new LRUCache<Digest, { failures: number; until: number }>({ max: 10_000, ttl: 2 * STORAGE_BACKOFF.maxMs });
+  // Digests whose fill ran out of storage while writing (every name), and `<name> <digest>` pairs whose upstream
+  // announced a size the store has no room for (that name only).
+  const backoff = new LRUCache<Digest, Backoff>({ max: 10_000, ttl: 2 * STORAGE_BACKOFF.maxMs });
+  const noRoomBackoff = new LRUCache<string, Backoff>({ max: 10_000, ttl: 2 * STORAGE_BACKOFF.maxMs });
+  const noRoomKey = (resolved: ResolvedName, digest: Digest) => `${resolved.name} ${digest}`;
 
-  function refuseWhileBackingOff(digest: Digest): void {
-    const b = backoff.get(digest);
-    if (b && b.until > Date.now()) throw storageFullError((b.until - Date.now()) / 1000);
+  function refuseWhileBackingOff(resolved: ResolvedName, digest: Digest): void {
+    const full = backoff.get(digest);
+    if (full && full.until > Date.now()) throw storageFullError((full.until - Date.now()) / 1000);
+    const noRoom = noRoomBackoff.get(noRoomKey(resolved, digest));
+    if (noRoom && noRoom.until > Date.now()) throw noRoomError((noRoom.until - Date.now()) / 1000);
+  }
+
+  /** One more failure of `key` in `cache`: the new window (10 s, doubling up to 5 min) and the failures so far. */
+  function backOff<K extends string>(cache: LRUCache<K, Backoff>, key: K): Backoff & { windowMs: number } {
+    const failures = (cache.get(key)?.failures ?? 0) + 1;
+    const windowMs = Math.min(STORAGE_BACKOFF.firstMs * 2 ** (failures - 1), STORAGE_BACKOFF.maxMs);
+    cache.set(key, { failures, until: Date.now() + windowMs });
+    return { failures, until: Date.now() + windowMs, windowMs };
   }
 
   function onStorageFull(resolved: ResolvedName, digest: Digest, err: unknown): RegistryError {
-    const failures = (backoff.get(digest)?.failures ?? 0) + 1;
-    const windowMs = Math.min(STORAGE_BACKOFF.firstMs * 2 ** (failures - 1), STORAGE_BACKOFF.maxMs);
-    backoff.set(digest, { failures, until: Date.now() + windowMs });
+    const { failures, windowMs } = backOff(backoff, digest);
     log.error('blob fill ran out of storage', {
       event: 'storage-full', name: resolved.name, digest, failures, backoffSeconds: windowMs / 1000, reason: (err as Error).message,
     });
     return storageFullError(windowMs / 1000, err);
   }
 
+  function onNoRoom(resolved: ResolvedName, digest: Digest, err: NoRoomForAnnounced): RegistryError {
+    const { failures, windowMs } = backOff(noRoomBackoff, noRoomKey(resolved, digest));
+    log.warn('blob fill refused: no room for the size the upstream announced', {
+      event: 'fill-no-room', name: resolved.name, digest, announcedBytes: err.size, failures, backoffSeconds: windowMs / 1000,
+    });
+    return noRoomError(windowMs / 1000, err);
+  }
+
   async function run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void): Promise<number> {
-    refuseWhileBackingOff(digest);
+    refuseWhileBackingOff(resolved, digest);
     const progress: FillProgress = { phase: 'connecting', bytes: 0, startedAt: Date.now() };
     let stream: Readable | undefined;
     let abandoned: string | undefined;
@@ -108,7 +152,7 @@ export function createFiller(deps: RegistryDeps): Filler {
         stream.pause(); // the store's pipeline resumes it
         if (!(await stores.blobs.hasRoomFor(size))) {
           stream.destroy();
-          throw noSpaceError(`no room for a blob of ${size} bytes`);
+          throw new NoRoomForAnnounced(size);
         }
       }
       const writing = stores.blobs.write(digest, stream, blob.size);
@@ -116,6 +160,7 @@ export function createFiller(deps: RegistryDeps): Filler {
       const written = await writing;
       progress.phase = 'committing';
       backoff.delete(digest);
+      noRoomBackoff.delete(noRoomKey(resolved, digest));
       await stores.links.link(resolved.name, digest);
       log.info('blob filled', { name: resolved.name, digest, size: written.size, ms: Date.now() - progress.startedAt });
       deps.metrics?.fill({ rule: resolved.rule.prefix, seconds: (Date.now() - progress.startedAt) / 1000, ok: true });
@@ -129,6 +174,7 @@ export function createFiller(deps: RegistryDeps): Filler {
         throw err;
       }
       deps.metrics?.fill({ rule: resolved.rule.prefix, seconds: (Date.now() - progress.startedAt) / 1000, ok: false });
+      if (err instanceof NoRoomForAnnounced) throw onNoRoom(resolved, digest, err);
       if (isStorageFull(err)) throw onStorageFull(resolved, digest, err);
       // An abandoned fill was logged when it was abandoned.
       if (!abandoned) log.warn('blob fill failed', { event: 'fill-failed', name: resolved.name, digest, reason: (err as Error).message });

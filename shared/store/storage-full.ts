@@ -17,11 +17,6 @@ export function isStorageFull(err: unknown): boolean {
   return false;
 }
 
-/** An `ENOSPC` error for a store that refuses a write before it starts (it knows there is no room). */
-export function noSpaceError(message: string): NodeJS.ErrnoException {
-  return Object.assign(new Error(message), { code: 'ENOSPC' });
-}
-
 /** The client's answer to storage exhaustion: 503 `UNAVAILABLE`, `Retry-After` in seconds (at least 1). */
 export function storageFullError(retryAfterSeconds: number, cause?: unknown): RegistryError {
   return new RegistryError('UNAVAILABLE', 'the cache is out of storage space; retry later', {

@@ -2,8 +2,9 @@
  * A full disk, for real: the local server's data dir is a small tmpfs (8 MiB), mounted by the test (root and
  * CAP_SYS_ADMIN needed; without them the file is skipped, and test/unit/fill-limits.test.ts still covers the
  * same paths with an injected ENOSPC). A layer larger than the free space answers 503 UNAVAILABLE with
- * Retry-After before any byte is sent (no redirect, no cut body), logs `event: "storage-full"`, and client
- * retries do not fetch it from the upstream again; a manifest that no longer fits in SQLite answers 503, not 500.
+ * Retry-After before any byte is sent (no redirect, no cut body), logs `event: "fill-no-room"` (a WARN: the size is
+ * the upstream's claim, so not the storage-full alarm), and client retries do not fetch it from the upstream again;
+ * a manifest that no longer fits in SQLite answers 503, not 500, and logs `event: "storage-full"`.
  * Debian's docker-registry is the upstream, behind a counting proxy.
  */
 import { execFileSync } from 'node:child_process';
@@ -55,11 +56,12 @@ afterAll(async () => {
 
 // The server's log reaches its file through a pipe and a write stream, so a line may land just after the response:
 // the tests wait (bounded) for it, then count.
-const storageFull = () => readFileSync(cache!.logPath, 'utf8').split('\n').filter((l) => l.includes('"event":"storage-full"'));
+const logEvents = (event: string) => readFileSync(cache!.logPath, 'utf8').split('\n').filter((l) => l.includes(`"event":"${event}"`));
+const storageFull = () => logEvents('storage-full');
 const blobGets = () => counting.requests.filter((r) => r.method === 'GET' && /\/blobs\/sha256:/.test(r.path)).length;
 
 describe.skipIf(!mounted)('the data dir runs out of space (8 MiB tmpfs)', () => {
-  it('a 12 MiB layer: 503 with Retry-After before any byte, a storage-full log line, and retries back off', async () => {
+  it('a 12 MiB layer: 503 with Retry-After before any byte, a fill-no-room log line, and retries back off', async () => {
     const layer = randomBytes(12 * 1024 * 1024);
     const digest = sha256(layer);
     await pushBlob(upstream.url, 'big/app', { digest, size: layer.length, data: layer });
@@ -72,10 +74,12 @@ describe.skipIf(!mounted)('the data dir runs out of space (8 MiB tmpfs)', () => 
     }
     expect(blobGets()).toBe(1); // the retries did not go to the upstream
     expect(readdirSync(join(mountPoint, 'tmp'))).toEqual([]);
-    await eventually(() => storageFull().length >= 1);
-    const lines = storageFull();
+    await eventually(() => logEvents('fill-no-room').length >= 1);
+    const lines = logEvents('fill-no-room');
     expect(lines).toHaveLength(1);
     expect(lines[0]).toContain(digest);
+    expect(lines[0]).toContain('"level":"WARN"');
+    expect(storageFull()).toEqual([]);
   });
 
   it('a manifest when the disk is full to the last byte: 503 UNAVAILABLE, not 500 UNKNOWN', async () => {
@@ -100,9 +104,9 @@ describe.skipIf(!mounted)('the data dir runs out of space (8 MiB tmpfs)', () => 
     expect(res.status).toBe(503);
     expect(((await res.json()) as { errors: Array<{ code: string }> }).errors[0].code).toBe('UNAVAILABLE');
     expect(res.headers.get('retry-after')).toBe('30');
-    await eventually(() => storageFull().length >= 2);
+    await eventually(() => storageFull().length >= 1);
     const log = readFileSync(cache!.logPath, 'utf8');
-    expect(storageFull()).toHaveLength(2);
+    expect(storageFull()).toHaveLength(1);
     expect(log).not.toMatch(/unexpected error/);
   });
 });

@@ -7,6 +7,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { promises as fsp, readdirSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
@@ -117,7 +119,9 @@ describe('a full disk', () => {
     expect(res.headers.Location).toBeUndefined();
     expect(statfs).toHaveBeenCalled();
     await released(key);
-    expect(events('storage-full')).toHaveLength(1);
+    // The size is the upstream's claim, not bytes the store failed to write: no storage-full alarm.
+    expect(events('storage-full')).toHaveLength(0);
+    expect(events('fill-no-room')).toHaveLength(1);
   });
 
   it('a manifest that cannot be stored (SQLITE_FULL) answers 503 UNAVAILABLE, not 500 UNKNOWN', async () => {
@@ -129,5 +133,77 @@ describe('a full disk', () => {
     expect(res.headers['Retry-After']).toBe('30');
     expect(events('storage-full')).toHaveLength(1);
     expect(silentLog.lines.filter((l) => l.message === 'unexpected error')).toEqual([]);
+  });
+});
+
+/**
+ * An upstream that answers every blob request 200 announcing 900 TB (`Content-Length: 900000000000000`) and then
+ * sends one byte and stalls: a hostile or broken registry a rule may point at. No store has room for that size.
+ */
+async function startLyingUpstream(): Promise<{ url: string; blobGets: () => number; close(): Promise<void> }> {
+  let gets = 0;
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((req, res) => {
+    if (!/\/blobs\/sha256:/.test(req.url ?? '')) {
+      res.writeHead(200, { 'Content-Type': 'application/json', 'Docker-Distribution-API-Version': 'registry/2.0' });
+      return void res.end('{}');
+    }
+    const digest = /sha256:[0-9a-f]{64}/.exec(req.url ?? '')?.[0] ?? '';
+    res.writeHead(200, { 'Content-Length': '900000000000000', 'Docker-Content-Digest': digest, 'Content-Type': 'application/octet-stream' });
+    if (req.method === 'HEAD') return void res.end();
+    gets++;
+    res.write(Buffer.alloc(1));
+  });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `http://127.0.0.1:${port}`,
+    blobGets: () => gets,
+    close: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+describe('an upstream announcing a size no store has room for', () => {
+  let liar: Awaited<ReturnType<typeof startLyingUpstream>> | undefined;
+  afterEach(async () => {
+    await liar?.close();
+    liar = undefined;
+  });
+
+  it('refuses that name only (503, a fill-no-room warning): another rule fills the digest, and no storage-full alarm', async () => {
+    liar = await startLyingUpstream();
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }, { prefix: 'liar', upstream: liar.url }], { blobFill: { waitSeconds: 5 } });
+    const layer = randomBytes(4096);
+    const digest = seedImage(up, 'app', 'v1', [layer]).layerDigests[0] as Digest;
+    silentLog.lines.length = 0;
+
+    const lied = await h.request('GET', `/v2/liar/probe/blobs/${digest}`);
+    expect(lied.status).toBe(503);
+    expect(h.jsonOf(lied).errors[0].code).toBe('UNAVAILABLE');
+    expect(lied.headers['Retry-After']).toBe('10');
+    expect(liar.blobGets()).toBe(1);
+    await released(`blob:${digest}`);
+    // Its retries back off (no second download from that upstream)...
+    expect((await h.request('GET', `/v2/liar/probe/blobs/${digest}`)).status).toBe(503);
+    expect(liar.blobGets()).toBe(1);
+    // ...while the honest rule's pull of the same digest is not held up by it.
+    const honest = await h.request('GET', `/v2/p/app/blobs/${digest}`);
+    expect(honest.status).toBe(307);
+    expect(h.readLocation(honest.headers.Location).equals(layer)).toBe(true);
+
+    expect(events('storage-full')).toEqual([]);
+    expect(silentLog.lines.filter((l) => l.level === 'error')).toEqual([]);
+    const noRoom = events('fill-no-room');
+    expect(noRoom).toHaveLength(1);
+    expect(noRoom[0].level).toBe('warn');
+    expect(noRoom[0].extra[0]).toMatchObject({ name: 'liar/probe', digest, announcedBytes: 900_000_000_000_000, failures: 1, backoffSeconds: 10 });
   });
 });
