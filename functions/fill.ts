@@ -2,6 +2,9 @@
  * The fill Lambda: invoked asynchronously by the registry function on a blob miss (AWS), with up to 15 min
  * to stream the upstream blob into S3, verify it, write the DynamoDB blob record (the commit point), link it to
  * the repository, and release the fill lease. The waiting registry request sees the record and answers 307.
+ * A job with `mode: 'prove'` is a proof by the bytes instead (shared/registry/blob-prove.ts): the name's upstream
+ * copy of a blob stored for another name is hashed (nothing stored) and linked to the name when it matches; the
+ * waiting request sees the link and answers 307 to the stored copy.
  */
 import middy from '@middy/core';
 import { injectLambdaContext } from '@aws-lambda-powertools/logger/middleware';
@@ -17,13 +20,16 @@ const runtime = await getRuntime();
  * (`event: "fill-not-found"`) and counted no failure, and the invocation succeeds with `{ missing: true }` (the
  * waiting request then answers 404 BLOB_UNKNOWN). Other errors are logged and rethrown: the invocation fails
  * (`FillFailures` counted them), with no Lambda retry (serverless.yml: the client's next hop starts a new fill).
+ * A `prove` job returns `{ linked: true }`, or `{ linked: false }` when its lease had been taken over; other bytes
+ * than the digest (`DIGEST_INVALID`, logged as `event: "proof-failed"`) fail the invocation and link nothing.
  */
-export const handler = middy<FillJob, { size?: number; missing?: true }>()
+export const handler = middy<FillJob, { size?: number; missing?: true; linked?: boolean }>()
   .use(injectLambdaContext(runtime.logger, { resetKeys: true }))
   .use(flushMetrics(runtime.emf, runtime.stats))
   .handler(async (job) => {
     let size: number | undefined;
     try {
+      if (job.mode === 'prove') return { linked: (await runtime.blobs.prove(job.name, job.digest, job.leaseOwner)) === 'linked' };
       size = await runtime.blobs.fill(job.name, job.digest, job.leaseOwner);
     } catch (err) {
       if (isUpstreamUnknown(err)) return { missing: true };

@@ -193,7 +193,10 @@ const configSchema = z
     /** The blob miss path under API Gateway's ~30 s limit (DESIGN.md, "The miss path"). */
     blobFill: z
       .object({
-        /** Seconds one request waits for a fill before redirecting the client back to itself (default 20). */
+        /**
+         * Seconds one request waits for a fill, or for a proof by the bytes of a blob stored for another rule
+         * (shared/registry/blob-prove.ts), before redirecting the client back to itself (default 20).
+         */
         waitSeconds: z.number().nonnegative().default(20),
         /** Redirects back to the same URL before the rule's fallback; clients follow 10 in all (default 8). */
         maxHops: z.number().int().nonnegative().max(9).default(8),

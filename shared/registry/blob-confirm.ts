@@ -18,6 +18,8 @@
  *   upstream GET, hashed as it streams and thrown away ({@link Confirmations.byDownload}); the stored copy is then
  *   served, being those very bytes. Cost: one download per name and digest (the link makes it once); concurrent
  *   requests share it. Wrong bytes are 502 `DIGEST_INVALID`, as the same request for a digest nobody stored gets.
+ *   Bound: a request waits for it at most `blobFill.waitSeconds`, then answers as a miss that could not wait while
+ *   the download goes on (in the background, or in the fill function on AWS): blob-prove.ts.
  * An upstream 404 (HEAD or GET) is `BLOB_UNKNOWN`.
  *
  * What is trusted: a rule's upstream speaks for the rule's repositories. An upstream that knows a digest and its
@@ -27,10 +29,10 @@
  * naming another rule's private blob must not make that blob servable (ports.ts, `BlobLinks`). A blob's location
  * (a signed URL that serves the digest to whoever holds it, locally and on S3 alike) is made only from a proof.
  */
-import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
-import { RegistryError } from '../oci/errors.js';
+import type { Digest } from '../oci/digest.js';
 import type { BlobLocation } from '../store/ports.js';
 import { UpstreamError } from '../upstream/errors.js';
+import type { Prover } from './blob-prove.js';
 import type { RegistryDeps } from './deps.js';
 import type { ResolvedName } from './rules.js';
 
@@ -72,51 +74,30 @@ export interface Confirmations {
   byClaim(resolved: ResolvedName, digest: Digest, claim: UpstreamClaim, size: number | undefined): Confirmed | undefined;
   /**
    * Proof by the bytes: GETs the blob from the name's own upstream and hashes it as it streams, storing nothing
-   * (stopped past `size` bytes when given). One download for concurrent callers of one name and digest.
-   * @throws RegistryError 502 `DIGEST_INVALID` when the bytes do not hash to the digest; UpstreamError.
+   * (stopped past `size` bytes when given), and links it. One download for concurrent callers of one name and
+   * digest, waited for until `deadline` (wall-clock ms; blob-prove.ts).
+   * @throws ProofPending past the deadline (the download goes on); RegistryError 502 `DIGEST_INVALID` when the
+   *   bytes do not hash to the digest; UpstreamError.
    */
-  byDownload(resolved: ResolvedName, digest: Digest, size?: number): Promise<Confirmed>;
+  byDownload(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<Confirmed>;
   /**
    * Proof for a name about to wait on a fill started for another name (`size`: what that fill's upstream announced,
-   * if known yet): a HEAD that proves it, else the bytes. Throws as {@link ask} and {@link byDownload}.
+   * if known yet): the link, a HEAD that proves it, else the bytes by `deadline`. Throws as {@link ask} and
+   * {@link byDownload}.
    */
-  beforeWaiting(resolved: ResolvedName, digest: Digest, size?: number): Promise<Confirmed>;
+  beforeWaiting(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<Confirmed>;
   /**
    * For a committed blob of `size` bytes: the proof (the given one; the link; `claim` or a HEAD when it proves it;
-   * else the bytes), with the link written if missing. Throws as {@link beforeWaiting}.
+   * else the bytes by `deadline`), with the link written if missing. Throws as {@link beforeWaiting}.
    */
-  linkConfirmed(resolved: ResolvedName, digest: Digest, size: number, opts?: { proof?: Confirmed; claim?: UpstreamClaim }): Promise<Confirmed>;
+  linkConfirmed(resolved: ResolvedName, digest: Digest, size: number, opts: { deadline: number; proof?: Confirmed; claim?: UpstreamClaim }): Promise<Confirmed>;
   /** Where the client fetches the blob: only with a proof for the name. */
   locationOf(proof: Confirmed): Promise<BlobLocation>;
 }
 
-/** Creates the confirmations over the registry's stores and upstreams. */
-export function createConfirmations(deps: RegistryDeps): Confirmations {
-  const { stores, log } = deps;
-  const downloads = new Map<string, Promise<Confirmed>>();
-
-  /** Streams the name's upstream copy of `digest` through its hash; throws unless it matches. */
-  async function hashUpstreamCopy(resolved: ResolvedName, digest: Digest, size?: number): Promise<number> {
-    const blob = await deps.upstreamFor(resolved.rule).getBlob(resolved.upstreamRepository, digest);
-    const hash = hasherFor(digest);
-    let bytes = 0;
-    try {
-      for await (const chunk of blob.stream as AsyncIterable<Buffer>) {
-        bytes += chunk.length;
-        if (size !== undefined && bytes > size) break; // longer than the blob: cannot be it
-        hash.update(chunk);
-      }
-    } catch (err) {
-      if (err instanceof UpstreamError) throw err;
-      throw new UpstreamError('unavailable', `blob transfer failed: ${(err as Error).message}`);
-    } finally {
-      blob.stream.destroy();
-    }
-    if ((size !== undefined && bytes !== size) || `${parseDigest(digest)!.algorithm}:${hash.digest('hex')}` !== digest) {
-      throw new RegistryError('DIGEST_INVALID', 'upstream blob did not match its digest', { status: 502 });
-    }
-    return bytes;
-  }
+/** Creates the confirmations over the registry's stores and upstreams; proofs by the bytes go to `prover`. */
+export function createConfirmations(deps: RegistryDeps, prover: Prover): Confirmations {
+  const { stores } = deps;
 
   const confirmations: Confirmations = {
     byOwnFill: (resolved, digest, linked = false) => proof(resolved, digest, linked),
@@ -133,32 +114,23 @@ export function createConfirmations(deps: RegistryDeps): Confirmations {
     byClaim: (resolved, digest, claim, size) =>
       size !== undefined && claim.digest === digest && claim.size === size ? proof(resolved, digest, false) : undefined,
 
-    byDownload(resolved, digest, size) {
-      const key = `${resolved.name}\n${digest}`;
-      let running = downloads.get(key);
-      if (!running) {
-        const started = Date.now();
-        running = hashUpstreamCopy(resolved, digest, size)
-          .then((bytes) => {
-            log.info('blob confirmed by its bytes', { event: 'confirm-by-download', name: resolved.name, digest, bytes, ms: Date.now() - started });
-            return proof(resolved, digest, false);
-          })
-          .finally(() => downloads.delete(key));
-        downloads.set(key, running);
-      }
-      return running;
+    async byDownload(resolved, digest, size, deadline) {
+      await prover.prove(resolved, digest, size, deadline);
+      return proof(resolved, digest, true);
     },
 
-    async beforeWaiting(resolved, digest, size) {
-      return confirmations.byClaim(resolved, digest, await confirmations.ask(resolved, digest), size) ?? (await confirmations.byDownload(resolved, digest, size));
+    async beforeWaiting(resolved, digest, size, deadline) {
+      if (await stores.links.isLinked(resolved.name, digest)) return proof(resolved, digest, true);
+      return confirmations.byClaim(resolved, digest, await confirmations.ask(resolved, digest), size) ?? (await confirmations.byDownload(resolved, digest, size, deadline));
     },
 
-    async linkConfirmed(resolved, digest, size, opts = {}) {
+    async linkConfirmed(resolved, digest, size, opts) {
       if (opts.proof?.linked) return opts.proof;
       if (!opts.proof && (await stores.links.isLinked(resolved.name, digest))) return proof(resolved, digest, true);
       if (!opts.proof) {
         const claim = opts.claim ?? (await confirmations.ask(resolved, digest));
-        if (!confirmations.byClaim(resolved, digest, claim, size)) await confirmations.byDownload(resolved, digest, size);
+        // The bytes' proof links the name itself.
+        if (!confirmations.byClaim(resolved, digest, claim, size)) return confirmations.byDownload(resolved, digest, size, opts.deadline);
       }
       await stores.links.link(resolved.name, digest);
       return proof(resolved, digest, true);

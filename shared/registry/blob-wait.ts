@@ -28,7 +28,8 @@ export interface FillWaiter {
    * ms) passes, taking the lease and starting a fill when nobody holds a live one. Undefined at the deadline.
    * `proof`: this name's upstream confirmed the digest already (HEAD).
    * @throws RegistryError `UNAVAILABLE` when fills keep failing or cannot be dispatched; the fill's own error when
-   *   a fill for this very name failed.
+   *   a fill for this very name failed; ProofPending (blob-prove.ts) when a fill for another name was found and this
+   *   name's proof by the bytes did not end by the deadline.
    */
   awaitFill(resolved: ResolvedName, digest: Digest, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | undefined>;
   /**
@@ -52,7 +53,7 @@ export function createFillWaiter(deps: RegistryDeps, filler: Filler, confirmatio
    */
   async function join(resolved: ResolvedName, digest: Digest, running: RunningFill, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | 'again' | undefined> {
     const sameName = running.name === resolved.name;
-    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize);
+    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize, deadline);
     const fill = (untilStreaming ? running.streaming : running.done).then(
       (size) => ({ size }),
       (err: unknown) => {
@@ -120,7 +121,7 @@ export function createFillWaiter(deps: RegistryDeps, filler: Filler, confirmatio
         }
       }
       // A fill elsewhere for another name (or one whose name is not known): the proof first, as in `join`.
-      if (!proof && holder !== resolved.name) proof = await beforeWaiting(resolved, digest);
+      if (!proof && holder !== resolved.name) proof = await beforeWaiting(resolved, digest, undefined, deadline);
       const outcome = await waitForFillElsewhere(stores, digest, deadline, deps.fill, () => filler.running(digest) !== undefined);
       if (outcome.kind === 'committed') return { streaming: false, size: outcome.size, proof };
       if (outcome.kind === 'deadline') return undefined;

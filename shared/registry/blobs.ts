@@ -39,6 +39,7 @@ import type { BlobLocation, ManifestRecord } from '../store/ports.js';
 import { UpstreamError, toRegistryError } from '../upstream/errors.js';
 import { createConfirmations, type Confirmed } from './blob-confirm.js';
 import { createFiller } from './blob-fill.js';
+import { createProver, ProofPending } from './blob-prove.js';
 import { createFillWaiter } from './blob-wait.js';
 import type { RegistryDeps } from './deps.js';
 import { fillLeaseKey } from './fill-lease.js';
@@ -75,6 +76,13 @@ export interface BlobService {
    * run because its lease had been taken over before it started (see fill-lease.ts, "Stale").
    */
   fill(name: string, digest: string, leaseOwner?: string): Promise<number | undefined>;
+  /**
+   * Runs one proof by the bytes (the fill function's `prove` job, blob-prove.ts): hashes the name's upstream copy of
+   * the digest under `leaseOwner`'s proof lease and links it when it matches. `superseded`: the lease had been taken
+   * over before it started.
+   * @throws RegistryError 502 `DIGEST_INVALID` for other bytes (nothing linked); UpstreamError from the upstream.
+   */
+  prove(name: string, digest: string, leaseOwner: string): Promise<'linked' | 'superseded'>;
   /** A client GOT this manifest: a miss of one of its blobs starts fills of the others (pull-hints.ts). */
   noteManifest(record: ManifestRecord): void;
 }
@@ -92,7 +100,8 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   };
   const knownMissing = (resolved: ResolvedName, digest: Digest) => missing.has(`${resolved.name}\n${digest}`);
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
-  const confirmations = createConfirmations(deps);
+  const prover = createProver(deps);
+  const confirmations = createConfirmations(deps, prover);
   const { ask, linkConfirmed, locationOf } = confirmations;
   const { awaitFill, startFill } = createFillWaiter(deps, filler, confirmations);
   const hints = createPullHints(() => deps.now());
@@ -119,15 +128,29 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     return target;
   }
 
+  /**
+   * A blob GET that could not be answered within `blobFill.waitSeconds` (a fill, or this name's proof by the bytes,
+   * goes on): 307 back to itself (the next hop) up to `blobFill.maxHops`, then the rule's `missFallback`: the
+   * upstream's own credential-free redirect when it gives one, else 503 `UNAVAILABLE` with `Retry-After: 30` (s).
+   */
+  async function couldNotWait(resolved: ResolvedName, digest: Digest, hop: number): Promise<BlobAnswer> {
+    if (hop < deps.fill.maxHops) return { kind: 'retry', digest, hop: hop + 1 };
+    if (resolved.rule.missFallback === 'upstream-redirect') {
+      const target = await deps.upstreamFor(resolved.rule).blobRedirect(resolved.upstreamRepository, digest);
+      if (target) return { kind: 'upstream', digest, location: target };
+    }
+    throw new RegistryError('UNAVAILABLE', 'blob is still being fetched from the upstream; retry later', { headers: { 'Retry-After': '30' } });
+  }
 
-  async function prepare(name: string, rawDigest: string): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
+  /** Resolves and admits the request; a stored blob comes with its proof for the name (by `deadline`, wall-clock ms). */
+  async function prepare(name: string, rawDigest: string, deadline: number): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
     await admitBlob(deps, resolved, digest);
     const stored = await stores.blobs.stat(digest);
     // A layer this pull had filled ahead is still the pull's miss (the hit ratio counts what came from upstream).
     noteCache(stored && !hints.takeStartedAhead(resolved.name, digest) ? 'hit' : 'miss');
-    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest, stored.size) } };
+    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest, stored.size, { deadline }) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
     if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
@@ -137,8 +160,9 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   return {
     async stat(name, rawDigest) {
       let resolved: ResolvedName | undefined;
+      const deadline = Date.now() + deps.fill.waitSeconds * 1000;
       try {
-        const prepared = await prepare(name, rawDigest);
+        const prepared = await prepare(name, rawDigest, deadline);
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { digest, size: stored.size };
@@ -146,9 +170,9 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         // served, so the upstream's word is enough, unless it names another digest).
         const claim = await ask(resolved, digest);
         if (claim.size !== undefined && (claim.digest === undefined || claim.digest === digest)) return { digest, size: claim.size };
-        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, false);
+        const filled = await awaitFill(resolved, digest, deadline, false);
         if (filled === undefined || filled.streaming) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
-        await linkConfirmed(resolved, digest, filled.size, { proof: filled.proof, claim });
+        await linkConfirmed(resolved, digest, filled.size, { deadline, proof: filled.proof, claim });
         return { digest, size: filled.size };
       } catch (err) {
         rememberMiss(resolved, rawDigest, err);
@@ -158,8 +182,9 @@ export function createBlobService(deps: RegistryDeps): BlobService {
 
     async locate(name, rawDigest, hop = 0) {
       let resolved: ResolvedName | undefined;
+      const deadline = Date.now() + deps.fill.waitSeconds * 1000;
       try {
-        const prepared = await prepare(name, rawDigest);
+        const prepared = await prepare(name, rawDigest, deadline);
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { kind: 'blob', digest, size: stored.size, location: await locationOf(stored.proof) };
@@ -168,24 +193,20 @@ export function createBlobService(deps: RegistryDeps): BlobService {
           const target = await redirectMiss(resolved, digest).finally(() => ahead);
           if (target) return { kind: 'upstream', digest, location: target };
         }
-        const filled = await awaitFill(resolved, digest, Date.now() + deps.fill.waitSeconds * 1000, streamsHere()).finally(() => ahead);
+        const filled = await awaitFill(resolved, digest, deadline, streamsHere()).finally(() => ahead);
         if (filled?.streaming) {
           // Served while the fill runs; the fill links the blob to its name when it commits.
           return { kind: 'blob', digest, size: filled.size, location: await locationOf(filled.proof), filling: true };
         }
         if (filled !== undefined) {
-          const proof = await linkConfirmed(resolved, digest, filled.size, { proof: filled.proof });
+          const proof = await linkConfirmed(resolved, digest, filled.size, { deadline, proof: filled.proof });
           return { kind: 'blob', digest, size: filled.size, location: await locationOf(proof) };
         }
-        if (hop < deps.fill.maxHops) {
-          return { kind: 'retry', digest, hop: hop + 1 };
-        }
-        if (resolved.rule.missFallback === 'upstream-redirect') {
-          const target = await deps.upstreamFor(resolved.rule).blobRedirect(resolved.upstreamRepository, digest);
-          if (target) return { kind: 'upstream', digest, location: target };
-        }
-        throw new RegistryError('UNAVAILABLE', 'blob is still being fetched from the upstream; retry later', { headers: { 'Retry-After': '30' } });
+        return await couldNotWait(resolved, digest, hop);
       } catch (err) {
+        // This name's proof by the bytes goes on (blob-prove.ts): answered as a miss whose fill goes on.
+        // (Thrown only past the name's resolution and the digest's check, so neither throws here.)
+        if (err instanceof ProofPending) return couldNotWait(deps.resolve(name), assertDigest(rawDigest), hop);
         rememberMiss(resolved, rawDigest, err);
         throw toRegistryError(err, 'BLOB_UNKNOWN');
       }
@@ -210,6 +231,8 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         if (leaseOwner) await stores.leases.releaseLease(key, leaseOwner).catch(() => undefined);
       }
     },
+
+    prove: (name, rawDigest, leaseOwner) => prover.runJob(deps.resolve(name), assertDigest(rawDigest), leaseOwner),
 
     noteManifest: (record) => hints.noteManifest(record),
   };

@@ -17,6 +17,12 @@ export interface FillJob {
   digest: string;
   /** Owner of the fill lease the dispatcher took; the filler releases it when done. */
   leaseOwner: string;
+  /**
+   * `prove`: not a fill but a proof by the bytes (blob-prove.ts): hash the name's upstream copy of a blob stored
+   * (or being filled) for another name, and link it to the name when it matches; `leaseOwner` holds the proof's
+   * lease. Absent: a fill.
+   */
+  mode?: 'prove';
 }
 
 /** Settings of the blob miss path (see `blobFill` in config.ts). Seconds, and bytes per second. */

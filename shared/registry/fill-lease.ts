@@ -104,15 +104,17 @@ export async function waitForFillElsewhere(
 }
 
 /**
- * Dispatches `job` (AWS: an async Invoke of the fill function) under the lease its owner just took, retrying a
- * failed dispatch with backoff ({@link DISPATCH_RETRY}). When every attempt fails the lease is released and a
- * retryable 503 `UNAVAILABLE` is thrown, so the next request takes the lease at once.
+ * Dispatches `job` (AWS: an async Invoke of the fill function) under the lease its owner just took (`leaseKey`,
+ * default the digest's fill lease), retrying a failed dispatch with backoff ({@link DISPATCH_RETRY}). When every
+ * attempt fails the lease is released and a retryable 503 `UNAVAILABLE` is thrown, so the next request takes the
+ * lease at once.
  */
 export async function dispatchWithRetry(
   dispatch: (job: FillJob) => Promise<void>,
   job: FillJob & { digest: Digest },
   stores: Stores,
   log: Log,
+  leaseKey: string = fillLeaseKey(job.digest),
 ): Promise<void> {
   try {
     await pRetry(() => dispatch(job), {
@@ -122,7 +124,7 @@ export async function dispatchWithRetry(
       },
     });
   } catch (err) {
-    await stores.leases.releaseLease(fillLeaseKey(job.digest), job.leaseOwner).catch(() => undefined);
+    await stores.leases.releaseLease(leaseKey, job.leaseOwner).catch(() => undefined);
     throw new RegistryError('UNAVAILABLE', 'the blob fill could not be started; retry', { headers: { 'Retry-After': '1' }, cause: err });
   }
 }
@@ -153,10 +155,12 @@ export function fillDeadline(progress: FillProgress, settings: FillSettings): nu
  * `owner` holds one) if the fill made progress since the last tick (see "Heartbeat" above), and calls `abandon`
  * with the reason when the fill passed its {@link fillDeadline} while transferring, or its heartbeat found the
  * lease taken over. A heartbeat that fails (store unreachable) is logged and tried again next tick. Returns `stop`.
+ * `key`: the lease `owner` holds, when it is not the digest's fill lease (a proof's, blob-prove.ts).
  */
 export function startFillWatchdog(opts: {
   stores: Stores;
   digest: Digest;
+  key?: string;
   owner?: string;
   settings: FillSettings;
   progress: () => FillProgress;
@@ -164,6 +168,7 @@ export function startFillWatchdog(opts: {
   log: Log;
 }): () => void {
   const { stores, digest, owner, settings, progress, abandon, log } = opts;
+  const key = opts.key ?? fillLeaseKey(digest);
   let lastBytes = -1;
   let beating = false;
   let stopped = false;
@@ -177,7 +182,7 @@ export function startFillWatchdog(opts: {
     lastBytes = p.bytes;
     if (!owner || !moved || beating) return;
     beating = true;
-    stores.leases.heartbeatLease(fillLeaseKey(digest), owner, settings.leaseSeconds).then(
+    stores.leases.heartbeatLease(key, owner, settings.leaseSeconds).then(
       (held) => {
         beating = false;
         if (!held && !stopped) {

@@ -54,6 +54,11 @@ export interface FakeUpstream {
     wrongBytes?: boolean | 'blobs';
     slowBody?: { chunkBytes: number; pauseMs: number; noLength?: boolean; kind?: 'blob' | 'manifest' };
     /**
+     * Blob GETs (here and at the "CDN") answer their headers and the first half of the body, then hold the rest until
+     * `until` resolves: a transfer that lasts exactly as long as the test wants (no timing), e.g. past a request's wait.
+     */
+    holdBlobBody?: { until: Promise<void> };
+    /**
      * Tag lists as other registries answer them: `ignorePaging` returns every tag whatever `n`/`last` say (Debian's
      * distribution 2.8 does), `unsorted` in the order they were put, `maxPage` caps a page (with a `Link`).
      */
@@ -122,6 +127,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       const digest = url.pathname.slice('/cdn/'.length);
       for (const repoBlobs of blobs.values()) {
         const b = repoBlobs.get(digest);
+        if (b && faults.holdBlobBody && req.method === 'GET') return holdBody(res, { 'Content-Length': String(b.length) }, b, faults.holdBlobBody.until);
         if (b) {
           res.writeHead(200, { 'Content-Length': String(b.length) });
           return void res.end(req.method === 'HEAD' ? undefined : b);
@@ -158,6 +164,7 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
       if (opts.redirectBlobs && req.method === 'GET') return void res.writeHead(307, { Location: `${cdnUrl}/cdn/${bm[2]}` }).end();
       const body = faults.wrongBytes ? Buffer.from(b).fill(0x41, 0, 1) : b;
       const slow = faults.slowBody;
+      if (faults.holdBlobBody && req.method === 'GET') return holdBody(res, { 'Content-Length': String(b.length), 'Docker-Content-Digest': bm[2] }, body, faults.holdBlobBody.until);
       if (slow && (slow.kind ?? 'blob') === 'blob' && req.method === 'GET') {
         return sendSlowly(res, { 'Content-Length': String(b.length), 'Docker-Content-Digest': bm[2] }, body, slow);
       }
@@ -199,6 +206,14 @@ export async function startFakeUpstream(opts: FakeUpstreamOptions = {}): Promise
   }
 
   /** Answers 200 with `headers` at once, then `body` in `chunkBytes` pieces `pauseMs` apart (`noLength`: chunked). */
+  /** Sends the headers and the first half of `body`, the rest once `until` resolved (see `faults.holdBlobBody`). */
+  async function holdBody(res: ServerResponse, headers: Record<string, string>, body: Buffer, until: Promise<void>) {
+    res.writeHead(200, headers);
+    res.write(body.subarray(0, body.length >> 1));
+    await until;
+    if (!res.destroyed) res.end(body.subarray(body.length >> 1));
+  }
+
   async function sendSlowly(res: ServerResponse, headers: Record<string, string>, body: Buffer, slow: { chunkBytes: number; pauseMs: number; noLength?: boolean }) {
     const { 'Content-Length': length, ...rest } = headers;
     res.writeHead(200, slow.noLength ? rest : { ...rest, 'Content-Length': length });

@@ -11,7 +11,9 @@
  *   `afterBytes` bytes of the body, and closes the connection (after `pauseMs`, when given);
  * - `corrupt`: forwards status, headers and a body of the same length with `length` bytes flipped (XOR 0xff)
  *   from `offset` (default: the middle of the body when its length is known, else byte 0); with `pauseMs`, the
- *   body's last byte is held back that long (so a client can be seen reading a body still arriving).
+ *   body's last byte is held back that long (so a client can be seen reading a body still arriving);
+ * - `hold`: forwards status, headers and the body but its last byte, which waits until `until` resolves (a transfer
+ *   that lasts exactly as long as the test wants, without timing).
  *
  * A fault applies to its next `times` matching requests (every one when absent); the first matching fault in
  * the order they were added wins. Every request is recorded with the fault applied (if any).
@@ -34,7 +36,8 @@ export type FaultAction =
   | { kind: 'status'; status: number; headers?: Record<string, string>; body?: string }
   | { kind: 'hang' }
   | { kind: 'truncate'; afterBytes: number; pauseMs?: number }
-  | { kind: 'corrupt'; offset?: number; length?: number; pauseMs?: number };
+  | { kind: 'corrupt'; offset?: number; length?: number; pauseMs?: number }
+  | { kind: 'hold'; until: Promise<void> };
 
 export type FaultSpec = FaultMatch & FaultAction;
 
@@ -90,8 +93,8 @@ function flipper(from: number, length: number): Transform {
   });
 }
 
-/** A transform that stops for `ms` before passing on byte `at` (and the rest) of the stream. */
-function holdBack(at: number, ms: number): Transform {
+/** A transform that waits for `release` before passing on byte `at` (and the rest) of the stream. */
+function holdBack(at: number, release: () => Promise<void>): Transform {
   let pos = 0;
   let held = false;
   return new Transform({
@@ -101,7 +104,7 @@ function holdBack(at: number, ms: number): Transform {
       if (held || at >= pos) return cb(null, chunk);
       held = true;
       if (at > start) this.push(chunk.subarray(0, at - start));
-      setTimeout(() => cb(null, chunk.subarray(Math.max(0, at - start))), ms).unref();
+      void release().then(() => cb(null, chunk.subarray(Math.max(0, at - start))));
     },
   });
 }
@@ -221,7 +224,13 @@ export async function startFaultProxy(target: string): Promise<FaultProxy> {
           const length = Number(upRes.headers['content-length']);
           const offset = fault.offset ?? (Number.isFinite(length) && length > 0 ? Math.floor(length / 2) : 0);
           const piped = upRes.pipe(flipper(offset, fault.length ?? 1));
-          (fault.pauseMs && Number.isFinite(length) && length > 0 ? piped.pipe(holdBack(length - 1, fault.pauseMs)) : piped).pipe(counter).pipe(res);
+          const { pauseMs } = fault;
+          const pause = () => new Promise<void>((r) => setTimeout(r, pauseMs).unref());
+          (pauseMs && Number.isFinite(length) && length > 0 ? piped.pipe(holdBack(length - 1, pause)) : piped).pipe(counter).pipe(res);
+        } else if (fault?.kind === 'hold') {
+          const length = Number(upRes.headers['content-length']);
+          const { until } = fault;
+          (Number.isFinite(length) && length > 0 ? upRes.pipe(holdBack(length - 1, () => until)) : upRes).pipe(counter).pipe(res);
         } else {
           upRes.pipe(counter).pipe(res);
         }

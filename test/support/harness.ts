@@ -159,7 +159,8 @@ export async function createHarness(
     now: () => clock.now,
   });
   const { app, manifests, blobs: blobService } = createRegistry(deps, { auth, accounting });
-  fillFunction = (job) => blobService.fill(job.name, job.digest, job.leaseOwner);
+  // As functions/fill.ts: a `prove` job runs the proof by the bytes, any other a fill.
+  fillFunction = (job) => (job.mode === 'prove' ? blobService.prove(job.name, job.digest, job.leaseOwner) : blobService.fill(job.name, job.digest, job.leaseOwner));
   const refresher = createRefresher(deps, manifests, config.refresh);
   // The fs store's signed URLs live 900 s (its default): the grace period must be at least twice that.
   const lifecycle = createLifecycle(deps, config, graceSecondsFor(config.lifecycle, 900));
