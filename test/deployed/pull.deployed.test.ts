@@ -128,6 +128,32 @@ describe('the packaged stack on moto, its zips run as Lambda functions behind an
     expect(shape.invoke.requests.length).toBe(invocations);
   });
 
+  it('a layer stored for one rule, asked for through another whose upstream refuses blob HEADs: proven by the fill function (mode prove), then served from S3', async () => {
+    const layer = app.blobs.at(-1)!;
+    const bytes = Buffer.from(await (await fetch(`${upstream.url}/v2/team/app/blobs/${layer.digest}`)).arrayBuffer());
+    large.putBlob('mirror/app', bytes);
+    large.faults.status = { kind: 'blob', method: 'HEAD', code: 401 }; // as public.ecr.aws answers every blob HEAD
+    try {
+      const before = shape.runtime.invocations.length;
+      let res = await fetch(`${shape.front.url}/v2/large/mirror/app/blobs/${layer.digest}`, { redirect: 'manual' });
+      // A proof outlasting blobFill.waitSeconds answers a hop (307 to itself) while the fill function goes on.
+      for (let hop = 0; hop < 9 && res.status === 307 && res.headers.get('location')!.includes('pt-hop='); hop++) {
+        res = await fetch(new URL(res.headers.get('location')!, shape.front.url), { redirect: 'manual' });
+      }
+      expect(res.status).toBe(307);
+      const location = new URL(res.headers.get('location')!);
+      expect(location.origin).toBe(shape.gate.url);
+      expect(sha256(Buffer.from(await (await fetch(location)).arrayBuffer()))).toBe(layer.digest);
+      await shape.runtime.settled();
+      const ran = shape.runtime.invocations.slice(before).filter((i) => i.functionName === fill);
+      const job = (i: (typeof ran)[number]) => i.event as { mode?: string; name: string; digest: string };
+      expect(ran.map((i) => [job(i).mode, job(i).name, job(i).digest, i.error, i.payload])).toEqual([['prove', 'large/mirror/app', layer.digest, undefined, '{"linked":true}']]);
+      expect(large.count({ method: 'GET', kind: 'blob' })).toBe(1);
+    } finally {
+      large.faults.status = undefined;
+    }
+  });
+
   it('the first fill Invoke failing (IAM still propagating) does not wedge the blob: the pull succeeds within a minute', async () => {
     const flaky = await pushSinglePlatformImage(upstream.url, 'team/flaky', 'v1', { format: 'oci', arch: 'amd64', layerSources: LAYERS.slice(0, 1), salt: 'flaky' });
     const before = shape.invoke.requests.length;
