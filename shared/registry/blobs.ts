@@ -13,7 +13,9 @@
  * fill lease and starts the fill (in the background here, or through `dispatchFill` on AWS), then waits up to
  * `fill.waitSeconds`. Filled in time → 307 to the stored blob. Not yet → 307 back to the same URL with a hop
  * counter (`?pt-hop=N`, the URL built by the app), so the client comes back and waits again. Past
- * `fill.maxHops`, the rule's `missFallback`. Concurrent misses of one digest wait on the same fill: one upstream
+ * `fill.maxHops`, the rule's `missFallback`. A proof by the bytes (a blob stored for another name whose upstream's
+ * HEAD proves nothing) has the same budget and the same answers past it (blob-prove.ts, `ProofPending`), while the
+ * proof goes on. Concurrent misses of one digest wait on the same fill: one upstream
  * download in total. The lease protocol (take, heartbeat, stale takeover, waiting with backoff) is in
  * fill-lease.ts; waiting for a fill in blob-wait.ts; fills running in this process (deadline, storage exhaustion)
  * in blob-fill.ts.
