@@ -3,6 +3,7 @@
  * answer is checked and classified before it is stored: a JSON object with `schemaVersion` 2 whose `mediaType`
  * (when present) and shape agree with the `Content-Type` it came with (see {@link classifyManifest}).
  */
+import { descriptorProblem } from './descriptor.js';
 import { RegistryError } from './errors.js';
 
 export const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -29,7 +30,7 @@ export function isIndexMediaType(mediaType: string): boolean {
  * "Image Manifest V2, Schema 2"); the type comes from the `Content-Type` when that is a manifest type we serve,
  * else from the body's `mediaType`, else from its shape (`manifests[]`: an OCI index; `config` + `layers[]`: an
  * OCI manifest); a `mediaType` in the body must agree with the `Content-Type`, and the body must have the shape of
- * its type. Any other `Content-Type` (text/html, application/json, a blob type) is never served as a manifest
+ * its type, every descriptor in it valid (digest, non-negative integer size, string mediaType: see badDescriptor). Any other `Content-Type` (text/html, application/json, a blob type) is never served as a manifest
  * type: the body decides. Captive portals and login pages answering 200 are the real-world source of non-manifests.
  * @throws RegistryError `MANIFEST_INVALID`: 502 for an answer that is not a manifest (the upstream's fault,
  *   nothing is stored); 400 for Docker schema1 (refused on purpose: its digest is not the body's SHA-256 and no
@@ -56,7 +57,27 @@ export function classifyManifest(contentType: string | undefined, body: Uint8Arr
     ? Array.isArray(m.manifests)
     : m.config !== null && typeof m.config === 'object' && Array.isArray(m.layers);
   if (!shaped) throw notManifest(isIndexMediaType(type) ? `(${type}) has no manifests list` : `(${type}) has no config and layers`);
+  const bad = badDescriptor(m, isIndexMediaType(type));
+  if (bad) throw notManifest(`has an invalid descriptor: ${bad}`);
   return type;
+}
+
+/**
+ * The first descriptor of a manifest that is not one (oci/descriptor.ts), as `<field>: <problem>` (e.g.
+ * `layers[2]: size is not a non-negative integer`), or undefined. Image spec "Image Manifest": `config`, each of
+ * `layers` and `subject` are descriptors; "Image Index": each of `manifests`, and `subject`. The cache stores the
+ * blobs and manifests they name by digest and size, so a descriptor it cannot verify is a manifest it cannot serve.
+ */
+function badDescriptor(m: Record<string, unknown>, index: boolean): string | undefined {
+  const fields: Array<[string, unknown]> = index
+    ? (m.manifests as unknown[]).map((d, i) => [`manifests[${i}]`, d])
+    : [['config', m.config], ...(m.layers as unknown[]).map((d, i): [string, unknown] => [`layers[${i}]`, d])];
+  if (m.subject !== undefined) fields.push(['subject', m.subject]);
+  for (const [field, value] of fields) {
+    const problem = descriptorProblem(value);
+    if (problem) return `${field}: ${problem}`;
+  }
+  return undefined;
 }
 
 function isServedType(value: unknown): value is (typeof MANIFEST_MEDIA_TYPES)[number] {

@@ -22,7 +22,8 @@ export interface ManifestFetcher {
    * Fetches `reference` upstream, verifies its digest (`expected`, else the upstream's `Docker-Content-Digest`) and
    * that it is a manifest (`classifyManifest`), judges it under the rule's signature policy (signature-check.ts),
    * stores it with the verdict and its blob references; nothing is stored on failure or refusal.
-   * @throws RegistryError `DIGEST_INVALID` (502) on a digest mismatch, `DENIED` when the policy refuses it;
+   * @throws RegistryError `DIGEST_INVALID` (502) on a digest mismatch, `MANIFEST_INVALID` (502) for an answer that
+   *   is not a manifest or has a descriptor that is not one (naming the field), `DENIED` when the policy refuses it;
    *   UpstreamError when the upstream cannot answer.
    */
   fetchAndStore(resolved: ResolvedName, reference: string, expected?: Digest): Promise<ManifestRecord>;

@@ -136,7 +136,7 @@ describe('manifests by tag', () => {
   });
 
   it('falls back to GET and hash when the upstream HEAD gives no Docker-Content-Digest', async () => {
-    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { digest: `sha256:${'0'.repeat(64)}`, size: 1 }, layers: [] }));
+    const body = Buffer.from(JSON.stringify({ schemaVersion: 2, config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${'0'.repeat(64)}`, size: 1 }, layers: [] }));
     up.putManifest('app', 'v1', { body, noDigestHeader: true });
     await h.request('GET', '/v2/local/app/manifests/v1');
     h.clock.now += 3601 * 1000;
@@ -194,6 +194,20 @@ describe('manifests by tag', () => {
     expect(await h.index.getTag('local/app', 'v1')).toBeUndefined();
     expect(await h.index.getManifest('local/app', sha(login) as never)).toBeUndefined();
     expect(up.count({ method: 'GET', kind: 'manifest' })).toBe(2); // an upstream fault is not remembered as "does not exist"
+  });
+
+  it('never stores a manifest whose descriptors are not descriptors: 502 MANIFEST_INVALID naming the field', async () => {
+    const good = seedImage(up, 'app', 'v1', [Buffer.from('x')]);
+    const parsed = JSON.parse(good.body.toString()) as { layers: Array<Record<string, unknown>> };
+    const bad = Buffer.from(JSON.stringify({ ...parsed, layers: [{ ...parsed.layers[0], size: 'big' }] }));
+    up.putManifest('app', 'v2', { body: bad, contentType: 'application/vnd.oci.image.manifest.v1+json' });
+    for (const ref of ['v2', sha(bad)]) {
+      const res = await h.request('GET', `/v2/local/app/manifests/${ref}`);
+      expect(res.status).toBe(502);
+      expect(h.jsonOf(res).errors[0]).toMatchObject({ code: 'MANIFEST_INVALID', message: expect.stringContaining('layers[0]: size is not a non-negative integer') });
+    }
+    expect(await h.index.getTag('local/app', 'v2')).toBeUndefined();
+    expect(await h.index.getManifest('local/app', sha(bad) as never)).toBeUndefined();
   });
 
   it('keeps serving the cached manifest when a stale tag now answers a login page without a digest', async () => {

@@ -60,6 +60,37 @@ describe('classifyManifest refuses what is not a manifest (MANIFEST_INVALID, not
     expect(() => classifyManifest(contentType, body)).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID' }) as RegistryError);
   });
 
+  const layer = descriptor('application/vnd.oci.image.layer.v1.tar+gzip');
+  it.each([
+    ['a layer size that is a string', OCI_MANIFEST, { ...image(), layers: [layer, { ...layer, size: 'big' }] }, 'layers[1]: size is not a non-negative integer'],
+    ['a layer mediaType that is a number', OCI_MANIFEST, { ...image(), layers: [{ ...layer, mediaType: 7 }] }, 'layers[0]: mediaType is not a non-empty string'],
+    ['a config size of 1e300', OCI_MANIFEST, { ...image(), config: { ...descriptor('application/vnd.oci.image.config.v1+json'), size: 1e300 } }, 'config: size is not a non-negative integer'],
+    ['a negative layer size', DOCKER_MANIFEST, { ...image(), layers: [{ ...layer, size: -1 }] }, 'layers[0]: size is not a non-negative integer'],
+    ['a fractional layer size', OCI_MANIFEST, { ...image(), layers: [{ ...layer, size: 1.5 }] }, 'layers[0]: size is not a non-negative integer'],
+    ['a layer digest that is not one', OCI_MANIFEST, { ...image(), layers: [{ ...layer, digest: 'sha256:xyz' }] }, 'layers[0]: digest is not a valid'],
+    ['a layer without a digest', OCI_MANIFEST, { ...image(), layers: [{ mediaType: layer.mediaType, size: 1 }] }, 'layers[0]: digest is not a valid'],
+    ['a layer that is null', OCI_MANIFEST, { ...image(), layers: [null] }, 'layers[0]: is not an object'],
+    ['a config that is an array', OCI_MANIFEST, { ...image(), config: [] }, 'config: is not an object'],
+    ['index entries null and 5', OCI_INDEX, { ...index(), manifests: [descriptor(OCI_MANIFEST), null, 5] }, 'manifests[1]: is not an object'],
+    ['an index entry with a string size', DOCKER_MANIFEST_LIST, { ...index(), manifests: [{ ...descriptor(DOCKER_MANIFEST), size: '5' }] }, 'manifests[0]: size is not a non-negative integer'],
+    ['a subject that is not a descriptor', OCI_MANIFEST, { ...image(), subject: { digest } }, 'subject: mediaType is not a non-empty string'],
+    ['annotations that are not strings', OCI_MANIFEST, { ...image(), layers: [{ ...layer, annotations: { a: 1 } }] }, 'layers[0]: annotations is not a map of strings'],
+  ])('refuses a manifest whose descriptors are not descriptors, naming the field: %s', (_, contentType, body, field) => {
+    expect(() => classifyManifest(contentType, json(body))).toThrow(expect.objectContaining({ code: 'MANIFEST_INVALID', status: 502, message: expect.stringContaining(field) }) as RegistryError);
+  });
+
+  it('accepts artifact manifests and cosign signatures: any mediaType strings, empty config, annotations, subject', () => {
+    const sig = {
+      schemaVersion: 2, mediaType: OCI_MANIFEST, artifactType: 'application/vnd.dev.sigstore.bundle.v0.3+json',
+      config: { mediaType: 'application/vnd.oci.empty.v1+json', digest, size: 2 },
+      layers: [{ mediaType: 'application/vnd.dev.cosign.simplesigning.v1+json', digest, size: 0, annotations: { 'dev.cosignproject.cosign/signature': 'MEUC' } }],
+      subject: { mediaType: OCI_INDEX, digest, size: 1234 },
+      annotations: { 'org.opencontainers.image.created': '2026-12-07T00:00:00Z' },
+    };
+    expect(classifyManifest(OCI_MANIFEST, json(sig))).toBe(OCI_MANIFEST);
+    expect(classifyManifest(OCI_INDEX, json({ ...index(), manifests: [] }))).toBe(OCI_INDEX);
+  });
+
   it.each([
     ['Content-Type schema1', 'application/vnd.docker.distribution.manifest.v1+prettyjws', json({ schemaVersion: 1, fsLayers: [] })],
     ['body schemaVersion 1 under a generic type', 'application/json', json({ schemaVersion: 1, fsLayers: [] })],
