@@ -104,7 +104,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   const streamsHere = () => !deps.dispatchFill && stores.blobs.streamsWhileFilling === true;
   const prover = createProver(deps);
   const confirmations = createConfirmations(deps, prover);
-  const { ask, linkConfirmed, locationOf } = confirmations;
+  const { ask, byOwnFill, linkConfirmed, locationOf } = confirmations;
   const { awaitFill, startFill } = createFillWaiter(deps, filler, confirmations);
   const hints = createPullHints(() => deps.now());
 
@@ -144,6 +144,19 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     throw new RegistryError('UNAVAILABLE', 'blob is still being fetched from the upstream; retry later', { headers: { 'Retry-After': '30' } });
   }
 
+  /**
+   * The proof for a committed blob of `size` bytes (by `deadline`, wall-clock ms). A fill of it for this very name
+   * still running here (filled ahead: committed, its link and lease release to come) is the proof once it ends, ms
+   * later: asking before it linked would cost an upstream HEAD (or a download) for bytes this process has just
+   * fetched for the name, and answering first would leave the fill's work (what it remembers,
+   * shared/store/remembering-stores.ts) running after the pull.
+   */
+  async function storedProof(resolved: ResolvedName, digest: Digest, size: number, deadline: number): Promise<Confirmed> {
+    const running = filler.running(digest);
+    if (running?.name === resolved.name && (await running.done.then(() => true, () => false))) return byOwnFill(resolved, digest, true);
+    return linkConfirmed(resolved, digest, size, { deadline });
+  }
+
   /** Resolves and admits the request; a stored blob comes with its proof for the name (by `deadline`, wall-clock ms). */
   async function prepare(name: string, rawDigest: string, deadline: number): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
     const resolved = deps.resolve(name);
@@ -152,7 +165,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     const stored = await stores.blobs.stat(digest);
     // A layer this pull had filled ahead is still the pull's miss (the hit ratio counts what came from upstream).
     noteCache(stored && !hints.takeStartedAhead(resolved.name, digest) ? 'hit' : 'miss');
-    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await linkConfirmed(resolved, digest, stored.size, { deadline }) } };
+    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await storedProof(resolved, digest, stored.size, deadline) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
     if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');

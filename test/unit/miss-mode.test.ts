@@ -7,6 +7,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
+import { fillLeaseKey } from '../../shared/registry/fill-lease.js';
 import { createHarness } from '../support/harness.js';
 import { eventually } from '../support/eventually.js';
 import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
@@ -88,6 +89,45 @@ describe('the layers of an image being pulled are filled ahead', () => {
       expect(h.readLocation(res.headers.Location).equals(layers()[i + 1])).toBe(true);
     }
     expect(blobGets().length).toBe(5);
+  });
+
+  it('a layer filled ahead that committed before the client asks: its GET answers once that fill ended (linked, lease released), no upstream request', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    const img = seedImage(up, 'app', 'v1', layers().slice(0, 2));
+    const [l1, l2] = img.layerDigests as Digest[];
+    // The fill of l2 (started ahead by l1's miss) is held between its commit and its link: the window a client's GET
+    // of l2 lands in on a loaded machine. It goes on when that GET asks for the link, or once the GET has done all
+    // it does without waiting (setImmediate: after its promise callbacks).
+    let committed!: () => void;
+    const linking = new Promise<void>((r) => (committed = r));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    const { link, isLinked } = { link: h.index.link.bind(h.index), isLinked: h.index.isLinked.bind(h.index) };
+    h.index.link = async (name, digest) => {
+      if (digest === l2) {
+        committed();
+        await released;
+      }
+      return link(name, digest);
+    };
+    h.index.isLinked = async (name, digest) => {
+      const linked = await isLinked(name, digest);
+      if (digest === l2) release();
+      return linked;
+    };
+    expect((await h.request('GET', '/v2/p/app/manifests/v1')).status).toBe(200);
+    expect((await h.request('GET', `/v2/p/app/blobs/${l1}`)).status).toBe(307);
+    await linking;
+    up.reset();
+    const answer = h.request('GET', `/v2/p/app/blobs/${l2}`);
+    setImmediate(release);
+    const res = await answer;
+    expect(res.status).toBe(307);
+    expect(h.readLocation(res.headers.Location).equals(layers()[1])).toBe(true);
+    expect(up.count()).toBe(0); // before: a HEAD, to prove for the name what its own fill was about to link
+    expect(await isLinked('p/app', l2)).toBe(true);
+    expect(await h.index.getLease(fillLeaseKey(l2))).toBeUndefined();
   });
 
   it('a manifest GET alone fills nothing; another name\'s layer miss fills nothing of this name\'s image', async () => {
