@@ -20,7 +20,10 @@
  *   requests share it. Wrong bytes are 502 `DIGEST_INVALID`, as the same request for a digest nobody stored gets.
  *   Bound: a request waits for it at most `blobFill.waitSeconds`, then answers as a miss that could not wait while
  *   the download goes on (in the background, or in the fill function on AWS): blob-prove.ts.
- * An upstream 404 (HEAD or GET) is `BLOB_UNKNOWN`.
+ * An upstream 404 (HEAD or GET) is `BLOB_UNKNOWN`. A client HEAD of a blob stored for another name only needs no
+ * proof: it is answered as this name's miss (blobs.ts `stat`: the same claim rule), so its answer does not tell
+ * whether another tenant pulled the digest. (A GET does: with stream-while-filling a miss answers a catch-all
+ * upstream 307 and cuts the body, a stored blob 502 DIGEST_INVALID: a remaining difference, not closed yet.)
  *
  * What is trusted: a rule's upstream speaks for the rule's repositories. An upstream that knows a digest and its
  * size (it saw the manifest) can still claim the blob with a well-formed HEAD; the cache refuses only to let a

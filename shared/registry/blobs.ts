@@ -157,19 +157,28 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     return linkConfirmed(resolved, digest, size, { deadline });
   }
 
-  /** Resolves and admits the request; a stored blob comes with its proof for the name (by `deadline`, wall-clock ms). */
-  async function prepare(name: string, rawDigest: string, deadline: number): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed } }> {
+  /**
+   * Resolves and admits the request; a stored blob comes with its proof for the name (by `deadline`, wall-clock ms).
+   * `proveStored: false` (HEAD): a blob stored but not linked to the name is not proved here but returned as
+   * `unlinkedSize` (bytes) past the same checks as a miss, so the caller can answer it as this name's miss.
+   */
+  async function prepare(
+    name: string, rawDigest: string, deadline: number, opts: { proveStored: boolean },
+  ): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed }; unlinkedSize?: number }> {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
     await admitBlob(deps, resolved, digest);
     const stored = await stores.blobs.stat(digest);
+    // HEAD: linked, or being filled here for this very name (its link to come: storedProof).
+    const linked = stored !== undefined
+      && (opts.proveStored || filler.running(digest)?.name === resolved.name || (await stores.links.isLinked(resolved.name, digest)));
     // A layer this pull had filled ahead is still the pull's miss (the hit ratio counts what came from upstream).
-    noteCache(stored && !hints.takeStartedAhead(resolved.name, digest) ? 'hit' : 'miss');
-    if (stored) return { resolved, digest, stored: { size: stored.size, proof: await storedProof(resolved, digest, stored.size, deadline) } };
+    noteCache(linked && !hints.takeStartedAhead(resolved.name, digest) ? 'hit' : 'miss');
+    if (stored && linked) return { resolved, digest, stored: { size: stored.size, proof: await storedProof(resolved, digest, stored.size, deadline) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');
     if (knownMissing(resolved, digest)) throw new RegistryError('BLOB_UNKNOWN');
-    return { resolved, digest };
+    return { resolved, digest, ...(stored ? { unlinkedSize: stored.size } : {}) };
   }
 
   return {
@@ -177,14 +186,25 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       let resolved: ResolvedName | undefined;
       const deadline = Date.now() + deps.fill.waitSeconds * 1000;
       try {
-        const prepared = await prepare(name, rawDigest, deadline);
+        const prepared = await prepare(name, rawDigest, deadline, { proveStored: false });
         resolved = prepared.resolved;
-        const { digest, stored } = prepared;
+        const { digest, stored, unlinkedSize } = prepared;
         if (stored) return { digest, size: stored.size };
         // A HEAD miss asks the upstream itself: its size answers the HEAD without a fill (nothing stored is
         // served, so the upstream's word is enough, unless it names another digest).
         const claim = await ask(resolved, digest);
-        if (claim.size !== undefined && (claim.digest === undefined || claim.digest === digest)) return { digest, size: claim.size };
+        if (claim.size !== undefined && (claim.digest === undefined || claim.digest === digest)) {
+          // A blob stored for another name only is answered exactly as this name's miss (the same claim rule), so
+          // the answer does not tell whether another tenant pulled the digest; a claim proving it (digest and the
+          // stored size) links it.
+          if (unlinkedSize !== undefined && claim.digest === digest && claim.size === unlinkedSize) await linkConfirmed(resolved, digest, unlinkedSize, { deadline, claim });
+          return { digest, size: claim.size };
+        }
+        // No size claimed (401/403, a redirect): a miss downloads (its fill); a stored blob is proved by those bytes.
+        if (unlinkedSize !== undefined) {
+          await linkConfirmed(resolved, digest, unlinkedSize, { deadline, claim });
+          return { digest, size: unlinkedSize };
+        }
         const filled = await awaitFill(resolved, digest, deadline, false);
         if (filled === undefined || filled.streaming) throw new RegistryError('UNAVAILABLE', 'blob is being fetched from the upstream; retry', { headers: { 'Retry-After': '10' } });
         await linkConfirmed(resolved, digest, filled.size, { deadline, proof: filled.proof, claim });
@@ -199,7 +219,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
       let resolved: ResolvedName | undefined;
       const deadline = Date.now() + deps.fill.waitSeconds * 1000;
       try {
-        const prepared = await prepare(name, rawDigest, deadline);
+        const prepared = await prepare(name, rawDigest, deadline, { proveStored: true });
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { kind: 'blob', digest, size: stored.size, location: await locationOf(stored.proof) };

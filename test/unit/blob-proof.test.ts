@@ -77,17 +77,32 @@ async function storeForPriv(digest: Digest, layer: Buffer) {
 describe('a blob stored for another rule', () => {
   for (const echoDigest of [false, true]) {
     const upstream = echoDigest ? 'a catch-all upstream echoing the digest header (not the size)' : 'a catch-all upstream (200 to every HEAD)';
-    it(`${upstream} does not confirm it: its own GET decides (502 DIGEST_INVALID), nothing linked, GET and HEAD alike`, async () => {
+    it(`${upstream} does not confirm it: its own GET decides (502 DIGEST_INVALID), nothing linked`, async () => {
       const { layer, digest } = await setUp({ echoDigest });
       await storeForPriv(digest, layer);
-      for (const method of ['GET', 'HEAD'] as const) {
+      catchAll!.requests.length = 0;
+      const res = await h.request('GET', `/v2/open/x/y/blobs/${digest}`);
+      expect(res.headers.Location).toBeUndefined();
+      expect(res.status).toBe(502);
+      expect(h.jsonOf(res).errors[0].code).toBe('DIGEST_INVALID');
+      expect(catchAll!.requests).toEqual([`HEAD /v2/x/y/blobs/${digest}`, `GET /v2/x/y/blobs/${digest}`]);
+      expect(await h.index.isLinked('open/x/y', digest)).toBe(false);
+    });
+
+    it(`${upstream}: a HEAD tells nothing of another tenant's pull, answered as for a digest nobody stored`, async () => {
+      const { layer, digest } = await setUp({ echoDigest });
+      const never = `sha256:${randomBytes(32).toString('hex')}`;
+      const answer = async (d: string) => {
         catchAll!.requests.length = 0;
-        const res = await h.request(method, `/v2/open/x/y/blobs/${digest}`);
-        expect(res.headers.Location).toBeUndefined();
-        expect(res.status).toBe(502);
-        if (method === 'GET') expect(h.jsonOf(res).errors[0].code).toBe('DIGEST_INVALID');
-        expect(catchAll!.requests).toEqual([`HEAD /v2/x/y/blobs/${digest}`, `GET /v2/x/y/blobs/${digest}`]);
-      }
+        const res = await h.request('HEAD', `/v2/open/x/y/blobs/${d}`);
+        return { status: res.status, length: res.headers['Content-Length'], location: res.headers.Location, upstream: catchAll!.requests.map((r) => r.split(' ')[0]) };
+      };
+      const before = await answer(digest); // not stored yet: a miss
+      await storeForPriv(digest, layer);
+      const stored = await answer(digest); // stored for priv, not linked to open/x/y
+      expect(before).toEqual({ status: 200, length: String(PAGE.length), location: undefined, upstream: ['HEAD'] });
+      expect(stored).toEqual(before);
+      expect(await answer(never)).toEqual(before);
       expect(await h.index.isLinked('open/x/y', digest)).toBe(false);
     });
   }
