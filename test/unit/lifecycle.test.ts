@@ -80,6 +80,39 @@ describe('purge', () => {
   });
 });
 
+describe('a pass run without the server\'s config', () => {
+  it('a dry run writes nothing, and no pass writes references under no rule (the older-store backfill waits for the right config)', async () => {
+    await open();
+    seedImage(up, 'app', 'v1', [layer('p')]);
+    await pullImage(h, 'local/app', 'v1');
+    const db = (await import('better-sqlite3')).default(h.dbPath, { readonly: true });
+    const refs = () => db.prepare('SELECT rule, count(*) AS n FROM blob_refs GROUP BY rule ORDER BY rule').all();
+    try {
+      expect(refs()).toEqual([{ rule: 'local', n: 2 }]);
+      await h.index.putLifecycleState('references', undefined); // a store an older release made: backfill due
+      // The CLI on this store with the built-in rules only (no rule named 'local'), as a user without the config.
+      const cli = await createHarness([{ prefix: 'docker-hub', upstream: up.url }], {
+        backend: { index: h.index, blobs: h.blobs, readLocation: () => Promise.reject(new Error('unused')), storageObjects: () => Promise.reject(new Error('unused')) },
+      });
+      try {
+        expect((await cli.lifecycle.gc({ dryRun: true })).dryRun).toBe(true);
+        expect(refs()).toEqual([{ rule: 'local', n: 2 }]);
+        expect(await h.index.getLifecycleState('references')).toBeUndefined();
+        await cli.lifecycle.gc();
+        expect(refs()).toEqual([{ rule: 'local', n: 2 }]);
+        expect(await h.index.getLifecycleState('references')).toBeUndefined(); // left to a pass with the config
+      } finally {
+        cli.close();
+      }
+      await h.lifecycle.gc();
+      expect(refs()).toEqual([{ rule: 'local', n: 2 }]);
+      expect(await h.index.getLifecycleState('references')).toBe('v2');
+    } finally {
+      db.close();
+    }
+  });
+});
+
 describe('budgets and expiry', () => {
   /** Pulls three images 2 h apart (a, b, c), then a again: b is the least recently pulled. */
   async function pullThree(tags: { a?: string; b?: string; c?: string } = {}) {

@@ -98,20 +98,37 @@ export function createGarbageCollector(deps: RegistryDeps, settings: LifecycleSe
   const reaper = stores.reaper;
   const add = (m: Record<string, number>, k: string, v: number) => void (m[k] = (m[k] ?? 0) + v);
 
+  /**
+   * Writes the reference items a store made by an older release lacks, once. A dry run writes nothing (its figures
+   * then rest on the references already there). A repository that no rule of this config names (a CLI run without
+   * the server's `PULLTHROUGH_CONFIG`) gets no references under an empty rule: it is skipped, logged, and the
+   * backfill is left to a pass with the right config.
+   */
   async function backfillReferences(c: Collector): Promise<void> {
     // v1: blob reference items; v2: also the body references of large manifest bodies (DynamoDB + S3).
-    if ((await index.getLifecycleState(REFS_KEY)) === REFS_VERSION) return;
+    if (c.dryRun || (await index.getLifecycleState(REFS_KEY)) === REFS_VERSION) return;
+    const unruled: string[] = [];
     for (let last: string | undefined, page = 0; page < 100_000; page++) {
       const names = await stores.tags.listRepositories({ last, n: 1000 });
       for (const name of names) {
         const rule = ruleOfName(deps, name);
+        if (rule === '') {
+          unruled.push(name);
+          continue;
+        }
         const repo = await readRepository(index, name);
         for (const m of repo.manifests.values()) await index.addBlobReferences(name, m.digest, rule, m.blobs.map((b) => b.digest));
       }
       if (names.length < 1000) break;
       last = names[names.length - 1];
     }
-    if (!c.dryRun) await index.putLifecycleState(REFS_KEY, REFS_VERSION);
+    if (unruled.length > 0) {
+      deps.log.warn('repositories that no rule of this config names: run with the server\'s PULLTHROUGH_CONFIG', {
+        event: 'gc-unknown-rule', repositories: unruled.length, examples: unruled.slice(0, 5),
+      });
+      return;
+    }
+    await index.putLifecycleState(REFS_KEY, REFS_VERSION);
   }
 
   /**
