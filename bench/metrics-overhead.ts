@@ -13,10 +13,11 @@
  */
 import { readFileSync, rmSync } from 'node:fs';
 import { pushLargeImage } from '../test/support/images.js';
-import { startLocalServer, type LocalServer } from '../test/support/local-server.js';
+import { type LocalServer } from '../test/support/local-server.js';
 import { scratchDir } from '../test/support/scratch.js';
 import { imageRef, skopeoCopy } from '../test/support/skopeo.js';
 import { pickFreePort, startUpstreamRegistry, type UpstreamRegistry } from '../test/support/upstream-registry.js';
+import { createFleet } from './pull-kit.js';
 import { cleanupOnSignals, fileStamp, gitState, intEnv, median, runBench, writeResults } from './support.js';
 
 const ROUNDS = intEnv('BENCH_ROUNDS', 6, 1);
@@ -33,11 +34,11 @@ function cpuMs(pid: number): number {
 }
 
 let upstream: UpstreamRegistry | undefined;
-const servers: LocalServer[] = [];
-async function cleanup(): Promise<void> {
-  await Promise.all(servers.map((s) => s.stop().catch(() => undefined)));
-  await upstream?.stop().catch(() => undefined);
-}
+/** The servers this benchmark starts, stopped (and their data dirs removed) at cleanup; the upstream last. */
+const fleet = createFleet(async () => {
+  await upstream?.stop();
+});
+const cleanup = () => fleet.cleanup();
 cleanupOnSignals(cleanup);
 
 async function main(): Promise<number> {
@@ -65,13 +66,11 @@ async function main(): Promise<number> {
   const samples: Record<Kind, Array<{ ms: number; cpuMs: number }>> = { baseline: [], accounting: [] };
   for (let block = 0; block < BLOCKS; block++) {
     for (const k of block % 2 ? (['accounting', 'baseline'] as const) : (['baseline', 'accounting'] as const)) {
-      const s = await startLocalServer(config, { env: await envOf(k) });
-      servers.push(s);
+      const s = await fleet.start(config, { env: await envOf(k) });
       await pull(s);
       await pull(s);
       for (let round = 0; round < ROUNDS; round++) samples[k].push(await pull(s));
-      await s.stop();
-      servers.splice(servers.indexOf(s), 1);
+      await fleet.stop(s);
     }
   }
   const summary = Object.fromEntries(Object.entries(samples).map(([k, xs]) => [k, { ms: median(xs.map((x) => x.ms)), cpuMs: median(xs.map((x) => x.cpuMs)) }])) as Record<Kind, { ms: number; cpuMs: number }>;

@@ -17,10 +17,11 @@ import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cosignSignatureManifest, generateSigningKey, pushArtifact, signatureLayer, signatureTag } from '../test/support/cosign-signatures.js';
 import { pushLargeImage, pushSinglePlatformImage } from '../test/support/images.js';
-import { startLocalServer, type LocalServer } from '../test/support/local-server.js';
+import { type LocalServer } from '../test/support/local-server.js';
 import { scratchDir } from '../test/support/scratch.js';
 import { imageRef, skopeoCopy } from '../test/support/skopeo.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../test/support/upstream-registry.js';
+import { createFleet } from './pull-kit.js';
 import { cleanupOnSignals, fileStamp, gitState, intEnv, median, runBench, writeResults } from './support.js';
 
 const IMAGES = intEnv('BENCH_IMAGES', 20, 2);
@@ -28,11 +29,11 @@ const ROUNDS = intEnv('BENCH_ROUNDS', 3, 1);
 const TIMEOUT_MS = intEnv('BENCH_TIMEOUT_MS', 900_000, 10_000);
 
 let upstream: UpstreamRegistry | undefined;
-const servers: LocalServer[] = [];
-async function cleanup(): Promise<void> {
-  await Promise.all(servers.map((s) => s.stop().catch(() => undefined)));
-  await upstream?.stop().catch(() => undefined);
-}
+/** The servers this benchmark starts, stopped (and their data dirs removed) at cleanup; the upstream last. */
+const fleet = createFleet(async () => {
+  await upstream?.stop();
+});
+const cleanup = () => fleet.cleanup();
 cleanupOnSignals(cleanup);
 
 type Rule = 'plain' | 'signed';
@@ -67,8 +68,7 @@ async function main(): Promise<number> {
 
   const rule = (prefix: Rule) => ({ prefix, upstream: upstream!.url, ...(prefix === 'signed' ? { verify: { mode: 'enforce', keys: [join(dir, 'cosign.pub')] } } : {}) });
   const env = { PULLTHROUGH_LOG_LEVEL: 'INFO' };
-  const server = await startLocalServer({ rules: [rule('plain'), rule('signed')] }, { env });
-  servers.push(server);
+  const server = await fleet.start({ rules: [rule('plain'), rule('signed')] }, { env });
 
   const seen = new Map<string, number>();
   const get = async (r: Rule, name: string): Promise<Fill> => {
@@ -96,8 +96,7 @@ async function main(): Promise<number> {
   for (let round = 0; round < ROUNDS; round++) {
     const order: Rule[] = round % 2 ? ['signed', 'plain'] : ['plain', 'signed'];
     for (const r of order) {
-      const fresh = await startLocalServer({ rules: [rule(r)] }, { env });
-      servers.push(fresh);
+      const fresh = await fleet.start({ rules: [rule(r)] }, { env });
       const dest = scratchDir('bench-verify-pull-');
       try {
         const t0 = performance.now();
@@ -106,8 +105,7 @@ async function main(): Promise<number> {
         pulls[r].push(performance.now() - t0);
       } finally {
         rmSync(dest, { recursive: true, force: true });
-        await fresh.stop();
-        servers.splice(servers.indexOf(fresh), 1);
+        await fleet.stop(fresh);
       }
     }
   }
