@@ -39,9 +39,12 @@ export function createBlobRoute({ blobStore, logger }: BlobRouteDeps): BlobRoute
     if (!digest) return writeError(res, new RegistryError('DENIED', 'blob URL is invalid or expired'), method);
     // Opened once: a GC that unpublishes the blob meanwhile (renames it to trash/) does not disturb this read, and a
     // URL handed out before the GC still finds the trashed copy (see shared/store/fs-blob-reaper.ts).
-    let fh = await blobStore.openBlob(digest);
+    // A URL handed out while a write ran is bound to it (fs-blob-store.ts `locate`): that write's bytes as they
+    // arrive, or the committed file only if that write committed it; never another write's copy of the digest.
+    const fill = query.get('fill') ?? undefined;
+    let fh = fill === undefined || blobStore.committedWrite(fill) ? await blobStore.openBlob(digest) : undefined;
     if (fh === undefined) {
-      const filling = blobStore.openInProgress(digest);
+      const filling = blobStore.openInProgress(digest, fill);
       if (filling && !req.headers.range) return serveFilling(req, res, method, digest, filling);
       if (filling) {
         // A range of a blob still filling: wait for the commit (bounded by the store's idle limit), then serve it.
@@ -53,7 +56,7 @@ export function createBlobRoute({ blobStore, logger }: BlobRouteDeps): BlobRoute
         }
       }
       // Committed meanwhile (between the open and openInProgress), or after the wait above.
-      fh = await blobStore.openBlob(digest);
+      fh = fill === undefined || blobStore.committedWrite(fill) ? await blobStore.openBlob(digest) : undefined;
       // A validly signed URL was handed out by the registry for this digest, so a missing blob means its fill
       // failed after the redirect: 503 (retry), never 404 — clients read 404 as "does not exist" (podman
       // gives up, containerd silently goes around the cache).

@@ -26,7 +26,7 @@
  * The registry uses this only when told the blob route can tail writes ({@link FsBlobStore.enableStreamWhileFilling},
  * called by the local server); otherwise blob GETs wait for the commit as before.
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -44,6 +44,9 @@ import type { BlobReaper, BlobStore } from './ports.js';
 export { LOCAL_BLOB_ROUTE } from './fs-blob-urls.js';
 export { BLOB_READ_CHUNK, IN_PROGRESS_IDLE_MS, type InProgressBlob } from './fs-blob-tail.js';
 
+/** How many committed writes' tokens are remembered for the URLs bound to them (a few hundred bytes each). */
+export const COMMITTED_WRITES_KEPT = 10_000;
+
 /** The filesystem blob store plus what the local server needs to serve its signed URLs. */
 export interface FsBlobStore extends BlobStore, BlobReaper {
   /** Absolute path of a committed blob (whether or not it exists). */
@@ -60,8 +63,13 @@ export interface FsBlobStore extends BlobStore, BlobReaper {
    * Checks a `/_blobs/...` URL's path and query; returns the digest when the signature is valid and unexpired.
    */
   verifyUrl(path: string, query: URLSearchParams, nowSeconds?: number): Digest | undefined;
-  /** The write of `digest` in progress in this process, or undefined (none, or already committed/failed). */
-  openInProgress(digest: Digest): InProgressBlob | undefined;
+  /**
+   * The write of `digest` in progress in this process, or undefined (none, or already committed/failed); with
+   * `fill`, only the write a bound URL names.
+   */
+  openInProgress(digest: Digest, fill?: string): InProgressBlob | undefined;
+  /** Whether the write a bound URL names (`fill`) committed lately (the last {@link COMMITTED_WRITES_KEPT}). */
+  committedWrite(fill: string): boolean;
   /**
    * Declares that whoever serves this store's URLs can serve blobs still being written (the local server does,
    * through {@link openInProgress}): sets {@link BlobStore.streamsWhileFilling}, so the registry answers a blob
@@ -120,6 +128,13 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
     return join(root, 'blobs', algorithm, encoded);
   };
   const inProgress = new Map<Digest, WriteEntry>();
+  // Tokens of the writes that committed lately (insertion order, bounded): a URL bound to one of them serves the
+  // committed file; bound to a write that failed (or long forgotten), it serves nothing (503, the client retries).
+  const committedWrites = new Set<string>();
+  const rememberCommitted = (token: string) => {
+    committedWrites.add(token);
+    if (committedWrites.size > COMMITTED_WRITES_KEPT) committedWrites.delete(committedWrites.values().next().value!);
+  };
   const reaper = createFsBlobReaper(root, pathOf);
 
   const store: FsBlobStore = {
@@ -148,6 +163,7 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
       let markOpened!: () => void;
       const entry: WriteEntry = {
         digest,
+        token: randomUUID(),
         tmpPath: tmp,
         finalPath: pathOf(digest),
         expectedSize,
@@ -168,6 +184,7 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
         if (state === 'committed' || state === 'failed') {
           markOpened(); // readers waiting for the file see the outcome
           if (inProgress.get(digest) === entry) inProgress.delete(digest);
+          if (state === 'committed') rememberCommitted(entry.token);
         }
         entry.events.emit('change');
       };
@@ -232,15 +249,20 @@ export async function openFsBlobStore(root: string, opts: { urlTtlSeconds?: numb
       const { bavail, bsize } = await fs.statfs(join(root, 'tmp'));
       return bavail * bsize >= bytes + FREE_SPACE_MARGIN_BYTES;
     },
-    openInProgress(digest) {
+    openInProgress(digest, fill) {
       const entry = inProgress.get(digest);
-      return entry ? openInProgressBlob(entry) : undefined;
+      return entry && (fill === undefined || entry.token === fill) ? openInProgressBlob(entry) : undefined;
     },
+    committedWrite: (fill) => committedWrites.has(fill),
     enableStreamWhileFilling() {
       store.streamsWhileFilling = true;
     },
     async locate(digest) {
-      return { kind: 'redirect', url: signedBlobUrl(key, digest, ttl) };
+      // A blob still being written here is not verified yet: its URL is bound to this write, so it can never serve
+      // bytes another write of the digest stores later (a failed fill's URL would otherwise serve another rule's
+      // copy once committed: blob-confirm.ts). A committed blob's URL serves the digest, as on S3.
+      const writing = store.streamsWhileFilling ? inProgress.get(digest) : undefined;
+      return { kind: 'redirect', url: signedBlobUrl(key, digest, ttl, writing?.token) };
     },
     verifyUrl(path, query, nowSeconds = Date.now() / 1000) {
       return verifyBlobUrl(key, path, query, nowSeconds);

@@ -43,6 +43,8 @@ export type WriteState = 'writing' | 'verified' | 'committed' | 'failed';
 /** Book-keeping of one write in progress. `bytesWritten` counts bytes already in the temp file. */
 export interface WriteEntry {
   digest: Digest;
+  /** Names this write in the URLs handed out while it runs (random; fs-blob-store.ts `locate`). */
+  token: string;
   tmpPath: string;
   finalPath: string;
   expectedSize?: number;

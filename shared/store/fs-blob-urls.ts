@@ -10,16 +10,20 @@ import { parseDigest, type Digest } from '../oci/digest.js';
 /** Route prefix of the local server's blob endpoint. */
 export const LOCAL_BLOB_ROUTE = '/_blobs/';
 
-/** The HMAC signature (base64url) of `digest` valid until `expires` (unix seconds). */
-export function signBlobUrl(key: Buffer, digest: Digest, expires: number): string {
-  return createHmac('sha256', key).update(`${digest}\n${expires}`).digest('base64url');
+/**
+ * The HMAC signature (base64url) of `digest` valid until `expires` (unix seconds), bound to the write `fill` when
+ * given (a URL handed out while that write's bytes are not yet verified: see fs-blob-store.ts `locate`).
+ */
+export function signBlobUrl(key: Buffer, digest: Digest, expires: number, fill?: string): string {
+  return createHmac('sha256', key).update(fill === undefined ? `${digest}\n${expires}` : `${digest}\n${expires}\n${fill}`).digest('base64url');
 }
 
-/** A signed blob-route URL (path and query) for `digest`, valid for `ttlSeconds` from now. */
-export function signedBlobUrl(key: Buffer, digest: Digest, ttlSeconds: number): string {
+/** A signed blob-route URL (path and query) for `digest`, valid for `ttlSeconds` from now, bound to `fill` if given. */
+export function signedBlobUrl(key: Buffer, digest: Digest, ttlSeconds: number, fill?: string): string {
   const { algorithm, encoded } = parseDigest(digest)!;
   const expires = Math.floor(Date.now() / 1000) + ttlSeconds;
-  return `${LOCAL_BLOB_ROUTE}${algorithm}/${encoded}?expires=${expires}&signature=${signBlobUrl(key, digest, expires)}`;
+  const bound = fill === undefined ? '' : `&fill=${fill}`;
+  return `${LOCAL_BLOB_ROUTE}${algorithm}/${encoded}?expires=${expires}${bound}&signature=${signBlobUrl(key, digest, expires, fill)}`;
 }
 
 /**
@@ -34,7 +38,7 @@ export function verifyBlobUrl(key: Buffer, path: string, query: URLSearchParams,
   const expires = Number(query.get('expires'));
   const signature = query.get('signature') ?? '';
   if (!Number.isInteger(expires) || expires < nowSeconds) return undefined;
-  const want = Buffer.from(signBlobUrl(key, digest as Digest, expires));
+  const want = Buffer.from(signBlobUrl(key, digest as Digest, expires, query.get('fill') ?? undefined));
   const got = Buffer.from(signature);
   return want.length === got.length && timingSafeEqual(want, got) ? (digest as Digest) : undefined;
 }

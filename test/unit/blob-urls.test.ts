@@ -8,7 +8,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
+import { PassThrough, Readable } from 'node:stream';
 import type { Logger } from '@aws-lambda-powertools/logger';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBlobRoute } from '../../bin/blob-route.js';
@@ -103,6 +103,39 @@ describe('the blob route refuses forged URLs over HTTP (403 DENIED), even to sto
     expect(res.status).toBe(200);
     expect(res.headers.get('docker-content-digest')).toBe(digestB);
     expect(Buffer.from(await res.arrayBuffer()).equals(b)).toBe(true);
+  });
+
+  it('a URL handed out while a write runs is bound to that write: after it fails, never another write\'s copy', async () => {
+    store.enableStreamWhileFilling();
+    const c = Buffer.from('blob c: the bytes another rule stores later');
+    const digestC = sha256Digest(c);
+    const lying = new PassThrough();
+    const failed = store.write(digestC, lying, c.length).then(() => 'committed', () => 'failed');
+    lying.write(Buffer.alloc(8, 'x')); // an upstream sending other bytes under digestC
+    const bound = ((await store.locate(digestC)) as { url: string }).url;
+    expect(new URL(bound, 'http://x').searchParams.get('fill')).toMatch(/^[0-9a-f-]{36}$/);
+    lying.end(Buffer.alloc(c.length - 8, 'x'));
+    expect(await failed).toBe('failed');
+    // Stripping the binding breaks the signature.
+    const stripped = new URL(bound, 'http://x');
+    stripped.searchParams.delete('fill');
+    expect((await fetch(`${base}${stripped.pathname}?${stripped.searchParams}`)).status).toBe(403);
+    // The digest's real bytes are stored later (another rule's fill): the failed write's URL does not serve them.
+    const honest = new PassThrough();
+    const committed = store.write(digestC, honest, c.length);
+    const boundToHonest = ((await store.locate(digestC)) as { url: string }).url;
+    honest.end(c);
+    await committed;
+    const res = await fetch(`${base}${bound}`);
+    expect(res.status).toBe(503);
+    expect(((await res.json()) as { errors: Array<{ code: string }> }).errors[0].code).toBe('UNAVAILABLE');
+    // The URL bound to the write that committed, and one handed out after the commit, serve the bytes.
+    for (const url of [boundToHonest, ((await store.locate(digestC)) as { url: string }).url]) {
+      const ok = await fetch(`${base}${url}`);
+      expect(ok.status).toBe(200);
+      expect(Buffer.from(await ok.arrayBuffer()).equals(c)).toBe(true);
+    }
+    expect(new URL(((await store.locate(digestC)) as { url: string }).url, 'http://x').searchParams.get('fill')).toBeNull();
   });
 
   it.each(forgeries(nowSeconds()))('a URL %s', async (_, { path, query }) => {
