@@ -67,6 +67,8 @@ export interface RunningFill {
 export interface Filler {
   /** The fill of `digest` running in this process, if any. */
   running(digest: Digest): RunningFill | undefined;
+  /** How many fills run in this process now (those {@link Filler.start} started). */
+  count(): number;
   /** Starts a fill in the background under the lease `owner` took; the lease is released when it ends. */
   start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill;
   /**
@@ -217,5 +219,5 @@ export function createFiller(deps: RegistryDeps): Filler {
     return running;
   }
 
-  return { running: (digest) => inflight.get(digest), start, run };
+  return { running: (digest) => inflight.get(digest), count: () => inflight.size, start, run };
 }

@@ -24,7 +24,8 @@
  * redirect, `UpstreamClient.blobRedirect`); when there is one, the fill starts in the background and the client
  * gets a 307 to that URL at once (no proof needed: the client fetches from the name's own upstream). Without one,
  * the miss waits as above. A layer GET that misses also starts fills of the next layers of the image manifest the
- * name just served (pull-hints.ts), so a client fetching layers one after another finds them arriving.
+ * name just served (pull-hints.ts), so a client fetching layers one after another finds them arriving; where fills
+ * run in this process, those wait until it has a spare moment (fill-ahead.ts).
  *
  * Stream while filling (embedded backend, fill in this process, `stores.blobs.streamsWhileFilling`): a blob GET
  * does not wait for the commit. Its answer (307 to the store's location) goes out as soon as the upstream
@@ -44,6 +45,7 @@ import { createFiller } from './blob-fill.js';
 import { createProver, ProofPending } from './blob-prove.js';
 import { createFillWaiter } from './blob-wait.js';
 import type { RegistryDeps } from './deps.js';
+import { createFillAhead } from './fill-ahead.js';
 import { fillLeaseKey } from './fill-lease.js';
 import { createNegativeCache } from './negative-cache.js';
 import { createPullHints } from './pull-hints.js';
@@ -107,16 +109,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   const { ask, byOwnFill, linkConfirmed, locationOf } = confirmations;
   const { awaitFill, startFill } = createFillWaiter(deps, filler, confirmations);
   const hints = createPullHints(() => deps.now());
-
-  /** Starts fills of the blobs the client will ask for next (pull-hints.ts); failures are logged, never thrown. */
-  async function fillAhead(resolved: ResolvedName, digest: Digest): Promise<void> {
-    const ahead = hints.ahead(resolved.name, digest);
-    const started = await Promise.allSettled(ahead.map((d) => startFill(resolved, d)));
-    started.forEach((r, i) => {
-      if (r.status === 'fulfilled' && r.value === 'started') hints.startedAhead(resolved.name, ahead[i]);
-      if (r.status === 'rejected') log.warn('fill ahead could not start', { name: resolved.name, digest: ahead[i], reason: (r.reason as Error).message });
-    });
-  }
+  const { fillAhead } = createFillAhead({ hints, startFill, log, inProcess: !deps.dispatchFill, running: filler.count });
 
   /**
    * `missMode: redirect`: the upstream's own credential-free URL of the blob (a CDN), with a fill of it started in
@@ -223,7 +216,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { kind: 'blob', digest, size: stored.size, location: await locationOf(stored.proof) };
-        const ahead = fillAhead(resolved, digest); // runs while this request waits; awaited before answering
+        const ahead = fillAhead(resolved, digest); // dispatched (or queued) while this request waits; awaited before answering
         if (resolved.rule.missMode === 'redirect') {
           const target = await redirectMiss(resolved, digest).finally(() => ahead);
           if (target) return { kind: 'upstream', digest, location: target };

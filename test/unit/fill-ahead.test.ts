@@ -1,0 +1,113 @@
+/**
+ * When fills ahead start (shared/registry/fill-ahead.ts): dispatched at once where fills run elsewhere; queued
+ * where they run in this process, started one per tick while the process is idle or no fill runs, in the order the
+ * hints gave, each waiting at most MAX_WAIT_MS, at most MAX_QUEUED waiting. The process's busyness and running
+ * fills are stand-ins here (a test cannot make the event loop busy on demand); fake timers drive the ticks.
+ */
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { Digest } from '../../shared/oci/digest.js';
+import { createFillAhead, MAX_QUEUED, MAX_WAIT_MS, TICK_MS } from '../../shared/registry/fill-ahead.js';
+import type { PullHints } from '../../shared/registry/pull-hints.js';
+import type { ResolvedName } from '../../shared/registry/rules.js';
+
+const d = (i: number) => `sha256:${String(i).padStart(64, '0')}` as Digest;
+const resolved = { name: 'p/app' } as ResolvedName;
+
+function setup(opts: { inProcess?: boolean; ahead?: Digest[] } = {}) {
+  const state = { busy: true, running: 1, now: 1_000_000 };
+  const started: Digest[] = [];
+  const warnings: Array<Record<string, unknown>> = [];
+  const startedAhead: Digest[] = [];
+  const hints = {
+    ahead: () => opts.ahead ?? [d(2), d(3), d(4)],
+    startedAhead: (_name: string, digest: Digest) => void startedAhead.push(digest),
+  } as unknown as PullHints;
+  const { fillAhead } = createFillAhead({
+    hints,
+    log: { debug() {}, info() {}, warn: (_m: string, extra: Record<string, unknown>) => void warnings.push(extra), error() {} },
+    inProcess: opts.inProcess ?? true,
+    running: () => state.running,
+    busy: () => state.busy,
+    now: () => state.now,
+    async startFill(_r, digest) {
+      started.push(digest);
+      if (digest === d(99)) throw new Error('lease store unavailable');
+      return digest === d(3) ? 'running' : 'started';
+    },
+  });
+  const tick = async (n = 1) => {
+    for (let i = 0; i < n; i++) await vi.advanceTimersByTimeAsync(TICK_MS);
+  };
+  return { state, started, warnings, startedAhead, fillAhead, tick };
+}
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('fills ahead, where fills run in this process', () => {
+  it('wait while the process is busy and a fill runs, then start one per tick in the hints\' order', async () => {
+    const t = setup();
+    await t.fillAhead(resolved, d(1));
+    expect(t.started).toEqual([]); // never at once: the triggering request's own fill comes first
+    await t.tick(5);
+    expect(t.started).toEqual([]);
+    t.state.busy = false;
+    await t.tick();
+    expect(t.started).toEqual([d(2)]);
+    await t.tick();
+    expect(t.started).toEqual([d(2), d(3)]);
+    t.state.busy = true; // busy again (the fills just started): the last one waits
+    await t.tick(3);
+    expect(t.started).toEqual([d(2), d(3)]);
+    t.state.running = 0; // busy, but with no fill running (serving bytes, say): the next starts
+    await t.tick();
+    expect(t.started).toEqual([d(2), d(3), d(4)]);
+    // Only a fill this starter started counts as filled ahead (d(3) was running already).
+    expect(t.startedAhead).toEqual([d(2), d(4)]);
+    await t.tick(10);
+    expect(t.started).toHaveLength(3);
+  });
+
+  it('drop what waited longer than MAX_WAIT_MS: the client\'s own GET fills it', async () => {
+    const t = setup();
+    await t.fillAhead(resolved, d(1));
+    t.state.now += MAX_WAIT_MS + 1;
+    t.state.busy = false;
+    await t.tick(5);
+    expect(t.started).toEqual([]);
+    await t.fillAhead(resolved, d(1)); // a later miss queues afresh
+    await t.tick();
+    expect(t.started).toEqual([d(2)]);
+  });
+
+  it(`keep at most ${MAX_QUEUED} waiting, the newest`, async () => {
+    const many = Array.from({ length: MAX_QUEUED + 10 }, (_, i) => d(1000 + i));
+    const t = setup({ ahead: many });
+    await t.fillAhead(resolved, d(1));
+    t.state.busy = false;
+    await t.tick();
+    expect(t.started).toEqual([d(1010)]);
+  });
+
+  it('a fill that cannot start is logged, not thrown, and the next one still starts', async () => {
+    const t = setup({ ahead: [d(99), d(2)] });
+    await t.fillAhead(resolved, d(1));
+    t.state.busy = false;
+    await t.tick(2);
+    expect(t.started).toEqual([d(99), d(2)]);
+    expect(t.warnings).toEqual([{ name: 'p/app', digest: d(99), reason: 'lease store unavailable' }]);
+  });
+});
+
+describe('fills ahead, where each fill is dispatched to another process (AWS)', () => {
+  it('all start before fillAhead resolves, busy or not', async () => {
+    const t = setup({ inProcess: false });
+    await t.fillAhead(resolved, d(1));
+    expect(t.started).toEqual([d(2), d(3), d(4)]);
+    expect(t.startedAhead).toEqual([d(2), d(4)]);
+  });
+});
