@@ -125,7 +125,7 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamC
     async getBlob(repository, digest) {
       // The timeout bounds the wait for response headers (all hops); then only stalls end a transfer.
       const controller = new AbortController();
-      let timer = setTimeout(() => controller.abort(new Error('upstream did not answer in time')), timeoutMs);
+      const timer = setTimeout(() => controller.abort(new Error('upstream did not answer in time')), timeoutMs);
       let res: UpstreamResponse;
       try {
         ({ res } = await exchange.request(urlOf(`/v2/${repository}/blobs/${digest}`), { method: 'GET', repository, signal: controller.signal }));
@@ -134,14 +134,11 @@ export function createUpstreamClient(rule: PullThroughCacheRule, opts: UpstreamC
       }
       if (!ok(res)) return fail(res, 'blob GET');
       const stream: Readable = res.body;
-      // Abandon a transfer that stalls (a hung upstream must not hold a fill forever).
-      const arm = () => {
-        clearTimeout(timer);
-        timer = setTimeout(() => stream.destroy(new UpstreamError('unavailable', 'upstream blob transfer stalled')), BLOB_IDLE_MS);
-      };
-      arm();
-      stream.on('data', arm);
-      stream.on('close', () => clearTimeout(timer));
+      // Abandon a transfer that stalls (a hung upstream must not hold a fill forever). One timer, pushed back by
+      // each chunk (`refresh`: no new timer per 64 KiB chunk).
+      const stalled = setTimeout(() => stream.destroy(new UpstreamError('unavailable', 'upstream blob transfer stalled')), BLOB_IDLE_MS);
+      stream.on('data', () => stalled.refresh());
+      stream.on('close', () => clearTimeout(stalled));
       return { stream, size: sizeOf(res) };
     },
 
