@@ -24,8 +24,9 @@
  * redirect, `UpstreamClient.blobRedirect`); when there is one, the fill starts in the background and the client
  * gets a 307 to that URL at once (no proof needed: the client fetches from the name's own upstream). Without one,
  * the miss waits as above. A layer GET that misses also starts fills of the next layers of the image manifest the
- * name just served (pull-hints.ts), so a client fetching layers one after another finds them arriving; where fills
- * run in this process, those wait until it has a spare moment (fill-ahead.ts).
+ * name just served (pull-hints.ts), so a client fetching layers one after another finds them arriving (not when the
+ * miss got the upstream's redirect: that pull waits on no fill); where fills run in this process, those wait
+ * until it has a spare moment (fill-ahead.ts).
  *
  * Stream while filling (embedded backend, fill in this process, `stores.blobs.streamsWhileFilling`): a blob GET
  * does not wait for the commit. Its answer (307 to the store's location) goes out as soon as the upstream
@@ -216,11 +217,13 @@ export function createBlobService(deps: RegistryDeps): BlobService {
         resolved = prepared.resolved;
         const { digest, stored } = prepared;
         if (stored) return { kind: 'blob', digest, size: stored.size, location: await locationOf(stored.proof) };
-        const ahead = fillAhead(resolved, digest); // dispatched (or queued) while this request waits; awaited before answering
+        // A miss answered with the upstream's CDN URL waits on no fill, so nothing is filled ahead of the pull's
+        // GETs: each starts its own blob's fill (on AWS, four fills ahead beside the client's own download).
         if (resolved.rule.missMode === 'redirect') {
-          const target = await redirectMiss(resolved, digest).finally(() => ahead);
+          const target = await redirectMiss(resolved, digest);
           if (target) return { kind: 'upstream', digest, location: target };
         }
+        const ahead = fillAhead(resolved, digest); // dispatched (or queued) while this request waits; awaited before answering
         const filled = await awaitFill(resolved, digest, deadline, streamsHere()).finally(() => ahead);
         if (filled?.streaming) {
           // Served while the fill runs; the fill links the blob to its name when it commits.

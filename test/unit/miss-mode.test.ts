@@ -59,6 +59,20 @@ describe('missMode: redirect', () => {
     expect(h.readLocation(res.headers.Location).toString()).toBe('served by the upstream itself');
   });
 
+  it('a layer miss answered with the CDN URL fills that layer only: nothing is filled ahead of the pull\'s GETs', async () => {
+    up = await startFakeUpstream({ redirectBlobs: true });
+    h = await createHarness([{ prefix: 'p', upstream: up.url, missMode: 'redirect', insecureRedirectHosts: [up.cdnHost!] }]);
+    const img = seedImage(up, 'app', 'v1', layers());
+    const [l1, l2, l3, l4] = img.layerDigests as Digest[];
+    expect((await h.request('GET', '/v2/p/app/manifests/v1')).status).toBe(200);
+    const first = await h.request('GET', `/v2/p/app/blobs/${l1}`);
+    expect(first.headers.Location).toBe(`http://${up.cdnHost}/cdn/${l1}`);
+    await eventually(async () => (await h.blobs.stat(l1)) !== undefined);
+    await new Promise((r) => setTimeout(r, 200)); // fill-ahead.ts would have started the others by now
+    for (const d of [l2, l3, l4]) expect(await h.blobs.stat(d)).toBeUndefined();
+    expect(h.storeCalls.filter((c) => c.method === 'acquireLease').length).toBe(1);
+  });
+
   it('a blob the upstream does not have: 404 BLOB_UNKNOWN, no fill', async () => {
     up = await startFakeUpstream({ redirectBlobs: true });
     h = await createHarness([{ prefix: 'p', upstream: up.url, missMode: 'redirect', insecureRedirectHosts: [up.cdnHost!] }]);
