@@ -5,6 +5,10 @@
  *  - cold:   through a FRESH pullthrough server with an empty data dir (a new server per pull; its start-up
  *            is not timed: the clock starts once `/v2/` answers);
  *  - warm:   through one long-lived pullthrough server whose cache already holds the image.
+ * Then, upstream-bound (`BENCH_SLOW_ROUNDS`): the same image from a CDN front throttled to 20 MB/s per connection
+ * (test/support/cdn-front.ts: a remote registry's speed), direct and cold, to show the layers filled ahead still run
+ * side by side there (shared/registry/fill-ahead.ts): skopeo's serial pull through a cold cache then takes about
+ * half the direct time (target ≤ 0.6×, a regression guard).
  * With `BENCH_BASELINE_REF=<git ref>`, the same cold and warm pulls also run through that commit's server
  * (`cold-base`, `warm-base`, a git worktree): before/after ratios from the same run.
  * The kinds are interleaved round-robin (the order rotates every round) so machine noise hits them alike; every
@@ -15,6 +19,7 @@
  *  - BENCH_TIMEOUT_MS   bound on the whole run (default 1 200 000); every step has its own bound too
  *  - BENCH_LOG_LEVEL    PULLTHROUGH_LOG_LEVEL of the servers (default INFO: one JSON line per request)
  *  - BENCH_BASELINE_REF a commit to compare against (unset: none)
+ *  - BENCH_SLOW_ROUNDS  rounds of the upstream-bound phase (default 3; 0 skips it)
  *
  * Output: a table on stdout and the same figures as JSON in `bench/results/pull-<ISO time>.json`.
  * Exit code 0 when every pull succeeded (targets met or not), 1 on any failure.
@@ -22,6 +27,7 @@
 import { pushLargeImage } from '../test/support/images.js';
 import type { LocalServer } from '../test/support/local-server.js';
 import { imageRef, runSkopeo, SKOPEO_BIN } from '../test/support/skopeo.js';
+import { startCdnFront, type CdnFront } from '../test/support/cdn-front.js';
 import { startUpstreamRegistry, type UpstreamRegistry } from '../test/support/upstream-registry.js';
 import { breakdown, createFleet, printTable, readLogFrom, roundRobin, serverMedian, skopeoOverhead, summarize, timedPull, type PullKind } from './pull-kit.js';
 import { cleanupOnSignals, describeSources, fileStamp, gitState, intEnv, median, runBench, writeResults } from './support.js';
@@ -30,6 +36,9 @@ const ROUNDS = intEnv('BENCH_ROUNDS', 5, 1);
 const TOTAL_TIMEOUT_MS = intEnv('BENCH_TIMEOUT_MS', 1_200_000, 10_000);
 const LOG_LEVEL = process.env.BENCH_LOG_LEVEL || 'INFO';
 const BASELINE_REF = process.env.BENCH_BASELINE_REF || undefined;
+const SLOW_ROUNDS = intEnv('BENCH_SLOW_ROUNDS', 3, 0);
+/** The upstream-bound phase's CDN speed per connection (bytes/s). */
+const SLOW_BYTES_PER_SECOND = 20_000_000;
 
 /** ≥ 100 MB in four layers (issue 11): 110 MiB = 115 MB. */
 const MIN_BYTES = 110 * 1024 * 1024;
@@ -41,9 +50,12 @@ const PREFIX = 'local';
 const PUSH_TIMEOUT_MS = 300_000;
 
 const TARGETS: Record<string, number> = { warm: 1.1, cold: 1.3 };
+const SLOW_TARGETS: Record<string, number> = { cold: 0.6, 'cold-base': 0.6 };
 
 let upstream: UpstreamRegistry | undefined;
+let slowFront: CdnFront | undefined;
 const fleet = createFleet(async () => {
+  await slowFront?.stop();
   await upstream?.stop();
 });
 cleanupOnSignals(() => fleet.cleanup());
@@ -90,10 +102,10 @@ async function main(): Promise<number> {
       },
     };
   };
-  const coldKind = (kind: string, root?: string): PullKind => ({
+  const coldKind = (kind: string, root?: string, cfg: unknown = config): PullKind => ({
     kind,
     async run() {
-      const s = await fleet.start(config, { env, root }); // ready: /v2/ answered 200
+      const s = await fleet.start(cfg, { env, root }); // ready: /v2/ answered 200
       try {
         const skip = readLogFrom(s.logPath, 0).offset; // start-up lines and readiness probes
         const ms = await timedPull(cacheRef(s), image);
@@ -131,15 +143,33 @@ async function main(): Promise<number> {
     console.log(`  ${k}: ${s.requests} requests; blob GETs → 307 ${s.blobRedirectsMs} ms; /_blobs/ bodies ${s.blobBodiesMs} ms` + (s.fillsMs ? `; fills ${s.fillsMs} ms` : ''));
   }
   const met = Object.fromEntries(Object.entries(targets).map(([k, t]) => [k, summary.ratios[k] <= t]));
+  const slow = SLOW_ROUNDS > 0 ? await upstreamBound(up, image, coldKind, baseline) : undefined;
   writeResults('pull', fileStamp(startedAt), {
     benchmark: 'pull', startedAt: startedAt.toISOString(), finishedAt: new Date().toISOString(), rounds: ROUNDS, git, baselineRef: BASELINE_REF,
     host: { node: process.version, skopeo: skopeoVersion, platform: `${process.platform}-${process.arch}` },
     image: { name: IMAGE_NAME, tag: IMAGE_TAG, digest: image.digest, totalBytes, layerCount: layers.length, layers: layers.map((l) => ({ digest: l.digest, size: l.size })), config: image.blobs[0] },
     targets, ...summary, met,
     skopeoOverheadMs: { median: Math.round(median(overhead) * 10) / 10, samples: overhead.map((x) => Math.round(x * 10) / 10) },
-    serverMedians: server, samples,
+    serverMedians: server, samples, upstreamBound: slow,
   });
   return 0;
+}
+
+/** The upstream-bound phase (see the file header): direct and cold through a CDN front at 20 MB/s per connection. */
+async function upstreamBound(up: UpstreamRegistry, image: Awaited<ReturnType<typeof pushLargeImage>>, coldKind: (kind: string, root?: string, cfg?: unknown) => PullKind, baseline?: string) {
+  slowFront = await startCdnFront(up.url, up.dataDir, { cdnBytesPerSecond: SLOW_BYTES_PER_SECOND });
+  const cfg = { rules: [{ prefix: PREFIX, upstream: slowFront.url, insecureRedirectHosts: [slowFront.cdnHost] }] };
+  console.log(`\nupstream-bound: the same image from a CDN front at ${SLOW_BYTES_PER_SECOND / 1e6} MB/s per connection, ${SLOW_ROUNDS} rounds (BENCH_SLOW_ROUNDS)`);
+  const kinds: PullKind[] = [
+    { kind: 'direct', run: async () => ({ ms: await timedPull(imageRef(slowFront!.url, IMAGE_NAME, IMAGE_TAG), image) }) },
+    coldKind('cold', undefined, cfg),
+    ...(baseline ? [coldKind('cold-base', baseline, cfg)] : []),
+  ];
+  const samples = await roundRobin(SLOW_ROUNDS, kinds);
+  const summary = summarize(samples, kinds.map((k) => k.kind));
+  const targets = Object.fromEntries(kinds.map((k) => k.kind).filter((k) => SLOW_TARGETS[k]).map((k) => [k, SLOW_TARGETS[k]]));
+  printTable(summary, targets);
+  return { bytesPerSecond: SLOW_BYTES_PER_SECOND, rounds: SLOW_ROUNDS, targets, ...summary, samples };
 }
 
 runBench('the benchmark', TOTAL_TIMEOUT_MS, main, () => fleet.cleanup());
