@@ -110,7 +110,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   const { ask, byOwnFill, linkConfirmed, locationOf } = confirmations;
   const { awaitFill, startFill } = createFillWaiter(deps, filler, confirmations);
   const hints = createPullHints(() => deps.now());
-  const { fillAhead } = createFillAhead({ hints, startFill, log, inProcess: !deps.dispatchFill, running: filler.count });
+  const { fillAhead, asked } = createFillAhead({ hints, startFill, log, inProcess: !deps.dispatchFill, running: filler.count });
 
   /**
    * `missMode: redirect`: the upstream's own credential-free URL of the blob (a CDN), with a fill of it started in
@@ -161,6 +161,7 @@ export function createBlobService(deps: RegistryDeps): BlobService {
   ): Promise<{ resolved: ResolvedName; digest: Digest; stored?: { size: number; proof: Confirmed }; unlinkedSize?: number }> {
     const resolved = deps.resolve(name);
     const digest = assertDigest(rawDigest);
+    asked(resolved.name, digest);
     await admitBlob(deps, resolved, digest);
     const stored = await stores.blobs.stat(digest);
     // HEAD: linked, or being filled here for this very name (its link to come: storedProof).

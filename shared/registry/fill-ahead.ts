@@ -15,6 +15,9 @@
  * CPU-bound, they follow one another; upstream-bound, they start {@link TICK_MS} apart. The first start waits a
  * tick, so the fill that the triggering request starts is running by then.
  *
+ * A queued fill leaves the queue once the client asks for its blob under that name ({@link FillAhead.asked}): its
+ * own GET fills it, and a late start would only read the stores for nothing.
+ *
  * Bounded: at most {@link MAX_QUEUED} waiting (older ones dropped first), each for at most {@link MAX_WAIT_MS}; a
  * dropped or late one costs nothing but the head start (the client's own GET fills the layer). The timer runs only
  * while the queue holds something and never keeps the process alive.
@@ -50,11 +53,19 @@ export interface FillAheadDeps {
   now?: () => number;
 }
 
-/**
- * Creates the starter; `fillAhead(resolved, digest)` is called when layer `digest` missed under `resolved.name`.
- * It never throws: failures to start are logged (`fill ahead could not start`).
- */
-export function createFillAhead(deps: FillAheadDeps): { fillAhead(resolved: ResolvedName, digest: Digest): Promise<void> } {
+/** The fill-ahead starter of one blob service. */
+export interface FillAhead {
+  /**
+   * Layer `digest` missed under `resolved.name`: starts (or queues) fills of the next layers. Never throws: failures
+   * to start are logged (`fill ahead could not start`).
+   */
+  fillAhead(resolved: ResolvedName, digest: Digest): Promise<void>;
+  /** A client asked for `digest` under `name`: a fill of it still queued for that name is dropped. */
+  asked(name: string, digest: Digest): void;
+}
+
+/** Creates the starter (see the file header). */
+export function createFillAhead(deps: FillAheadDeps): FillAhead {
   const { hints, log } = deps;
   const now = deps.now ?? Date.now;
   const busy = deps.busy ?? eventLoopBusy();
@@ -86,6 +97,9 @@ export function createFillAhead(deps: FillAheadDeps): { fillAhead(resolved: Reso
   }
 
   return {
+    asked(name, digest) {
+      for (let i = queue.length - 1; i >= 0; i--) if (queue[i].digest === digest && queue[i].resolved.name === name) queue.splice(i, 1);
+    },
     async fillAhead(resolved, digest) {
       const ahead = hints.ahead(resolved.name, digest);
       if (!deps.inProcess) {

@@ -22,7 +22,7 @@ function setup(opts: { inProcess?: boolean; ahead?: Digest[] } = {}) {
     ahead: () => opts.ahead ?? [d(2), d(3), d(4)],
     startedAhead: (_name: string, digest: Digest) => void startedAhead.push(digest),
   } as unknown as PullHints;
-  const { fillAhead } = createFillAhead({
+  const { fillAhead, asked } = createFillAhead({
     hints,
     log: { debug() {}, info() {}, warn: (_m: string, extra: Record<string, unknown>) => void warnings.push(extra), error() {} },
     inProcess: opts.inProcess ?? true,
@@ -38,7 +38,7 @@ function setup(opts: { inProcess?: boolean; ahead?: Digest[] } = {}) {
   const tick = async (n = 1) => {
     for (let i = 0; i < n; i++) await vi.advanceTimersByTimeAsync(TICK_MS);
   };
-  return { state, started, warnings, startedAhead, fillAhead, tick };
+  return { state, started, warnings, startedAhead, fillAhead, asked, tick };
 }
 
 beforeEach(() => {
@@ -70,6 +70,16 @@ describe('fills ahead, where fills run in this process', () => {
     expect(t.startedAhead).toEqual([d(2), d(4)]);
     await t.tick(10);
     expect(t.started).toHaveLength(3);
+  });
+
+  it('drop a queued fill once the client asks for its blob under that name (its own GET fills it)', async () => {
+    const t = setup();
+    await t.fillAhead(resolved, d(1));
+    t.asked('p/other', d(2)); // another name's request leaves this name's queue alone
+    t.asked('p/app', d(3));
+    t.state.busy = false;
+    await t.tick(5);
+    expect(t.started).toEqual([d(2), d(4)]);
   });
 
   it('drop what waited longer than MAX_WAIT_MS: the client\'s own GET fills it', async () => {
