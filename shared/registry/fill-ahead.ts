@@ -18,8 +18,9 @@
  * A queued fill leaves the queue once the client asks for its blob under that name ({@link FillAhead.asked}): its
  * own GET fills it, and a late start would only read the stores for nothing.
  *
- * Bounded: at most {@link MAX_QUEUED} waiting (older ones dropped first), each for at most {@link MAX_WAIT_MS}; a
- * dropped or late one costs nothing but the head start (the client's own GET fills the layer). The timer runs only
+ * Bounded: at most {@link MAX_QUEUED} waiting, at most {@link MAX_QUEUED_PER_RULE} of one rule (older ones dropped
+ * first: one tenant's burst of misses cannot push another's fills out of the queue), each for at most
+ * {@link MAX_WAIT_MS}; a dropped or late one costs nothing but the head start (the client's own GET fills the layer). The timer runs only
  * while the queue holds something and never keeps the process alive.
  */
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
@@ -34,6 +35,8 @@ export const TICK_MS = 20;
 export const BUSY_UTILIZATION = 0.5;
 /** Fills waiting to start, at most. */
 export const MAX_QUEUED = 256;
+/** Fills of one pull-through cache rule waiting to start, at most (eight images' worth of fills ahead). */
+export const MAX_QUEUED_PER_RULE = 32;
 /** Longest a fill waits to start (ms); a pull asks for its layers within seconds. */
 export const MAX_WAIT_MS = 30_000;
 
@@ -107,6 +110,14 @@ export function createFillAhead(deps: FillAheadDeps): FillAhead {
         return;
       }
       for (const d of ahead) queue.push({ resolved, digest: d, queuedAt: now() });
+      const rule = resolved.rule.prefix;
+      let ofRule = queue.filter((q) => q.resolved.rule.prefix === rule).length;
+      for (let i = 0; i < queue.length && ofRule > MAX_QUEUED_PER_RULE; ) {
+        if (queue[i].resolved.rule.prefix === rule) {
+          queue.splice(i, 1);
+          ofRule--;
+        } else i++;
+      }
       if (queue.length > MAX_QUEUED) queue.splice(0, queue.length - MAX_QUEUED);
       if (queue.length) {
         busy(); // starts the first tick's reading now

@@ -6,12 +6,12 @@
  */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
-import { createFillAhead, MAX_QUEUED, MAX_WAIT_MS, TICK_MS } from '../../shared/registry/fill-ahead.js';
+import { createFillAhead, MAX_QUEUED, MAX_QUEUED_PER_RULE, MAX_WAIT_MS, TICK_MS } from '../../shared/registry/fill-ahead.js';
 import type { PullHints } from '../../shared/registry/pull-hints.js';
 import type { ResolvedName } from '../../shared/registry/rules.js';
 
 const d = (i: number) => `sha256:${String(i).padStart(64, '0')}` as Digest;
-const resolved = { name: 'p/app' } as ResolvedName;
+const resolved = { name: 'p/app', rule: { prefix: 'p' } } as ResolvedName;
 
 function setup(opts: { inProcess?: boolean; ahead?: Digest[] } = {}) {
   const state = { busy: true, running: 1, now: 1_000_000 };
@@ -94,13 +94,31 @@ describe('fills ahead, where fills run in this process', () => {
     expect(t.started).toEqual([d(2)]);
   });
 
-  it(`keep at most ${MAX_QUEUED} waiting, the newest`, async () => {
-    const many = Array.from({ length: MAX_QUEUED + 10 }, (_, i) => d(1000 + i));
+  it(`keep at most ${MAX_QUEUED_PER_RULE} waiting per rule and ${MAX_QUEUED} in all, the newest`, async () => {
+    const many = Array.from({ length: MAX_QUEUED_PER_RULE + 10 }, (_, i) => d(1000 + i));
     const t = setup({ ahead: many });
-    await t.fillAhead(resolved, d(1));
+    const other = { name: 'q/app', rule: { prefix: 'q' } } as ResolvedName;
+    await t.fillAhead(other, d(1)); // rule q: the first 42 → its newest 32
+    for (let r = 0; r < 20; r++) await t.fillAhead({ name: `p/app${r}`, rule: { prefix: `p${r}` } } as ResolvedName, d(1)); // 20 rules × 32 → 256 in all
+    await t.fillAhead(resolved, d(1)); // rule p: 32 more, pushing out the oldest (rule q's) in all
     t.state.busy = false;
     await t.tick();
+    // 22 rules queued 32 each; the newest 256 stay: rules p13…p19 and p, 32 each.
     expect(t.started).toEqual([d(1010)]);
+    await t.tick(MAX_QUEUED + 5);
+    expect(t.started).toHaveLength(MAX_QUEUED);
+    expect(t.started.slice(-MAX_QUEUED_PER_RULE)).toEqual(many.slice(10));
+  });
+
+  it('one rule\'s misses of many names keep another rule\'s queued fills (the attacker review\'s probe)', async () => {
+    const t = setup({ ahead: [d(2), d(3), d(4), d(5)] });
+    const b = { name: 'b/app', rule: { prefix: 'b' } } as ResolvedName;
+    await t.fillAhead(b, d(1));
+    for (let n = 0; n < 64; n++) await t.fillAhead({ name: `a/x${n}`, rule: { prefix: 'a' } } as ResolvedName, d(1));
+    t.state.busy = false;
+    await t.tick(MAX_QUEUED + 5);
+    expect(t.started.slice(0, 4)).toEqual([d(2), d(3), d(4), d(5)]); // b's, first in line
+    expect(t.started).toHaveLength(4 + MAX_QUEUED_PER_RULE);
   });
 
   it('a fill that cannot start is logged, not thrown, and the next one still starts', async () => {
