@@ -7,4 +7,11 @@
  */
 import { runCli } from './cli/program.js';
 
+// A reader that goes away (`npx pullthrough ls | head -1`) ends the output: stop quietly, as Unix tools do, instead
+// of an unhandled EPIPE with a stack trace.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
 process.exitCode = await runCli(process.argv.slice(2));

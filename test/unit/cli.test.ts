@@ -18,6 +18,16 @@ const ROOT = resolve(import.meta.dirname, '../..');
 const cli = (args: string[], env: Record<string, string> = {}) => runCliInProcess(args, { env });
 
 describe('pullthrough CLI', () => {
+  it('a reader that goes away (`| head -1`) ends the output quietly: exit 0, no EPIPE stack trace', async () => {
+    const tracked = trackChild(spawn(process.execPath, ['--import', 'tsx', 'bin/pullthrough.ts', '--help'], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] }));
+    tracked.child.stdout!.destroy(); // the reader is gone before the first write
+    let stderr = '';
+    tracked.child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    const { code } = await tracked.exited;
+    expect(stderr).not.toMatch(/EPIPE|Error/);
+    expect(code).toBe(0);
+  });
+
   it('--help lists every command file of bin/commands/, each on one line with its description', async () => {
     const r = await cli(['--help']);
     expect(r.status, r.stderr).toBe(0);
