@@ -16,7 +16,11 @@
  * - **the bytes**: when the HEAD proves nothing — no or another `Docker-Content-Digest`, no or another size, a
  *   redirect (a CDN), or 401/403 (public.ecr.aws answers every blob HEAD 401 while its GET works) — the name's own
  *   upstream GET, hashed as it streams and thrown away ({@link Confirmations.byDownload}); the stored copy is then
- *   served, being those very bytes. Cost: one download per name and digest (the link makes it once); concurrent
+ *   served, being those very bytes. The download is held to the committed blob's size, never to a size a running
+ *   fill's upstream announced: that is another name's upstream's unverified claim (a hostile upstream announcing
+ *   6 GB for a 64 KiB blob would otherwise turn every honest proof into 502 `DIGEST_INVALID`). A proof by the
+ *   bytes that finds another size than that fill announced shows that fill can never commit: the waiter abandons
+ *   it and fills the digest itself (blob-wait.ts). Cost: one download per name and digest (the link makes it once); concurrent
  *   requests share it. Wrong bytes are 502 `DIGEST_INVALID`, as the same request for a digest nobody stored gets.
  *   Bound: a request waits for it at most `blobFill.waitSeconds`, then answers as a miss that could not wait while
  *   the download goes on (in the background, or in the fill function on AWS): blob-prove.ts.
@@ -42,13 +46,15 @@ import type { ResolvedName } from './rules.js';
 declare const confirmed: unique symbol;
 
 /**
- * Proof that `name` may be served `digest`; `linked` when the link is known to exist. Branded: code outside this
- * module cannot make one without a cast.
+ * Proof that `name` may be served `digest`; `linked` when the link is known to exist; `size`: the blob's size
+ * (bytes) when this proof hashed the bytes themselves in this process. Branded: code outside this module cannot
+ * make one without a cast.
  */
 export interface Confirmed {
   readonly name: string;
   readonly digest: Digest;
   readonly linked: boolean;
+  readonly size?: number;
   readonly [confirmed]: true;
 }
 
@@ -58,7 +64,7 @@ export interface UpstreamClaim {
   size?: number;
 }
 
-const proof = (resolved: ResolvedName, digest: Digest, linked: boolean) => ({ name: resolved.name, digest, linked }) as Confirmed;
+const proof = (resolved: ResolvedName, digest: Digest, linked: boolean, size?: number) => ({ name: resolved.name, digest, linked, size }) as Confirmed;
 
 /** The ways to a {@link Confirmed}, and the one way from it to a location. */
 export interface Confirmations {
@@ -84,11 +90,12 @@ export interface Confirmations {
    */
   byDownload(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<Confirmed>;
   /**
-   * Proof for a name about to wait on a fill started for another name (`size`: what that fill's upstream announced,
-   * if known yet): the link, a HEAD that proves it, else the bytes by `deadline`. Throws as {@link ask} and
-   * {@link byDownload}.
+   * Proof for a name about to wait on a fill started for another name (`announced`: what that fill's upstream
+   * announced, if known yet): the link, a HEAD that proves it (its size being `announced`), else the bytes by
+   * `deadline`, held to no size (`announced` is another upstream's unverified claim; see the file header). Throws as
+   * {@link ask} and {@link byDownload}.
    */
-  beforeWaiting(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<Confirmed>;
+  beforeWaiting(resolved: ResolvedName, digest: Digest, announced: number | undefined, deadline: number): Promise<Confirmed>;
   /**
    * For a committed blob of `size` bytes: the proof (the given one; the link; `claim` or a HEAD when it proves it;
    * else the bytes by `deadline`), with the link written if missing. Throws as {@link beforeWaiting}.
@@ -118,13 +125,12 @@ export function createConfirmations(deps: RegistryDeps, prover: Prover): Confirm
       size !== undefined && claim.digest === digest && claim.size === size ? proof(resolved, digest, false) : undefined,
 
     async byDownload(resolved, digest, size, deadline) {
-      await prover.prove(resolved, digest, size, deadline);
-      return proof(resolved, digest, true);
+      return proof(resolved, digest, true, await prover.prove(resolved, digest, size, deadline));
     },
 
-    async beforeWaiting(resolved, digest, size, deadline) {
+    async beforeWaiting(resolved, digest, announced, deadline) {
       if (await stores.links.isLinked(resolved.name, digest)) return proof(resolved, digest, true);
-      return confirmations.byClaim(resolved, digest, await confirmations.ask(resolved, digest), size) ?? (await confirmations.byDownload(resolved, digest, size, deadline));
+      return confirmations.byClaim(resolved, digest, await confirmations.ask(resolved, digest), announced) ?? (await confirmations.byDownload(resolved, digest, undefined, deadline));
     },
 
     async linkConfirmed(resolved, digest, size, opts) {

@@ -61,6 +61,8 @@ export interface RunningFill {
   streaming: Promise<number | undefined>;
   /** The size (bytes) the upstream announced, once it answered (set when `streaming` resolves); the store commits nothing of another size. */
   announcedSize?: number;
+  /** Abandons the fill (as at its deadline: upstream connection, temp file and lease released); `done` rejects. */
+  abandon(reason: string): void;
 }
 
 /** Fills in this process (see the file header). */
@@ -73,10 +75,11 @@ export interface Filler {
   start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill;
   /**
    * Runs one fill to its end and returns the size; `owner`'s lease (when given) is heartbeated, not released.
+   * `signal` abandons it (its reason logged).
    * @throws UpstreamError from the upstream; RegistryError `DIGEST_INVALID`/`SIZE_INVALID` for wrong bytes,
    *   `UNAVAILABLE` for exhausted storage (and while the digest backs off after that).
    */
-  run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void): Promise<number>;
+  run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void, signal?: AbortSignal): Promise<number>;
 }
 
 /** Creates the filler of one blob service. */
@@ -120,19 +123,20 @@ export function createFiller(deps: RegistryDeps): Filler {
     return noRoomError(windowMs / 1000, err);
   }
 
-  async function run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void): Promise<number> {
+  async function run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void, signal?: AbortSignal): Promise<number> {
     refuseWhileBackingOff(resolved, digest);
     const progress: FillProgress = { phase: 'connecting', bytes: 0, startedAt: Date.now() };
     let stream: Readable | undefined;
     let abandoned: string | undefined;
-    const stopWatchdog = startFillWatchdog({
-      stores, digest, owner, settings: deps.fill, progress: () => progress, log,
-      abandon: (reason) => {
-        abandoned = reason;
-        log.warn('blob fill abandoned', { event: 'fill-abandoned', name: resolved.name, digest, reason });
-        stream?.destroy(new UpstreamError('unavailable', `blob fill abandoned: ${reason}`));
-      },
-    });
+    const abandon = (reason: string) => {
+      if (abandoned !== undefined) return;
+      abandoned = reason;
+      log.warn('blob fill abandoned', { event: 'fill-abandoned', name: resolved.name, digest, reason });
+      stream?.destroy(new UpstreamError('unavailable', `blob fill abandoned: ${reason}`));
+    };
+    const stopWatchdog = startFillWatchdog({ stores, digest, owner, settings: deps.fill, progress: () => progress, log, abandon });
+    const onAbort = () => abandon(String(signal!.reason));
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
       const blob = await deps.upstreamFor(resolved.rule).getBlob(resolved.upstreamRepository, digest);
       stream = blob.stream;
@@ -185,6 +189,7 @@ export function createFiller(deps: RegistryDeps): Filler {
       throw new UpstreamError('unavailable', `blob transfer failed: ${(err as Error).message}`);
     } finally {
       stopWatchdog();
+      signal?.removeEventListener('abort', onAbort);
     }
   }
 
@@ -199,7 +204,8 @@ export function createFiller(deps: RegistryDeps): Filler {
       };
       failStreaming = reject;
     });
-    const done = run(resolved, digest, owner, markStreaming).finally(async () => {
+    const control = new AbortController();
+    const done = run(resolved, digest, owner, markStreaming, control.signal).finally(async () => {
       inflight.delete(digest);
       await stores.leases.releaseLease(fillLeaseKey(digest), owner).catch(() => undefined);
     });
@@ -211,6 +217,7 @@ export function createFiller(deps: RegistryDeps): Filler {
       get announcedSize() {
         return announced.size;
       },
+      abandon: (reason) => control.abort(reason),
     };
     inflight.set(digest, running);
     // A background fill nobody awaits must not become an unhandled rejection.

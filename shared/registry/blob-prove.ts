@@ -18,7 +18,8 @@
  *   ended on AWS without a link (wrong bytes, upstream failure) is run once more in the request, within its budget,
  *   so the client gets the verdict: 502 `DIGEST_INVALID` for wrong bytes, the upstream's error otherwise.
  * - **Bounded in the background too**: a proof download is abandoned past a fill's deadline
- *   (`deadlineGraceSeconds` + size / `minBytesPerSecond`, fill-lease.ts `fillDeadline`).
+ *   (`deadlineGraceSeconds` + size / `minBytesPerSecond`, fill-lease.ts `fillDeadline`) or below the minimum rate
+ *   over the last minute (fill-lease.ts `rateWindow`).
  */
 import type { Readable } from 'node:stream';
 import { hasherFor, parseDigest, type Digest } from '../oci/digest.js';
@@ -46,11 +47,13 @@ export const proveLeaseKey = (name: string, digest: Digest) => `prove:${digest}:
 export interface Prover {
   /**
    * Proves `digest` for `resolved` by its upstream's bytes and links it, by `deadline`. `size`: the size of the
-   * bytes at hand when known (the download stops past it; another size is no proof).
+   * bytes at hand when known (the download stops past it; another size is no proof). Resolves with the size of
+   * the bytes that hashed to the digest when they were hashed in this process; undefined when the proof ran in
+   * the fill function.
    * @throws ProofPending past the deadline (the proof goes on); RegistryError 502 `DIGEST_INVALID` when the bytes
    *   do not hash to the digest; UpstreamError from the upstream (404 → the caller's BLOB_UNKNOWN).
    */
-  prove(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<void>;
+  prove(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<number | undefined>;
   /**
    * The fill function's `prove` job: under `leaseOwner`'s proof lease (heartbeated, released at the end), hashes
    * the name's upstream copy and links it when it matches. `superseded` when the lease had been taken over before
@@ -62,7 +65,7 @@ export interface Prover {
 /** Creates the prover of one blob service. */
 export function createProver(deps: RegistryDeps): Prover {
   const { stores, log } = deps;
-  const downloads = new Map<string, Promise<void>>();
+  const downloads = new Map<string, Promise<number>>();
 
   /** Streams the name's upstream copy of `digest` through its hash (storing nothing); throws unless it matches. */
   async function hashUpstreamCopy(resolved: ResolvedName, digest: Digest, size?: number, lease?: { key: string; owner: string }): Promise<number> {
@@ -102,15 +105,16 @@ export function createProver(deps: RegistryDeps): Prover {
     return progress.bytes;
   }
 
-  async function hashAndLink(resolved: ResolvedName, digest: Digest, size?: number, lease?: { key: string; owner: string }): Promise<void> {
+  async function hashAndLink(resolved: ResolvedName, digest: Digest, size?: number, lease?: { key: string; owner: string }): Promise<number> {
     const started = Date.now();
     const bytes = await hashUpstreamCopy(resolved, digest, size, lease);
     await stores.links.link(resolved.name, digest);
     log.info('blob confirmed by its bytes', { event: 'confirm-by-download', name: resolved.name, digest, bytes, ms: Date.now() - started });
+    return bytes;
   }
 
   /** The download in this process: started once per name and digest, joined by every caller until it ends. */
-  function downloadHere(resolved: ResolvedName, digest: Digest, size?: number): Promise<void> {
+  function downloadHere(resolved: ResolvedName, digest: Digest, size?: number): Promise<number> {
     const key = `${resolved.name}\n${digest}`;
     let running = downloads.get(key);
     if (!running) {
@@ -122,11 +126,11 @@ export function createProver(deps: RegistryDeps): Prover {
   }
 
   /** AWS: the proof in the fill function under its lease; waits for the link until `deadline` (see the header). */
-  async function proveInFillFunction(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<void> {
+  async function proveInFillFunction(resolved: ResolvedName, digest: Digest, size: number | undefined, deadline: number): Promise<number | undefined> {
     const key = proveLeaseKey(resolved.name, digest);
     let dispatched = false;
     for (let i = 0, delay: number = WAIT_BACKOFF.firstMs; i < 10_000; i++, delay = Math.min(delay * WAIT_BACKOFF.factor, WAIT_BACKOFF.maxMs)) {
-      if (await stores.links.isLinked(resolved.name, digest)) return;
+      if (await stores.links.isLinked(resolved.name, digest)) return undefined;
       if (!isLive(await stores.leases.getLease(key), Date.now(), deps.fill)) {
         // The proof this request dispatched ended without a link: its verdict, here and within the budget.
         if (dispatched) return withinDeadline(downloadHere(resolved, digest, size), deadline);
@@ -168,12 +172,12 @@ export function createProver(deps: RegistryDeps): Prover {
   };
 }
 
-/** `work`, or {@link ProofPending} once `deadline` (wall-clock ms) passed first; `work` itself goes on. */
-async function withinDeadline(work: Promise<void>, deadline: number): Promise<void> {
+/** `work`'s result, or {@link ProofPending} once `deadline` (wall-clock ms) passed first; `work` itself goes on. */
+async function withinDeadline<T>(work: Promise<T>, deadline: number): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new ProofPending()), Math.max(0, deadline - Date.now()))));
   try {
-    await Promise.race([work, late]);
+    return await Promise.race([work, late]);
   } finally {
     clearTimeout(timer);
   }

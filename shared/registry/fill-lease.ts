@@ -25,7 +25,9 @@
  *   take it. A healthy fill's waiters make about one read per waited second and no failing writes. A lease's owner
  *   names the repository its fill is for ({@link newLeaseOwner}): a request for another name (or finding an owner
  *   that names none) gets its own upstream's proof before it waits (blob-confirm.ts), so its wait tells nothing.
- * - **Release.** The filler deletes its lease when its fill ends: committed, failed, or abandoned at its deadline.
+ * - **Release.** The filler deletes its lease when its fill ends: committed, failed, or abandoned (past its
+ *   deadline, below its minimum rate over the last minute: {@link fillDeadline}, {@link rateWindow}; or proved
+ *   unable to commit by another name's proof by the bytes, blob-wait.ts).
  *   The expiry (`leaseSeconds`, pushed forward by each heartbeat) stays the last bound and the DynamoDB TTL.
  */
 import { randomUUID } from 'node:crypto';
@@ -143,18 +145,51 @@ export interface FillProgress {
 /**
  * The deadline of a fill (wall-clock ms): `deadlineGraceSeconds` + size / `minBytesPerSecond` after it started,
  * the size being the announced one, or the bytes received so far when there is none (the rate must then hold
- * throughout).
+ * throughout). The announced size is only the upstream's claim (6 GB announced and one byte every 30 s would get
+ * about 25 h at the default rate), so a fill must also keep up the rate while it runs: {@link rateWindow}.
  */
 export function fillDeadline(progress: FillProgress, settings: FillSettings): number {
   const bytes = progress.size ?? progress.bytes;
   return progress.startedAt + settings.deadlineGraceSeconds * 1000 + (bytes / settings.minBytesPerSecond) * 1000;
 }
 
+/** Seconds of the sliding window over which a transferring fill must receive `minBytesPerSecond` × this many bytes. */
+export const RATE_WINDOW_SECONDS = 60;
+
+/**
+ * The minimum rate while a fill runs, over a sliding window: once a fill has been transferring for longer than
+ * `deadlineGraceSeconds` + {@link RATE_WINDOW_SECONDS}, the bytes received over the last window must reach
+ * `minBytesPerSecond` × {@link RATE_WINDOW_SECONDS}, whatever size its upstream announced. An upstream that
+ * trickles (a byte now and then, under the client's stall timer) is so cut within about two minutes at the
+ * defaults, not at its {@link fillDeadline}, and the next request takes the lease over. `check` is given the
+ * fill's progress and the time (ms) at each watchdog tick (samples between ticks are not needed: the window starts
+ * at the newest tick at least a window old) and returns the bytes of the last window when they fell short.
+ */
+export function rateWindow(settings: FillSettings): { check(progress: FillProgress, now: number): number | undefined } {
+  const windowMs = RATE_WINDOW_SECONDS * 1000;
+  let samples: Array<{ at: number; bytes: number }> = [];
+  return {
+    check(progress, now) {
+      if (progress.phase !== 'transferring') {
+        samples = [];
+        return undefined;
+      }
+      samples.push({ at: now, bytes: progress.bytes });
+      // Keep the newest sample at least a window old (the window's start) and everything after it.
+      while (samples.length > 1 && samples[1]!.at <= now - windowMs) samples.shift();
+      const start = samples[0]!;
+      if (now - progress.startedAt < settings.deadlineGraceSeconds * 1000 + windowMs || start.at > now - windowMs) return undefined;
+      const bytes = progress.bytes - start.bytes;
+      return bytes < settings.minBytesPerSecond * RATE_WINDOW_SECONDS ? bytes : undefined;
+    },
+  };
+}
+
 /**
  * Watches a fill running in this process, every {@link heartbeatIntervalMs}: writes the lease heartbeat (when
  * `owner` holds one) if the fill made progress since the last tick (see "Heartbeat" above), and calls `abandon`
- * with the reason when the fill passed its {@link fillDeadline} while transferring, or its heartbeat found the
- * lease taken over. A heartbeat that fails (store unreachable) is logged and tried again next tick. Returns `stop`.
+ * with the reason when the fill passed its {@link fillDeadline} or fell below the minimum rate over the last
+ * {@link rateWindow} while transferring, or its heartbeat found the lease taken over. A heartbeat that fails (store unreachable) is logged and tried again next tick. Returns `stop`.
  * `key`: the lease `owner` holds, when it is not the digest's fill lease (a proof's, blob-prove.ts).
  */
 export function startFillWatchdog(opts: {
@@ -172,11 +207,18 @@ export function startFillWatchdog(opts: {
   let lastBytes = -1;
   let beating = false;
   let stopped = false;
+  const rate = rateWindow(settings);
   const tick = () => {
     const p = progress();
-    if (p.phase === 'transferring' && Date.now() > fillDeadline(p, settings)) {
+    const now = Date.now();
+    if (p.phase === 'transferring' && now > fillDeadline(p, settings)) {
       stop();
-      return abandon(`the fill passed its deadline (${p.bytes} bytes in ${Math.round((Date.now() - p.startedAt) / 1000)} s, under ${settings.minBytesPerSecond} bytes/s)`);
+      return abandon(`the fill passed its deadline (${p.bytes} bytes in ${Math.round((now - p.startedAt) / 1000)} s, under ${settings.minBytesPerSecond} bytes/s)`);
+    }
+    const lastWindow = rate.check(p, now);
+    if (lastWindow !== undefined) {
+      stop();
+      return abandon(`the fill fell below its minimum rate (${lastWindow} bytes in the last ${RATE_WINDOW_SECONDS} s, under ${settings.minBytesPerSecond} bytes/s)`);
     }
     const moved = p.phase !== 'transferring' || p.bytes !== lastBytes;
     lastBytes = p.bytes;

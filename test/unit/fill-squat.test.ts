@@ -1,0 +1,85 @@
+/**
+ * Attacker probe (fails today): a rule's upstream that answers a blob GET of a digest it does not have with a huge
+ * announced `Content-Length` and then a byte now and then (under the 60 s stall timer and well above nothing) holds
+ * that digest's fill in this process until `deadlineGraceSeconds` + announced size / `minBytesPerSecond` (6 GB at the
+ * default 64 KiB/s: about 25 h). Every other name's request for the digest finds that fill running, proves its own
+ * upstream's copy against the size the hostile fill announced (which the honest bytes never match: 502
+ * DIGEST_INVALID), or waits on it (503): another rule's honest pull of that layer fails for as long. The hostile
+ * upstream here is a plain HTTP server (no real registry sends a lying length); the honest one is the fake upstream.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { afterEach, expect, it } from 'vitest';
+import type { Digest } from '../../shared/oci/digest.js';
+import { createHarness, silentLog } from '../support/harness.js';
+import { seedImage, startFakeUpstream, type FakeUpstream } from '../support/fake-upstream.js';
+
+let honest: FakeUpstream;
+let hostile: http.Server;
+let h: Awaited<ReturnType<typeof createHarness>>;
+afterEach(async () => {
+  hostile?.closeAllConnections();
+  await new Promise((r) => hostile?.close(r));
+  await honest?.close();
+  await new Promise((r) => setTimeout(r, 50));
+  h?.close();
+});
+
+/** The honest upstream with `team/app` (one 64 KiB layer) and the hostile one answering every blob GET as above. */
+async function setUp() {
+  honest = await startFakeUpstream();
+  const layer = randomBytes(64 * 1024);
+  const digest = seedImage(honest, 'team/app', 'v1', [layer]).layerDigests[0] as Digest;
+  hostile = http.createServer((req, res) => {
+    if (!req.url?.includes('/blobs/')) return void res.writeHead(req.url === '/v2/' ? 200 : 404).end('{}');
+    res.writeHead(200, { 'Content-Length': '6000000000', 'Docker-Content-Digest': digest });
+    if (req.method === 'HEAD') return void res.end();
+    res.write(Buffer.alloc(1)); // then nothing more within this test: the fill stays "transferring"
+  });
+  await new Promise<void>((r) => hostile.listen(0, '127.0.0.1', r));
+  h = await createHarness(
+    [
+      { prefix: 'evil', upstream: `http://127.0.0.1:${(hostile.address() as AddressInfo).port}` },
+      { prefix: 'team', upstream: honest.url },
+    ],
+    { blobFill: { waitSeconds: 1, maxHops: 0 } },
+  );
+  return { layer, digest };
+}
+
+it("a hostile upstream's endless fill of a digest does not keep another rule's honest pull of it failing", async () => {
+  const { layer, digest } = await setUp();
+  h.blobs.enableStreamWhileFilling();
+  expect((await h.request('GET', `/v2/evil/x/blobs/${digest}`)).status).toBe(307); // the hostile fill runs
+  // The honest rule's pull of the same layer, retried as a client would (each answer is bounded by waitSeconds).
+  const statuses: number[] = [];
+  let served: Buffer | undefined;
+  for (let i = 0; i < 3 && !served; i++) {
+    const res = await h.request('GET', `/v2/team/team/app/blobs/${digest}`);
+    statuses.push(res.status);
+    if (res.status !== 307) continue;
+    await h.blobs.openInProgress(digest)?.whenCommitted();
+    served = h.readLocation(res.headers.Location);
+  }
+  expect(statuses).toContain(307);
+  expect(served?.equals(layer)).toBe(true);
+}, 30_000);
+
+it('waiting for the commit (no streaming): the honest proof is not held to the announced 6 GB, the hostile fill is abandoned at once, the honest fill commits', async () => {
+  const { layer, digest } = await setUp();
+  silentLog.lines.length = 0;
+  // The hostile fill starts (its request gives up waiting for the commit), and is writing: its size is announced.
+  expect((await h.request('GET', `/v2/evil/x/blobs/${digest}`)).status).toBe(503);
+  for (let i = 0; i < 100 && !h.blobs.openInProgress(digest); i++) await new Promise((r) => setTimeout(r, 20));
+  expect(h.blobs.openInProgress(digest)).toBeDefined();
+  const res = await h.request('GET', `/v2/team/team/app/blobs/${digest}`);
+  expect(res.status).toBe(307);
+  expect(h.readLocation(res.headers.Location).equals(layer)).toBe(true);
+  const abandoned = silentLog.lines.filter((l) => (l.extra[0] as { event?: string } | undefined)?.event === 'fill-abandoned');
+  expect(abandoned.map((l) => l.extra[0])).toEqual([
+    expect.objectContaining({ name: 'evil/x', digest, reason: "its upstream announced 6000000000 bytes; team/team/app's upstream's bytes hashed to the digest in 65536" }),
+  ]);
+  expect(await h.index.isLinked('team/team/app', digest)).toBe(true);
+  expect(await h.index.isLinked('evil/x', digest)).toBe(false);
+}, 30_000);
