@@ -167,8 +167,10 @@ export function createBlobService(deps: RegistryDeps): BlobService {
     // HEAD: linked, or being filled here for this very name (its link to come: storedProof).
     const linked = stored !== undefined
       && (opts.proveStored || filler.running(digest)?.name === resolved.name || (await stores.links.isLinked(resolved.name, digest)));
-    // A layer this pull had filled ahead is still the pull's miss (the hit ratio counts what came from upstream).
-    noteCache(linked && !hints.takeStartedAhead(resolved.name, digest) ? 'hit' : 'miss');
+    // A layer this pull had filled ahead is still the pull's miss (the hit ratio counts what came from upstream);
+    // the mark goes with the first request for it, stored yet or not (else the next pull's hit would be a miss).
+    const filledAhead = hints.takeStartedAhead(resolved.name, digest);
+    noteCache(linked && !filledAhead ? 'hit' : 'miss');
     if (stored && linked) return { resolved, digest, stored: { size: stored.size, proof: await storedProof(resolved, digest, stored.size, deadline) } };
     // The blobs route serves blobs only, never a manifest's bytes.
     if (await stores.manifests.getManifest(resolved.name, digest)) throw new RegistryError('BLOB_UNKNOWN');

@@ -63,7 +63,10 @@ export interface FillAhead {
    * to start are logged (`fill ahead could not start`).
    */
   fillAhead(resolved: ResolvedName, digest: Digest): Promise<void>;
-  /** A client asked for `digest` under `name`: a fill of it still queued for that name is dropped. */
+  /**
+   * A client asked for `digest` under `name`: a fill of it still queued for that name is dropped, and one being
+   * started is not marked as filled ahead (the client's request is the miss).
+   */
   asked(name: string, digest: Digest): void;
 }
 
@@ -75,11 +78,19 @@ export function createFillAhead(deps: FillAheadDeps): FillAhead {
   const queue: Array<{ resolved: ResolvedName; digest: Digest; queuedAt: number }> = [];
   let timer: NodeJS.Timeout | undefined;
 
+  // Starts in flight (`<name>\n<digest>`): one the client asks for meanwhile is not marked as filled ahead, since
+  // the client's GET was already counted as the miss (marked, the next pull's hit would count as a miss again).
+  const starting = new Set<string>();
   async function start(resolved: ResolvedName, digest: Digest): Promise<void> {
+    const key = `${resolved.name}\n${digest}`;
+    starting.add(key);
     try {
-      if ((await deps.startFill(resolved, digest)) === 'started') hints.startedAhead(resolved.name, digest);
+      const outcome = await deps.startFill(resolved, digest);
+      if (outcome === 'started' && starting.has(key)) hints.startedAhead(resolved.name, digest);
     } catch (err) {
       log.warn('fill ahead could not start', { name: resolved.name, digest, reason: (err as Error).message });
+    } finally {
+      starting.delete(key);
     }
   }
 
@@ -102,6 +113,7 @@ export function createFillAhead(deps: FillAheadDeps): FillAhead {
   return {
     asked(name, digest) {
       for (let i = queue.length - 1; i >= 0; i--) if (queue[i].digest === digest && queue[i].resolved.name === name) queue.splice(i, 1);
+      starting.delete(`${name}\n${digest}`);
     },
     async fillAhead(resolved, digest) {
       const ahead = hints.ahead(resolved.name, digest);

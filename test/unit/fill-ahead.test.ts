@@ -82,6 +82,28 @@ describe('fills ahead, where fills run in this process', () => {
     expect(t.started).toEqual([d(2), d(4)]);
   });
 
+  it('a fill the client asks for while its start is in flight is not marked as filled ahead (the client\'s GET was the miss)', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const startedAhead: Digest[] = [];
+    const { fillAhead, asked } = createFillAhead({
+      hints: { ahead: () => [d(2), d(3)], startedAhead: (_n: string, digest: Digest) => void startedAhead.push(digest) } as unknown as PullHints,
+      log: { debug() {}, info() {}, warn() {}, error() {} },
+      inProcess: false, // started at once: the race is the same as the queue's
+      running: () => 0,
+      async startFill(_r, digest) {
+        if (digest === d(2)) await held; // the lease read of this start is slow
+        return 'started';
+      },
+    });
+    const filling = fillAhead(resolved, d(1));
+    await vi.advanceTimersByTimeAsync(0);
+    asked('p/app', d(2)); // the client's GET of d(2) arrives meanwhile (and is counted as the miss)
+    release();
+    await filling;
+    expect(startedAhead).toEqual([d(3)]);
+  });
+
   it('drop what waited longer than MAX_WAIT_MS: the client\'s own GET fills it', async () => {
     const t = setup();
     await t.fillAhead(resolved, d(1));

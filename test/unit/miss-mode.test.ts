@@ -7,6 +7,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Digest } from '../../shared/oci/digest.js';
+import { inScope, newScope } from '../../shared/observe/request-scope.js';
 import { fillLeaseKey } from '../../shared/registry/fill-lease.js';
 import { createHarness } from '../support/harness.js';
 import { eventually } from '../support/eventually.js';
@@ -106,6 +107,27 @@ describe('the layers of an image being pulled are filled ahead', () => {
       expect(h.readLocation(res.headers.Location).equals(layers()[i + 1])).toBe(true);
     }
     expect(blobGets().length).toBe(5);
+  });
+
+  it('a layer filled ahead and asked for while it fills: that GET is the pull\'s miss, the next pull\'s GET a hit', async () => {
+    up = await startFakeUpstream();
+    h = await createHarness([{ prefix: 'p', upstream: up.url }]);
+    const img = seedImage(up, 'app', 'v1', layers().slice(0, 2));
+    const [l1, l2] = img.layerDigests as Digest[];
+    const cacheOf = async (path: string) => {
+      const scope = newScope();
+      expect((await inScope(scope, () => h.request('GET', path))).status).toBe(307);
+      return scope.cache;
+    };
+    expect((await h.request('GET', '/v2/p/app/manifests/v1')).status).toBe(200);
+    up.faults.slowBody = { chunkBytes: 16 * 1024, pauseMs: 20 };
+    expect(await cacheOf(`/v2/p/app/blobs/${l1}`)).toBe('miss');
+    await eventually(() => blobGets().includes(l2)); // l2's fill, started ahead, is running
+    expect(await h.blobs.stat(l2)).toBeUndefined();
+    expect(await cacheOf(`/v2/p/app/blobs/${l2}`)).toBe('miss'); // joins that fill
+    await eventually(async () => (await h.blobs.stat(l2)) !== undefined && (await h.index.isLinked('p/app', l2)));
+    expect(await cacheOf(`/v2/p/app/blobs/${l2}`)).toBe('hit');
+    expect(blobGets().filter((d) => d === l2)).toHaveLength(1);
   });
 
   it('a layer filled ahead that committed before the client asks: its GET answers once that fill ended (linked, lease released), no upstream request', async () => {
