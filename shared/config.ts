@@ -215,7 +215,7 @@ const configSchema = z
          * The slowest upstream transfer a fill accepts, in bytes per second (default 65536: 64 KiB/s). A fill is
          * abandoned (its lease, temp file and upstream connection released) once it has run longer than
          * `deadlineGraceSeconds` + size / `minBytesPerSecond` (the bytes received so far when the upstream sent no size),
-         * or once it received less than `minBytesPerSecond` × 60 bytes over the last 60 s after `deadlineGraceSeconds`
+         * or once it received less than half of `minBytesPerSecond` × 60 bytes over the last 60 s after `deadlineGraceSeconds`
          * + 60 s (shared/registry/fill-lease.ts `rateWindow`: an announced size is only the upstream's claim).
          */
         minBytesPerSecond: z.number().positive().default(65_536),

@@ -46,6 +46,22 @@ describe('rateWindow (injected clock)', () => {
     }
   });
 
+  it('does not cut a fill just above the rate whose tick was delayed by a busy event loop (the bytes of the stall read after it)', () => {
+    for (const [rate, stallMs] of [[1.02, 2_500], [1.05, 5_000], [1.1, 10_000]] as const) {
+      const window = rateWindow(SETTINGS);
+      const progress: FillProgress = { phase: 'transferring', bytes: 0, size: SIX_GB, startedAt: T0 };
+      const bps = rate * SETTINGS.minBytesPerSecond;
+      let verdict: number | undefined;
+      for (let t = 0; t <= 3_600_000 && verdict === undefined; t += 2_500) {
+        // From 300 s the loop stalls for `stallMs`: the tick at its end still sees the bytes from before it.
+        const seen = t >= 300_000 && t < 300_000 + stallMs + 2_500 ? 300_000 : t;
+        progress.bytes = Math.floor((seen / 1000) * bps);
+        verdict = window.check(progress, T0 + t);
+      }
+      expect(verdict, `${rate}× the rate, ${stallMs} ms stall`).toBeUndefined();
+    }
+  });
+
   it('cuts a fill that was fast and then stalled, though its average over the whole transfer is well above the rate', () => {
     const progress: FillProgress = { phase: 'transferring', bytes: 0, size: SIX_GB, startedAt: T0 };
     // 10 MB/s for 5 minutes (3 GB), then 100 bytes/s.
