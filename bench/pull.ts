@@ -24,7 +24,7 @@
  * Output: a table on stdout and the same figures as JSON in `bench/results/pull-<ISO time>.json`.
  * Exit code 0 when every pull succeeded (targets met or not), 1 on any failure.
  */
-import { pushLargeImage } from '../test/support/images.js';
+import { pushLargeImage, type PushedImage } from '../test/support/images.js';
 import type { LocalServer } from '../test/support/local-server.js';
 import { imageRef, runSkopeo, SKOPEO_BIN } from '../test/support/skopeo.js';
 import { startCdnFront, type CdnFront } from '../test/support/cdn-front.js';
@@ -156,7 +156,7 @@ async function main(): Promise<number> {
 }
 
 /** The upstream-bound phase (see the file header): direct and cold through a CDN front at 20 MB/s per connection. */
-async function upstreamBound(up: UpstreamRegistry, image: Awaited<ReturnType<typeof pushLargeImage>>, coldKind: (kind: string, root?: string, cfg?: unknown) => PullKind, baseline?: string) {
+async function upstreamBound(up: UpstreamRegistry, image: PushedImage, coldKind: (kind: string, root?: string, cfg?: unknown) => PullKind, baseline?: string) {
   slowFront = await startCdnFront(up.url, up.dataDir, { cdnBytesPerSecond: SLOW_BYTES_PER_SECOND });
   const cfg = { rules: [{ prefix: PREFIX, upstream: slowFront.url, insecureRedirectHosts: [slowFront.cdnHost] }] };
   console.log(`\nupstream-bound: the same image from a CDN front at ${SLOW_BYTES_PER_SECOND / 1e6} MB/s per connection, ${SLOW_ROUNDS} rounds (BENCH_SLOW_ROUNDS)`);

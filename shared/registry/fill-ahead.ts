@@ -131,8 +131,8 @@ export function createFillAhead(deps: FillAheadDeps): FillAhead {
         } else i++;
       }
       if (queue.length > MAX_QUEUED) queue.splice(0, queue.length - MAX_QUEUED);
-      if (queue.length) {
-        busy(); // starts the first tick's reading now
+      if (queue.length && timer === undefined) {
+        busy(); // the first tick's reading starts now (a pending tick's reading already runs)
         schedule();
       }
     },
