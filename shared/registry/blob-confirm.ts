@@ -92,10 +92,12 @@ export interface Confirmations {
   /**
    * Proof for a name about to wait on a fill started for another name (`announced`: what that fill's upstream
    * announced, if known yet): the link, a HEAD that proves it (its size being `announced`), else the bytes by
-   * `deadline`, held to no size (`announced` is another upstream's unverified claim; see the file header). Throws as
-   * {@link ask} and {@link byDownload}.
+   * `deadline`, held to no size (`announced` is another upstream's unverified claim; see the file header).
+   * `opts.sized`: the fill runs in this process and the proof's size will hold it (blob-wait.ts `join`): the link
+   * alone is not enough then (it tells no size), the HEAD or the bytes are asked. Throws as {@link ask} and
+   * {@link byDownload}.
    */
-  beforeWaiting(resolved: ResolvedName, digest: Digest, announced: number | undefined, deadline: number): Promise<Confirmed>;
+  beforeWaiting(resolved: ResolvedName, digest: Digest, announced: number | undefined, deadline: number, opts?: { sized?: boolean }): Promise<Confirmed>;
   /**
    * For a committed blob of `size` bytes: the proof (the given one; the link; `claim` or a HEAD when it proves it;
    * else the bytes by `deadline`), with the link written if missing. Throws as {@link beforeWaiting}.
@@ -128,8 +130,8 @@ export function createConfirmations(deps: RegistryDeps, prover: Prover): Confirm
       return proof(resolved, digest, true, await prover.prove(resolved, digest, size, deadline));
     },
 
-    async beforeWaiting(resolved, digest, announced, deadline) {
-      if (await stores.links.isLinked(resolved.name, digest)) return proof(resolved, digest, true);
+    async beforeWaiting(resolved, digest, announced, deadline, opts = {}) {
+      if (!opts.sized && (await stores.links.isLinked(resolved.name, digest))) return proof(resolved, digest, true);
       return confirmations.byClaim(resolved, digest, await confirmations.ask(resolved, digest), announced) ?? (await confirmations.byDownload(resolved, digest, undefined, deadline));
     },
 

@@ -61,8 +61,19 @@ export interface RunningFill {
   streaming: Promise<number | undefined>;
   /** The size (bytes) the upstream announced, once it answered (set when `streaming` resolves); the store commits nothing of another size. */
   announcedSize?: number;
-  /** Abandons the fill (as at its deadline: upstream connection, temp file and lease released); `done` rejects. */
-  abandon(reason: string): void;
+  /**
+   * The digest was proved to be `size` bytes by `name`'s upstream's bytes (hashed to it in this process): a fill
+   * whose upstream announced another size, or sent more, can never commit. Such a fill is abandoned (as at its
+   * deadline: upstream connection, temp file and lease released; `done` and a pending `streaming` reject) now, or
+   * as soon as its upstream announces another size or sends byte `size` + 1. True when it was abandoned now.
+   */
+  holdTo(size: number, name: string): boolean;
+}
+
+/** What {@link Filler.run}'s caller watches and controls of a fill. */
+export interface FillWatch {
+  signal: AbortSignal;
+  onBytes?(bytes: number): void;
 }
 
 /** Fills in this process (see the file header). */
@@ -75,11 +86,11 @@ export interface Filler {
   start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill;
   /**
    * Runs one fill to its end and returns the size; `owner`'s lease (when given) is heartbeated, not released.
-   * `signal` abandons it (its reason logged).
+   * `watch.signal` abandons it (its reason logged); `watch.onBytes` gets the bytes received so far, per chunk.
    * @throws UpstreamError from the upstream; RegistryError `DIGEST_INVALID`/`SIZE_INVALID` for wrong bytes,
    *   `UNAVAILABLE` for exhausted storage (and while the digest backs off after that).
    */
-  run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void, signal?: AbortSignal): Promise<number>;
+  run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void, watch?: FillWatch): Promise<number>;
 }
 
 /** Creates the filler of one blob service. */
@@ -123,7 +134,7 @@ export function createFiller(deps: RegistryDeps): Filler {
     return noRoomError(windowMs / 1000, err);
   }
 
-  async function run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void, signal?: AbortSignal): Promise<number> {
+  async function run(resolved: ResolvedName, digest: Digest, owner?: string, onWriting?: (size?: number) => void, watch?: FillWatch): Promise<number> {
     refuseWhileBackingOff(resolved, digest);
     const progress: FillProgress = { phase: 'connecting', bytes: 0, startedAt: Date.now() };
     let stream: Readable | undefined;
@@ -135,6 +146,7 @@ export function createFiller(deps: RegistryDeps): Filler {
       stream?.destroy(new UpstreamError('unavailable', `blob fill abandoned: ${reason}`));
     };
     const stopWatchdog = startFillWatchdog({ stores, digest, owner, settings: deps.fill, progress: () => progress, log, abandon });
+    const signal = watch?.signal;
     const onAbort = () => abandon(String(signal!.reason));
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -153,6 +165,7 @@ export function createFiller(deps: RegistryDeps): Filler {
       // Counted alongside the store's own consumer (the source is already flowing: see fs-blob-store.ts).
       stream.on('data', (chunk: Buffer) => {
         progress.bytes += chunk.length;
+        watch?.onBytes?.(progress.bytes);
       });
       if (size !== undefined && stores.blobs.hasRoomFor) {
         stream.pause(); // the store's pipeline resumes it
@@ -195,17 +208,35 @@ export function createFiller(deps: RegistryDeps): Filler {
 
   function start(resolved: ResolvedName, digest: Digest, owner: string): RunningFill {
     const announced: { size?: number } = {};
+    // The size another name's proof showed the digest to have (holdTo), the bytes received so far, and the verdict.
+    let proven: { size: number; name: string } | undefined;
+    let received = 0;
+    const control = new AbortController();
+    const refuted = () => {
+      if (!proven || control.signal.aborted) return control.signal.aborted;
+      const { size, name } = proven;
+      const claim = announced.size !== undefined && announced.size !== size ? `announced ${announced.size}` : received > size ? `sent ${received}` : undefined;
+      if (claim === undefined) return false;
+      control.abort(`its upstream ${claim} bytes; ${name}'s upstream's bytes hashed to the digest in ${size}`);
+      return true;
+    };
     let markStreaming!: (size?: number) => void;
     let failStreaming!: (err: unknown) => void;
     const streaming = new Promise<number | undefined>((resolve, reject) => {
       markStreaming = (size) => {
         announced.size = size;
-        resolve(size);
+        if (!refuted()) resolve(size); // refuted: `done` rejects, and so does this
       };
       failStreaming = reject;
     });
-    const control = new AbortController();
-    const done = run(resolved, digest, owner, markStreaming, control.signal).finally(async () => {
+    const watch: FillWatch = {
+      signal: control.signal,
+      onBytes(bytes) {
+        received = bytes;
+        if (proven && bytes > proven.size) refuted();
+      },
+    };
+    const done = run(resolved, digest, owner, markStreaming, watch).finally(async () => {
       inflight.delete(digest);
       await stores.leases.releaseLease(fillLeaseKey(digest), owner).catch(() => undefined);
     });
@@ -217,7 +248,10 @@ export function createFiller(deps: RegistryDeps): Filler {
       get announcedSize() {
         return announced.size;
       },
-      abandon: (reason) => control.abort(reason),
+      holdTo(size, name) {
+        proven = { size, name };
+        return refuted();
+      },
     };
     inflight.set(digest, running);
     // A background fill nobody awaits must not become an unhandled rejection.

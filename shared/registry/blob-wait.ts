@@ -49,31 +49,25 @@ export function createFillWaiter(deps: RegistryDeps, filler: Filler, confirmatio
    * Waits for a fill running in this process until it streams (`untilStreaming`) or commits, or `deadline`.
    * A fill for another name proves nothing for this one: the proof comes first (blob-confirm.ts: a HEAD matching
    * the size that fill announced, else this name's own upstream's bytes), and when that fill fails this request
-   * goes on (`again`) instead of inheriting another upstream's verdict. A fill whose announced size differs from
-   * the size this name's proof hashed can never commit (the digest fixes the bytes): it is abandoned at once (its
-   * lease released) and this request goes on (`again`) to fill the digest itself, rather than wait for another
-   * upstream's lie to run into its limits.
+   * goes on (`again`) instead of inheriting another upstream's verdict. The size this name's proof hashed holds
+   * that fill to it (`RunningFill.holdTo`): announcing another size, or sending more, it can never commit (the
+   * digest fixes the bytes) and is abandoned (its lease released), now or when it does, and this request goes on
+   * (`again`) to fill the digest itself, rather than wait for another upstream's lie to run into its limits.
    */
   async function join(resolved: ResolvedName, digest: Digest, running: RunningFill, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | 'again' | undefined> {
     const sameName = running.name === resolved.name;
-    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize, deadline);
-    const proved = sameName ? undefined : proof?.size;
-    const refuted = async (announced: number | undefined) => {
-      if (proved === undefined || announced === undefined || announced === proved) return false;
-      running.abandon(`its upstream announced ${announced} bytes; ${resolved.name}'s upstream's bytes hashed to the digest in ${proved}`);
+    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize, deadline, { sized: true });
+    if (!sameName && proof?.size !== undefined && running.holdTo(proof.size, resolved.name)) {
       await running.done.catch(() => undefined); // the lease is released when it settles
-      return true;
-    };
-    if (await refuted(running.announcedSize)) return 'again';
-    const fill = running.streaming
-      .then(async (announced) => ((await refuted(announced)) ? ('failed' as const) : untilStreaming ? announced : running.done))
-      .then(
-        (size) => (size === 'failed' ? size : { size }),
-        (err: unknown) => {
-          if (sameName) throw err;
-          return 'failed' as const;
-        },
-      );
+      return 'again';
+    }
+    const fill = (untilStreaming ? running.streaming : running.done).then(
+      (size) => ({ size }),
+      (err: unknown) => {
+        if (sameName) throw err;
+        return 'failed' as const;
+      },
+    );
     let timer: ReturnType<typeof setTimeout> | undefined;
     const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), Math.max(0, deadline - Date.now()))));
     try {
