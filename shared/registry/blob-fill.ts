@@ -68,6 +68,8 @@ export interface RunningFill {
    * as soon as its upstream announces another size or sends byte `size` + 1. True when it was abandoned now.
    */
   holdTo(size: number, name: string): boolean;
+  /** The size {@link RunningFill.holdTo} holds this fill to, once a proof gave one. Bytes. */
+  readonly heldTo?: number;
 }
 
 /** What {@link Filler.run}'s caller watches and controls of a fill. */
@@ -251,6 +253,9 @@ export function createFiller(deps: RegistryDeps): Filler {
       holdTo(size, name) {
         proven = { size, name };
         return refuted();
+      },
+      get heldTo() {
+        return proven?.size;
       },
     };
     inflight.set(digest, running);

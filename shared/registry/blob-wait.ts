@@ -56,7 +56,8 @@ export function createFillWaiter(deps: RegistryDeps, filler: Filler, confirmatio
    */
   async function join(resolved: ResolvedName, digest: Digest, running: RunningFill, deadline: number, untilStreaming: boolean, proof?: Confirmed): Promise<Filled | 'again' | undefined> {
     const sameName = running.name === resolved.name;
-    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize, deadline, { sized: true });
+    // Until a proof's size holds that fill, this one's must (the link tells none); once held, the link will do.
+    if (!proof && !sameName) proof = await beforeWaiting(resolved, digest, running.announcedSize, deadline, { sized: running.heldTo === undefined });
     if (!sameName && proof?.size !== undefined && running.holdTo(proof.size, resolved.name)) {
       await running.done.catch(() => undefined); // the lease is released when it settles
       return 'again';

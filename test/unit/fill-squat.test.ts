@@ -29,9 +29,10 @@ afterEach(async () => {
 
 /**
  * The honest upstream with `team/app` (one 64 KiB layer) and the hostile one answering every blob GET as above, or
- * (`unsized`) with no `Content-Length` (chunked) and 128 KiB, twice the digest's size, then holding the connection.
+ * (`unsized`) with no `Content-Length` (chunked) and 128 KiB, twice the digest's size, or (`unsized-short`) 1 byte,
+ * then holding the connection.
  */
-async function setUp(hostileAnswer: 'huge' | 'unsized' = 'huge') {
+async function setUp(hostileAnswer: 'huge' | 'unsized' | 'unsized-short' = 'huge') {
   honest = await startFakeUpstream();
   const layer = randomBytes(64 * 1024);
   const digest = seedImage(honest, 'team/app', 'v1', [layer]).layerDigests[0] as Digest;
@@ -40,7 +41,7 @@ async function setUp(hostileAnswer: 'huge' | 'unsized' = 'huge') {
     res.writeHead(200, { ...(hostileAnswer === 'huge' ? { 'Content-Length': '6000000000' } : {}), 'Docker-Content-Digest': digest });
     if (req.method === 'HEAD') return void res.end();
     // Then nothing more within this test: the fill stays "transferring".
-    res.write(hostileAnswer === 'huge' ? Buffer.alloc(1) : randomBytes(128 * 1024));
+    res.write(hostileAnswer === 'unsized' ? randomBytes(128 * 1024) : Buffer.alloc(1));
   });
   await new Promise<void>((r) => hostile.listen(0, '127.0.0.1', r));
   h = await createHarness(
@@ -126,4 +127,20 @@ it("an unsized hostile fill holding more bytes than the digest has is abandoned 
   const abandoned = silentLog.lines.filter((l) => (l.extra[0] as { event?: string } | undefined)?.event === 'fill-abandoned');
   expect({ statuses, abandoned: abandoned.length }).toEqual({ statuses: [307], abandoned: 1 });
   expect(served?.equals(layer)).toBe(true);
+}, 30_000);
+
+it("a linked name's pulls during another rule's unsized fill download the blob from its upstream at most once", async () => {
+  // From an attacker review: a linked name re-proved by its upstream before each join and forgot the proof; a fill
+  // that announced no size can never be matched by a HEAD, so every pull downloaded the whole blob again. Once one
+  // proof's size holds that fill (heldTo), the link does.
+  const { digest } = await setUp('unsized-short');
+  await h.index.link('team/team/app', digest); // linked, not stored (GC swept it; or a proof before a failed fill)
+  expect((await h.request('GET', `/v2/evil/x/blobs/${digest}`)).status).toBe(503); // the hostile fill runs
+  expect(h.blobs.openInProgress(digest)).toBeDefined();
+  honest.reset();
+  const statuses: number[] = [];
+  for (let i = 0; i < 3; i++) statuses.push((await h.request('GET', `/v2/team/team/app/blobs/${digest}`)).status);
+  // Each pull waits its budget on the hostile fill (a known limit, README) and answers 503 (maxHops 0).
+  expect(statuses).toEqual([503, 503, 503]);
+  expect(honest.count({ method: 'GET', kind: 'blob' })).toBeLessThanOrEqual(1);
 }, 30_000);
